@@ -1,0 +1,39 @@
+# torchrec_gnn — one-command install, demo, tests, benchmarks.
+#   make demo   installs if needed, then runs the main job on the built-in default data
+#   make test   installs if needed, then runs the test suite
+#   make bench  installs if needed, then runs the benchmarks
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# CPU unless a CUDA driver is visible; override with `make install FBGEMM=fbgemm-gpu`.
+FBGEMM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo fbgemm-gpu || echo fbgemm-gpu-cpu)
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Order matters (see README "Install"): torch, then fbgemm for the device, then torchrec
+# without its own `fbgemm-gpu` requirement, then everything else pinned in requirements.txt.
+$(STAMP): requirements.txt pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(FBGEMM)==1.8.0
+	$(PIP) install -q --no-deps torchrec==1.8.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import torchrec, fbgemm_gpu, torch_geometric, numba; print('installed: torch', __import__('torch').__version__, '| torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m torchrec_gnn demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/bench_sampler.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""torchrec_gnn: end-to-end GNN towers for TorchRec rankers."""

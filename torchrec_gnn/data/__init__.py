@@ -1,0 +1,1 @@
+"""Datasets, time splits, GraphBatch and data loading."""

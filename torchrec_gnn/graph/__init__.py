@@ -1,0 +1,1 @@
+"""Graph storage and sampling: HeteroGraph (CSC per relation) and NeighborSampler."""
