@@ -1,0 +1,121 @@
+"""GraphBatch: a TorchRec ``Batch`` plus the batch's sampled subgraph.
+
+Layout for B=3 examples whose users are (7, 2, 7) and items (5, 5, 9), one relation
+``("user", "watches", "video")`` and a 1-hop sample::
+
+    dense_features   (B, F)          as in torchrec.datasets.utils.Batch
+    sparse_features  KJT, B rows     keys = ranker sparse features, one id per row
+    labels           (B, T)          0 where a label is missing, see label_mask
+    label_mask       (B, T) bool     True = label present
+
+    node_ids  KJT, ONE row per key (what an EmbeddingCollection over node tables takes):
+                  key "user"   [7, 2, 4]      seeds first (deduplicated), then sampled
+                  key "video"  [5, 9, 1, 3]
+    edge_index[("user", "watches", "video")] = [[2, 0, 1],    row = source, local to "user"
+                                                [2, 3, 0]]    col = destination, local to "video"
+    user_index = [0, 1, 0]   row of each example's user in node_ids["user"]
+    item_index = [0, 1, 0]   row of each example's item in node_ids["video"]
+    num_sampled_nodes["user"] = [2, 1]   per hop (hop 0 = seeds), for layer-wise trimming
+
+Built in DataLoader workers (:class:`torchrec_gnn.data.loader.GraphBatchDataset`), never in a
+model's forward: the TorchRec train pipeline can then copy it to the device and start the node
+tables' input distribution ahead of the forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_gnn.data.dataset import EdgeType, NodeType
+
+
+@dataclass
+class GraphBatch(Batch):
+    """TorchRec ``Batch`` fields plus the batch subgraph (see the module docstring for a picture).
+
+    Args:
+        dense_features (Tensor): (B, F) float32.
+        sparse_features (KeyedJaggedTensor): ranker sparse features, B rows per key.
+        labels (Tensor): (B, T) float32, 0 where missing.
+        label_mask (Tensor): (B, T) bool, True where the label is present.
+        node_ids (KeyedJaggedTensor): one key per node type, one row of length N_t per key:
+            the global ids of the subgraph's nodes, seeds first.
+        edge_index (Dict[EdgeType, Tensor]): (2, E_r) int64 local ``[source; destination]``
+            indices into ``node_ids[src]`` and ``node_ids[dst]``.
+        user_index (Tensor): (B,) int64 row of each example's user in ``node_ids[user_type]``.
+        item_index (Tensor): (B,) int64 row of each example's item in ``node_ids[item_type]``.
+        num_sampled_nodes (Dict[str, List[int]]): nodes added per hop, hop 0 = seeds.
+        num_sampled_edges (Dict[EdgeType, List[int]]): edges added per hop.
+        node_features (Dict[str, Tensor]): (N_t, F_t) dense side features of the sampled
+            nodes of each type that has them (empty dict when none).
+    """
+
+    label_mask: torch.Tensor
+    node_ids: KeyedJaggedTensor
+    edge_index: Dict[EdgeType, torch.Tensor]
+    user_index: torch.Tensor
+    item_index: torch.Tensor
+    num_sampled_nodes: Dict[NodeType, List[int]] = field(default_factory=dict)
+    num_sampled_edges: Dict[EdgeType, List[int]] = field(default_factory=dict)
+    node_features: Dict[NodeType, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        b = self.dense_features.shape[0]
+        fields = {
+            "labels": self.labels.shape[0],
+            "label_mask": self.label_mask.shape[0],
+            "user_index": self.user_index.shape[0],
+            "item_index": self.item_index.shape[0],
+            "sparse_features (stride)": self.sparse_features.stride() if self.sparse_features.keys() else b,
+        }
+        bad = {k: v for k, v in fields.items() if v != b}
+        if bad:
+            raise ValueError(f"GraphBatch: B={b} from dense_features, but these fields disagree: {bad}")
+        if self.node_ids.stride() != 1:
+            raise ValueError(f"GraphBatch: node_ids must have one row per key, got stride {self.node_ids.stride()}")
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of examples."""
+        return self.dense_features.shape[0]
+
+    @property
+    def num_nodes(self) -> Dict[NodeType, int]:
+        """N_t, the sampled node count of each node type."""
+        return dict(zip(self.node_ids.keys(), self.node_ids.lengths().tolist()))
+
+    def _map(self, fn_tensor, fn_kjt) -> "GraphBatch":  # noqa: ANN001 - two small callables
+        return GraphBatch(
+            dense_features=fn_tensor(self.dense_features),
+            sparse_features=fn_kjt(self.sparse_features),
+            labels=fn_tensor(self.labels),
+            label_mask=fn_tensor(self.label_mask),
+            node_ids=fn_kjt(self.node_ids),
+            edge_index={et: fn_tensor(e) for et, e in self.edge_index.items()},
+            user_index=fn_tensor(self.user_index),
+            item_index=fn_tensor(self.item_index),
+            num_sampled_nodes=self.num_sampled_nodes,
+            num_sampled_edges=self.num_sampled_edges,
+            node_features={t: fn_tensor(x) for t, x in self.node_features.items()},
+        )
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "GraphBatch":
+        move = lambda x: x.to(device=device, non_blocking=non_blocking)  # noqa: E731
+        return self._map(move, move)
+
+    def pin_memory(self) -> "GraphBatch":
+        pin = lambda x: x.pin_memory()  # noqa: E731
+        return self._map(pin, pin)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        for tensor in (self.dense_features, self.labels, self.label_mask, self.user_index, self.item_index):
+            tensor.record_stream(stream)
+        self.sparse_features.record_stream(stream)
+        self.node_ids.record_stream(stream)
+        for tensor in (*self.edge_index.values(), *self.node_features.values()):
+            tensor.record_stream(stream)
