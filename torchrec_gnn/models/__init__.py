@@ -1,0 +1,1 @@
+"""Models composed from the modules: GraphDLRM and its training wrapper."""

@@ -1,0 +1,196 @@
+"""GraphDLRM: TorchRec's DLRM made multi-task and fused with a GNN tower at two levels.
+
+::
+
+    dense_features ─► DenseArch ─────────────────────────────┐ (B, D)
+    sparse_features ─► SparseArch (EBC) ─────────────────────┤ (B, F, D)
+    batch ─► GNNTower ─► user, item (B, H) ─► InputFusionArch ┤ (B, 2, D)   input-level fusion
+                               │                             ▼
+                               │          InteractionArch (dot) or InteractionDCNArch
+                               │                             ▼
+                               │                     over arch MLP  (B, R)
+                               └────────────► pre-head fusion ─► (B, R + 2H)
+                                                             ▼
+                                             TaskHeadsArch ─► (B, T)
+
+Without a tower (``graph_tower=None``) it is a plain multi-task DLRM: the no-graph baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch, SparseArch, choose
+from torchrec.modules.crossnet import LowRankCrossNet
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import MLP
+
+from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.dataset import TaskSpec
+from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
+from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.modules.heads import TaskHeadsArch, task_losses
+
+INTERACTIONS = ("dot", "dcn")
+PREHEAD_FUSIONS = ("concat", "gated", "none")
+
+
+@dataclass
+class RankerConfig:
+    """Sizes and switches of the ranker.
+
+    Args:
+        dense_arch_layer_sizes (List[int]): DenseArch MLP; the last size must equal the
+            sparse embedding dim D. Default [64, 16].
+        over_arch_layer_sizes (List[int]): shared MLP after the interaction; its last size is
+            R, the representation entering the heads. Default [128, 64].
+        head_layer_sizes (List[int]): hidden sizes of each task head. Default [32].
+        interaction (str): ``"dot"`` (DLRM) or ``"dcn"`` (DLRM_DCN low-rank cross net).
+        dcn_num_layers (int): cross layers for ``"dcn"``. Default 2.
+        dcn_low_rank_dim (int): low rank of the cross layers. Default 16.
+        input_fusion (bool): graph embeddings join the interaction. Default True.
+        prehead_fusion (str): ``"concat"``, ``"gated"`` or ``"none"``. Default ``"concat"``.
+    """
+
+    dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 16])
+    over_arch_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
+    head_layer_sizes: List[int] = field(default_factory=lambda: [32])
+    interaction: str = "dot"
+    dcn_num_layers: int = 2
+    dcn_low_rank_dim: int = 16
+    input_fusion: bool = True
+    prehead_fusion: str = "concat"
+
+    def __post_init__(self) -> None:
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"RankerConfig.interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        if self.prehead_fusion not in PREHEAD_FUSIONS:
+            raise ValueError(
+                f"RankerConfig.prehead_fusion must be one of {PREHEAD_FUSIONS}, got {self.prehead_fusion!r}"
+            )
+
+
+class GraphDLRM(nn.Module):
+    """Multi-task DLRM with an optional GNN tower fused at the input and before the heads.
+
+    Args:
+        embedding_bag_collection (EmbeddingBagCollection): the ranker's sparse feature tables
+            (one dim D for all).
+        dense_in_features (int): F_dense, width of ``batch.dense_features``.
+        tasks (Sequence[TaskSpec]): the T tasks.
+        config (RankerConfig): sizes, interaction and fusion switches.
+        graph_tower (GNNTower, optional): the GNN tower; None gives the no-graph ranker.
+
+    Example::
+
+        model = GraphDLRM(ebc, dense_in_features=4, tasks=tasks, config=RankerConfig(),
+                          graph_tower=tower)
+        outputs, gfae_loss = model(batch)   # (B, T), ()
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        tasks: Sequence[TaskSpec],
+        config: RankerConfig,
+        graph_tower: Optional[GNNTower] = None,
+    ) -> None:
+        super().__init__()
+        dims = {c.embedding_dim for c in embedding_bag_collection.embedding_bag_configs()}
+        if len(dims) != 1:
+            raise ValueError(f"GraphDLRM: all EmbeddingBagConfigs need one embedding_dim, got {sorted(dims)}")
+        embedding_dim = dims.pop()
+        if config.dense_arch_layer_sizes[-1] != embedding_dim:
+            raise ValueError(
+                f"GraphDLRM: dense_arch_layer_sizes[-1]={config.dense_arch_layer_sizes[-1]} must equal the "
+                f"embedding dim {embedding_dim}"
+            )
+        self.tasks = list(tasks)
+        self.config = config
+        self.sparse_arch = SparseArch(embedding_bag_collection)
+        self.dense_arch = DenseArch(dense_in_features, config.dense_arch_layer_sizes)
+        self.graph_tower = graph_tower
+        use_graph = graph_tower is not None
+        self.input_fusion = (
+            InputFusionArch(graph_tower.out_channels, embedding_dim) if use_graph and config.input_fusion else None
+        )
+        num_features = len(self.sparse_arch.sparse_feature_names) + (2 if self.input_fusion is not None else 0)
+        if config.interaction == "dot":
+            self.inter_arch: nn.Module = InteractionArch(num_features)
+            inter_out = embedding_dim + num_features + choose(num_features, 2)
+        else:
+            inter_out = (num_features + 1) * embedding_dim
+            crossnet = LowRankCrossNet(inter_out, config.dcn_num_layers, config.dcn_low_rank_dim)
+            self.inter_arch = InteractionDCNArch(num_features, crossnet)
+        self.over_arch = MLP(inter_out, config.over_arch_layer_sizes, activation="relu")
+        representation = config.over_arch_layer_sizes[-1]
+        fusion = {"concat": ConcatFusionArch, "gated": GatedFusionArch}.get(config.prehead_fusion)
+        self.prehead_fusion = fusion(graph_tower.out_channels, representation) if use_graph and fusion else None
+        head_in = self.prehead_fusion.out_channels if self.prehead_fusion is not None else representation
+        self.task_heads = TaskHeadsArch(head_in, self.tasks, config.head_layer_sizes)
+
+    @property
+    def interaction_features(self) -> int:
+        """Features entering the interaction: F sparse features (+2 with input fusion)."""
+        return len(self.sparse_arch.sparse_feature_names) + (2 if self.input_fusion is not None else 0)
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """GradNorm's shared layer: the GNN's last layer, else the over arch's last layer."""
+        if self.graph_tower is not None:
+            return self.graph_tower.shared_parameters()
+        return list(self.over_arch._mlp[-1].parameters())
+
+    def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            batch (GraphBatch): ranker features and, with a tower, the sampled subgraph.
+
+        Returns:
+            Tuple[Tensor, Tensor]: per-task outputs (B, T) (logits for binary tasks,
+            ``log1p`` predictions for regression) and the GFAE loss ().
+        """
+        dense = self.dense_arch(batch.dense_features)  # (B, D)
+        sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
+        gfae_loss = dense.sum() * 0.0
+        if self.graph_tower is not None:
+            graph = self.graph_tower(batch)
+            gfae_loss = graph.gfae_loss
+            if self.input_fusion is not None:
+                sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
+        representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
+        if self.prehead_fusion is not None:
+            representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
+        return self.task_heads(representation), gfae_loss
+
+
+class GraphDLRMTrain(nn.Module):
+    """TorchRec-style training wrapper: one loss per task plus the GFAE loss.
+
+    Args:
+        model (GraphDLRM): the ranker.
+        regression_loss (str): ``"mse_log1p"`` (default) or ``"huber_log1p"``.
+
+    ``forward(batch)`` returns ``(losses, (losses.detach(), outputs.detach(), labels))`` with
+    ``losses`` of shape (T + 1,): the T task losses, then the GFAE loss (0 without GFAE).
+    TorchRec's train pipeline backprops ``losses.sum()``; a
+    :class:`~torchrec_gnn.train.balancing.LossBalancer` weighs them instead.
+    """
+
+    def __init__(self, model: GraphDLRM, regression_loss: str = "mse_log1p") -> None:
+        super().__init__()
+        self.model = model
+        self.regression_loss = regression_loss
+
+    @property
+    def loss_names(self) -> List[str]:
+        return [t.name for t in self.model.tasks] + ["gfae"]
+
+    def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        outputs, gfae_loss = self.model(batch)
+        losses = task_losses(outputs, batch.labels, batch.label_mask, self.model.tasks, self.regression_loss)
+        losses = torch.cat([losses, gfae_loss.reshape(1)])  # (T + 1,)
+        return losses, (losses.detach(), outputs.detach(), batch.labels)

@@ -1,0 +1,1 @@
+"""Reusable nn.Modules: GNN tower, GFAE, fusion arches, task heads."""

@@ -1,0 +1,166 @@
+"""Graph Feature Auto-Encoder: masked node-feature reconstruction as an auxiliary loss.
+
+Follows GraphMAE (Hou et al. 2022, https://arxiv.org/abs/2205.10803): replace the input of a
+random share of nodes by a learnable mask token, encode with the GNN, decode the masked nodes
+and score the reconstruction with the scaled cosine error ``(1 - cos(x̂, x))^γ``.
+
+Targets per node type: its raw side features when the dataset has them, else the node's ID
+embedding with the gradient stopped. Collapse guard: the target never receives gradient from
+this loss (stop-gradient), the masked node's own input is hidden (so the encoder must use its
+neighbours), and the ID tables keep learning from the ranker's task losses, which a constant
+embedding would fail; the cosine error is scale-free, so shrinking the embeddings does not help
+either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrec_gnn.data.dataset import NodeType
+
+GFAE_LOSSES = ("sce", "mse")
+
+
+@dataclass
+class GFAEConfig:
+    """GFAE settings.
+
+    Args:
+        mask_rate (float): share of candidate nodes whose input is masked. Default 0.3.
+        loss (str): ``"sce"`` (scaled cosine error, default) or ``"mse"``.
+        gamma (float): exponent of the scaled cosine error (>= 1). Default 2.
+        decoder_hidden (int): hidden width of the MLP decoder. Default 64.
+    """
+
+    mask_rate: float = 0.3
+    loss: str = "sce"
+    gamma: float = 2.0
+    decoder_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"GFAEConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
+        if self.loss not in GFAE_LOSSES:
+            raise ValueError(f"GFAEConfig.loss must be one of {GFAE_LOSSES}, got {self.loss!r}")
+        if self.gamma < 1.0:
+            raise ValueError(f"GFAEConfig.gamma must be >= 1, got {self.gamma}")
+
+
+class GFAE(nn.Module):
+    """Mask tokens, per-type MLP decoders and the reconstruction loss.
+
+    Args:
+        in_channels (int): D, width of the encoder input (mask token size).
+        out_channels (int): H, width of the encoder output.
+        target_channels (Mapping[str, int]): node type -> F_t, width of its reconstruction
+            target (D for ID-only types).
+        config (GFAEConfig): mask rate and loss.
+
+    Example::
+
+        gfae = GFAE(16, 32, {"user": 16, "video": 8}, GFAEConfig())
+        x_masked, mask = gfae.mask(x_dict, {"user": 10, "video": 12}, generator)
+        loss = gfae.loss(h_dict, target_dict, mask)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        target_channels: Mapping[NodeType, int],
+        config: GFAEConfig,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.config = config
+        self.target_channels = dict(target_channels)
+        self.mask_token = nn.ParameterDict({t: nn.Parameter(torch.empty(in_channels)) for t in self.target_channels})
+        self.decoders = nn.ModuleDict(
+            {
+                t: nn.Sequential(
+                    nn.Linear(out_channels, config.decoder_hidden), nn.PReLU(), nn.Linear(config.decoder_hidden, f)
+                )
+                for t, f in self.target_channels.items()
+            }
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for token in self.mask_token.values():
+            nn.init.zeros_(token)
+        for decoder in self.decoders.values():
+            for layer in decoder:
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+
+    def mask(
+        self,
+        x_dict: Dict[NodeType, torch.Tensor],
+        num_candidates: Mapping[NodeType, int],
+        generator: Optional[torch.Generator] = None,
+    ) -> Tuple[Dict[NodeType, torch.Tensor], Dict[NodeType, torch.Tensor]]:
+        """Replace the input of a random ``mask_rate`` share of the first ``num_candidates[t]`` rows.
+
+        Args:
+            x_dict (Dict[str, Tensor]): (N_t, D) encoder inputs.
+            num_candidates (Mapping[str, int]): rows that may be masked per type (the rows whose
+                final embedding the encoder computes, e.g. the seeds when trimming).
+            generator (torch.Generator, optional): source of the random choice.
+
+        Returns:
+            Tuple[Dict[str, Tensor], Dict[str, Tensor]]: masked inputs (N_t, D) and the masked
+            rows (M_t,) int64 per type.
+        """
+        masked, rows = dict(x_dict), {}
+        for t in self.target_channels:
+            if t not in x_dict:
+                continue
+            n = int(num_candidates.get(t, 0))
+            draw = torch.rand(n, generator=generator).to(x_dict[t].device)
+            rows[t] = (draw < self.config.mask_rate).nonzero().flatten()
+            keep = torch.ones(x_dict[t].shape[0], 1, dtype=x_dict[t].dtype, device=x_dict[t].device)
+            keep[rows[t]] = 0.0
+            masked[t] = x_dict[t] * keep + (1.0 - keep) * self.mask_token[t]
+        return masked, rows
+
+    def loss(
+        self,
+        h_dict: Dict[NodeType, torch.Tensor],
+        target_dict: Dict[NodeType, torch.Tensor],
+        mask: Dict[NodeType, torch.Tensor],
+    ) -> torch.Tensor:
+        """Mean reconstruction error over all masked nodes of all types.
+
+        Args:
+            h_dict (Dict[str, Tensor]): (N'_t, H) encoder outputs.
+            target_dict (Dict[str, Tensor]): (N_t, F_t) targets (already gradient-stopped).
+            mask (Dict[str, Tensor]): (M_t,) masked rows from :meth:`mask`.
+
+        Returns:
+            Tensor: scalar loss (0 when no node is masked).
+        """
+        errors = []
+        for t, rows in mask.items():
+            if rows.numel() == 0:
+                continue
+            prediction = self.decoders[t](h_dict[t][rows])  # (M_t, F_t)
+            target = target_dict[t][rows]
+            if self.config.loss == "sce":
+                cos = F.cosine_similarity(prediction, target, dim=-1, eps=1e-8)
+                errors.append((1.0 - cos).pow(self.config.gamma))
+            else:
+                errors.append((prediction - target).pow(2).mean(-1))
+        if not errors:
+            return next(iter(h_dict.values())).sum() * 0.0
+        return torch.cat(errors).mean()
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels} -> {self.out_channels}, targets={self.target_channels}, "
+            f"mask_rate={self.config.mask_rate}, loss={self.config.loss})"
+        )

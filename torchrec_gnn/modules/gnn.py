@@ -1,0 +1,214 @@
+"""Heterogeneous message passing over a sampled subgraph (PyG layers).
+
+Notation: N_t sampled nodes of type t, E_r sampled edges of relation r, D input channels,
+H hidden channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch_geometric.nn import GATConv, HeteroConv, MessagePassing, SAGEConv
+from torch_geometric.utils import degree, trim_to_layer
+
+from torchrec_gnn.data.dataset import EdgeType, NodeType
+
+CONV_TYPES = ("sage", "gat", "lightgcn")
+NORM_TYPES = ("layer", "none")
+
+
+@dataclass
+class GNNConfig:
+    """Shape of the message-passing stack.
+
+    Args:
+        conv (str): ``"sage"`` (GraphSAGE, default), ``"gat"`` (GATv1 attention) or
+            ``"lightgcn"`` (parameter-free normalised propagation plus a learned readout).
+        hidden_channels (int): H, width of every layer and of the output. Default 64.
+        num_layers (int): message-passing layers; match the sampler's hop count. Default 2.
+        norm (str): ``"layer"`` (LayerNorm per node type between layers) or ``"none"``.
+        dropout (float): dropout between layers. Default 0.1.
+        heads (int): attention heads for ``"gat"`` (H must be divisible). Default 2.
+        trim (bool): layer-wise trimming with the sampler's per-hop counts: layer l only
+            updates nodes within ``num_layers - l`` hops of a seed (PyG ``trim_to_layer``), so
+            only the seeds' rows of the output are complete. Default True.
+    """
+
+    conv: str = "sage"
+    hidden_channels: int = 64
+    num_layers: int = 2
+    norm: str = "layer"
+    dropout: float = 0.1
+    heads: int = 2
+    trim: bool = True
+
+    def __post_init__(self) -> None:
+        if self.conv not in CONV_TYPES:
+            raise ValueError(f"GNNConfig.conv must be one of {CONV_TYPES}, got {self.conv!r}")
+        if self.norm not in NORM_TYPES:
+            raise ValueError(f"GNNConfig.norm must be one of {NORM_TYPES}, got {self.norm!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"GNNConfig.num_layers must be >= 1, got {self.num_layers}")
+        if self.conv == "gat" and self.hidden_channels % self.heads:
+            raise ValueError(
+                f"GNNConfig: hidden_channels={self.hidden_channels} must be divisible by heads={self.heads} for 'gat'"
+            )
+
+
+class LightGCNConv(MessagePassing):
+    """LightGCN propagation (He et al. 2020, https://arxiv.org/abs/2002.02126) for one relation.
+
+    ``out[j] = sum_{i -> j} x[i] / sqrt(deg_out(i) * deg_in(j))`` with degrees counted in the
+    sampled subgraph. No parameters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(aggr="sum")
+
+    def forward(self, x: Tuple[torch.Tensor, torch.Tensor], edge_index: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tuple[Tensor, Tensor]): source (N_src, D) and destination (N_dst, D) features.
+            edge_index (Tensor): (2, E) local ``[source; destination]``.
+
+        Returns:
+            Tensor: (N_dst, D).
+        """
+        src, dst = x
+        deg_out = degree(edge_index[0], src.shape[0], dtype=src.dtype).clamp(min=1)
+        deg_in = degree(edge_index[1], dst.shape[0], dtype=src.dtype).clamp(min=1)
+        norm = (deg_out[edge_index[0]] * deg_in[edge_index[1]]).rsqrt()
+        return self.propagate(edge_index, x=(src, dst), norm=norm)
+
+    def message(self, x_j: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        return norm.unsqueeze(-1) * x_j
+
+
+class HeteroGNN(nn.Module):
+    """A stack of ``HeteroConv`` layers over every relation of the graph.
+
+    Args:
+        node_types (Sequence[str]): node types of the graph.
+        edge_types (Sequence[EdgeType]): relations ``(src, rel, dst)``; include reverse
+            relations so that every node type receives messages.
+        in_channels (int): D, input width (the node tables' embedding dim).
+        config (GNNConfig): layer type and sizes.
+
+    Example::
+
+        gnn = HeteroGNN(["user", "video"], [("user", "watches", "video"),
+                        ("video", "rev_watches", "user")], in_channels=16, config=GNNConfig())
+        h_dict = gnn(x_dict, edge_index_dict)
+    """
+
+    def __init__(
+        self,
+        node_types: Sequence[NodeType],
+        edge_types: Sequence[EdgeType],
+        in_channels: int,
+        config: GNNConfig,
+    ) -> None:
+        super().__init__()
+        self.node_types = list(node_types)
+        self.edge_types = [tuple(et) for et in edge_types]
+        receivers = {et[2] for et in self.edge_types}
+        deaf = [t for t in self.node_types if t not in receivers]
+        if deaf:
+            raise ValueError(
+                f"HeteroGNN: node types {deaf} receive no messages (no relation ends at them); "
+                "add reverse relations (HeteroGraph.from_edges(add_reverse=True))"
+            )
+        self.in_channels = in_channels
+        self.config = config
+        hidden = config.hidden_channels
+        self.convs = nn.ModuleList()
+        for layer in range(config.num_layers):
+            width = in_channels if layer == 0 else hidden
+            self.convs.append(HeteroConv({et: self._conv(width) for et in self.edge_types}, aggr="sum"))
+        # LightGCN has no weights of its own: a learned readout maps its output to H.
+        self.readout = nn.Linear(in_channels, hidden) if config.conv == "lightgcn" else None
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({t: nn.LayerNorm(hidden) for t in self.node_types})
+            for _ in range(config.num_layers - 1 if config.norm == "layer" and config.conv != "lightgcn" else 0)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def _conv(self, width: int) -> MessagePassing:
+        cfg = self.config
+        if cfg.conv == "sage":
+            return SAGEConv((width, width), cfg.hidden_channels)
+        if cfg.conv == "gat":
+            return GATConv((width, width), cfg.hidden_channels // cfg.heads, heads=cfg.heads, add_self_loops=False)
+        return LightGCNConv()
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.hidden_channels
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs:
+            conv.reset_parameters()
+        for norms in self.norms:
+            for norm in norms.values():
+                norm.reset_parameters()
+        if self.readout is not None:
+            self.readout.reset_parameters()
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The last layer with weights: the shared layer every loss reaches (GradNorm)."""
+        last = self.readout if self.readout is not None else self.convs[-1]
+        return [p for p in last.parameters() if p.requires_grad]
+
+    def forward(
+        self,
+        x_dict: Dict[NodeType, torch.Tensor],
+        edge_index_dict: Dict[EdgeType, torch.Tensor],
+        num_sampled_nodes: Optional[Dict[NodeType, List[int]]] = None,
+        num_sampled_edges: Optional[Dict[EdgeType, List[int]]] = None,
+    ) -> Dict[NodeType, torch.Tensor]:
+        """
+        Args:
+            x_dict (Dict[str, Tensor]): (N_t, D) input features per node type.
+            edge_index_dict (Dict[EdgeType, Tensor]): (2, E_r) local edges per relation.
+            num_sampled_nodes (Dict[str, List[int]], optional): per-hop node counts, for trimming.
+            num_sampled_edges (Dict[EdgeType, List[int]], optional): per-hop edge counts.
+
+        Returns:
+            Dict[str, Tensor]: (N'_t, H) per node type; with trimming N'_t covers the seeds and
+            the hops the last layer still needed; the seeds' rows come first either way.
+        """
+        edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
+        trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
+        layers: List[Dict[NodeType, torch.Tensor]] = [x_dict]
+        for layer, conv in enumerate(self.convs):
+            if trim:
+                x_dict, edge_index_dict, _ = trim_to_layer(
+                    layer, num_sampled_nodes, num_sampled_edges, x_dict, edge_index_dict
+                )
+            out = conv(x_dict, edge_index_dict)
+            if self.config.conv == "lightgcn":
+                x_dict = out
+                layers.append(out)
+                continue
+            if layer < len(self.convs) - 1:
+                if self.norms:
+                    out = {t: self.norms[layer][t](h) for t, h in out.items()}
+                out = {t: self.dropout(h.relu()) for t, h in out.items()}
+            x_dict = out
+        if self.config.conv == "lightgcn":
+            # LightGCN readout: mean over the layer outputs (rows trimmed to the last layer's).
+            rows = {t: h.shape[0] for t, h in x_dict.items()}
+            mean = {t: torch.stack([h[: rows[t]] for h in (l[t] for l in layers)]).mean(0) for t in rows}
+            return {t: self.readout(h) for t, h in mean.items()}
+        return x_dict
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"{self.__class__.__name__}(conv={cfg.conv}, {self.in_channels} -> {cfg.hidden_channels}, "
+            f"num_layers={cfg.num_layers}, node_types={len(self.node_types)}, relations={len(self.edge_types)})"
+        )

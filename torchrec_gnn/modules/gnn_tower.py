@@ -1,0 +1,173 @@
+"""GNNTower: node tables (a TorchRec EmbeddingCollection) + heterogeneous GNN + GFAE.
+
+The tower is split in two so TorchRec's train pipeline can overlap the node tables' input
+distribution with the previous step:
+
+* :class:`GNNTower` owns the ``EmbeddingCollection`` and feeds it ``batch.node_ids`` straight
+  from the batch (the pattern the pipeline's tracer recognises);
+* :class:`GraphEncoder` (no sharded children, so the pipeline treats it as a leaf) does all the
+  tensor work: side-feature projection, GFAE masking, message passing, GFAE loss, and gathering
+  each example's user and item rows.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, NamedTuple, Optional
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
+
+from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.dataset import NodeType
+from torchrec_gnn.modules.gfae import GFAE
+from torchrec_gnn.modules.gnn import HeteroGNN
+
+
+class GraphEmbeddings(NamedTuple):
+    """What the tower gives the ranker.
+
+    Attributes:
+        user (Tensor): (B, H) graph embedding of each example's user.
+        item (Tensor): (B, H) graph embedding of each example's item.
+        gfae_loss (Tensor): scalar GFAE reconstruction loss (0 in eval mode or without GFAE).
+    """
+
+    user: torch.Tensor
+    item: torch.Tensor
+    gfae_loss: torch.Tensor
+
+
+class GraphEncoder(nn.Module):
+    """Side features, GFAE masking, message passing and seed gathering.
+
+    Args:
+        gnn (HeteroGNN): the message-passing stack.
+        user_type (str): node type of the examples' users.
+        item_type (str): node type of the examples' items.
+        gfae (GFAE, optional): masked feature auto-encoder; active in training mode only.
+        feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
+            side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
+            through a linear projection. They are also that type's GFAE target.
+    """
+
+    def __init__(
+        self,
+        gnn: HeteroGNN,
+        user_type: NodeType,
+        item_type: NodeType,
+        gfae: Optional[GFAE] = None,
+        feature_channels: Optional[Mapping[NodeType, int]] = None,
+    ) -> None:
+        super().__init__()
+        for t in (user_type, item_type):
+            if t not in gnn.node_types:
+                raise ValueError(f"GraphEncoder: node type {t!r} is not one of the GNN's {gnn.node_types}")
+        self.gnn = gnn
+        self.user_type, self.item_type = user_type, item_type
+        self.gfae = gfae
+        self.feature_projection = nn.ModuleDict(
+            {t: nn.Linear(f, gnn.in_channels) for t, f in (feature_channels or {}).items()}
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for projection in self.feature_projection.values():
+            projection.reset_parameters()
+
+    @property
+    def out_channels(self) -> int:
+        return self.gnn.out_channels
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """GradNorm's shared layer: the GNN's last weighted layer."""
+        return self.gnn.shared_parameters()
+
+    def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
+        """
+        Args:
+            x_dict (Dict[str, Tensor]): (N_t, D) node-table rows of the batch's sampled nodes.
+            batch (GraphBatch): edges, per-hop counts, side features and seed rows.
+
+        Returns:
+            GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
+        """
+        targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
+        inputs = dict(x_dict)
+        for t, projection in self.feature_projection.items():
+            inputs[t] = inputs[t] + projection(batch.node_features[t])
+        use_gfae = self.gfae is not None and self.training
+        if use_gfae:
+            # Only rows whose final embedding is computed can be scored: the seeds when trimming.
+            if self.gnn.config.trim:
+                candidates = {t: batch.num_sampled_nodes[t][0] for t in inputs}
+            else:
+                candidates = {t: x.shape[0] for t, x in inputs.items()}
+            inputs, masked = self.gfae.mask(inputs, candidates)
+        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges)
+        gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else h_dict[self.user_type].sum() * 0.0
+        return GraphEmbeddings(
+            user=h_dict[self.user_type][batch.user_index],
+            item=h_dict[self.item_type][batch.item_index],
+            gfae_loss=gfae_loss,
+        )
+
+
+class GNNTower(nn.Module):
+    """A drop-in TorchRec module: node tables + GNN, giving graph embeddings per example.
+
+    Args:
+        node_embeddings (EmbeddingCollection): one table per node type, each with
+            ``feature_names=[node_type]`` and the same embedding dim D; DMP shards it like any
+            other table (keep it off data_parallel on CPU, see ``torchrec_gnn.train.sharding``).
+        encoder (GraphEncoder): everything after the lookup.
+
+    Example::
+
+        ec = EmbeddingCollection(tables=[
+            EmbeddingConfig(name="t_user", num_embeddings=1000, embedding_dim=16, feature_names=["user"]),
+            EmbeddingConfig(name="t_video", num_embeddings=500, embedding_dim=16, feature_names=["video"]),
+        ])
+        gnn = HeteroGNN(graph.node_types, graph.edge_types, in_channels=16, config=GNNConfig())
+        tower = GNNTower(ec, GraphEncoder(gnn, "user", "video"))
+        graph_emb = tower(batch)   # user (B, 64), item (B, 64), gfae_loss ()
+    """
+
+    def __init__(self, node_embeddings: EmbeddingCollection, encoder: GraphEncoder) -> None:
+        super().__init__()
+        features = {f for config in node_embeddings.embedding_configs() for f in config.feature_names}
+        missing = [t for t in encoder.gnn.node_types if t not in features]
+        if missing:
+            raise ValueError(
+                f"GNNTower: node types {missing} have no table in the EmbeddingCollection "
+                f"(its feature names: {sorted(features)}); add one table per node type"
+            )
+        dims = {config.embedding_dim for config in node_embeddings.embedding_configs()}
+        if dims != {encoder.gnn.in_channels}:
+            raise ValueError(
+                f"GNNTower: node tables have embedding dims {sorted(dims)} but the GNN expects "
+                f"in_channels={encoder.gnn.in_channels}"
+            )
+        self.node_embeddings = node_embeddings
+        self.encoder = encoder
+        self.node_types: List[NodeType] = list(encoder.gnn.node_types)
+
+    @property
+    def out_channels(self) -> int:
+        return self.encoder.out_channels
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        return self.encoder.shared_parameters()
+
+    def forward(self, batch: GraphBatch) -> GraphEmbeddings:
+        """
+        Args:
+            batch (GraphBatch): needs ``node_ids`` (one key per node type) and the subgraph.
+
+        Returns:
+            GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
+        """
+        # Straight from the batch: lets the train pipeline start this lookup's input dist early.
+        embeddings = self.node_embeddings(batch.node_ids)
+        x_dict = {t: embeddings[t].values() for t in self.node_types}  # (N_t, D) each
+        return self.encoder(x_dict, batch)
