@@ -104,7 +104,8 @@ class GFAE(nn.Module):
         num_candidates: Mapping[NodeType, int],
         generator: Optional[torch.Generator] = None,
     ) -> Tuple[Dict[NodeType, torch.Tensor], Dict[NodeType, torch.Tensor]]:
-        """Replace the input of a random ``mask_rate`` share of the first ``num_candidates[t]`` rows.
+        """Replace the input of ``max(1, round(mask_rate * n))`` random rows among the first
+        ``n = num_candidates[t]`` (at least one, so every decoder takes part in every step).
 
         Args:
             x_dict (Dict[str, Tensor]): (N_t, D) encoder inputs.
@@ -121,8 +122,8 @@ class GFAE(nn.Module):
             if t not in x_dict:
                 continue
             n = int(num_candidates.get(t, 0))
-            draw = torch.rand(n, generator=generator).to(x_dict[t].device)
-            rows[t] = (draw < self.config.mask_rate).nonzero().flatten()
+            count = max(1, round(self.config.mask_rate * n)) if n > 0 else 0
+            rows[t] = torch.randperm(n, generator=generator)[:count].to(x_dict[t].device)
             keep = torch.ones(x_dict[t].shape[0], 1, dtype=x_dict[t].dtype, device=x_dict[t].device)
             keep[rows[t]] = 0.0
             masked[t] = x_dict[t] * keep + (1.0 - keep) * self.mask_token[t]

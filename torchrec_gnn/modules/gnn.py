@@ -96,6 +96,10 @@ class HeteroGNN(nn.Module):
             relations so that every node type receives messages.
         in_channels (int): D, input width (the node tables' embedding dim).
         config (GNNConfig): layer type and sizes.
+        out_node_types (Sequence[str], optional): node types whose output is used (the
+            examples' user and item types). The last layer then only runs the relations that
+            end at them, which saves work and leaves no parameter without a gradient (DDP
+            requires that). Default: all node types.
 
     Example::
 
@@ -110,9 +114,14 @@ class HeteroGNN(nn.Module):
         edge_types: Sequence[EdgeType],
         in_channels: int,
         config: GNNConfig,
+        out_node_types: Optional[Sequence[NodeType]] = None,
     ) -> None:
         super().__init__()
         self.node_types = list(node_types)
+        self.out_node_types = list(out_node_types) if out_node_types is not None else list(node_types)
+        unknown = [t for t in self.out_node_types if t not in self.node_types]
+        if unknown:
+            raise ValueError(f"HeteroGNN: out_node_types {unknown} are not among node_types {self.node_types}")
         self.edge_types = [tuple(et) for et in edge_types]
         receivers = {et[2] for et in self.edge_types}
         deaf = [t for t in self.node_types if t not in receivers]
@@ -127,7 +136,9 @@ class HeteroGNN(nn.Module):
         self.convs = nn.ModuleList()
         for layer in range(config.num_layers):
             width = in_channels if layer == 0 else hidden
-            self.convs.append(HeteroConv({et: self._conv(width) for et in self.edge_types}, aggr="sum"))
+            last = layer == config.num_layers - 1
+            relations = [et for et in self.edge_types if not last or et[2] in self.out_node_types]
+            self.convs.append(HeteroConv({et: self._conv(width) for et in relations}, aggr="sum"))
         # LightGCN has no weights of its own: a learned readout maps its output to H.
         self.readout = nn.Linear(in_channels, hidden) if config.conv == "lightgcn" else None
         self.norms = nn.ModuleList(
@@ -178,10 +189,12 @@ class HeteroGNN(nn.Module):
             num_sampled_edges (Dict[EdgeType, List[int]], optional): per-hop edge counts.
 
         Returns:
-            Dict[str, Tensor]: (N'_t, H) per node type; with trimming N'_t covers the seeds and
-            the hops the last layer still needed; the seeds' rows come first either way.
+            Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t
+            covers the seeds and the hops the last layer still needed; the seeds' rows come
+            first either way.
         """
         edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
+        last = len(self.convs) - 1
         trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
         layers: List[Dict[NodeType, torch.Tensor]] = [x_dict]
         for layer, conv in enumerate(self.convs):
@@ -189,19 +202,21 @@ class HeteroGNN(nn.Module):
                 x_dict, edge_index_dict, _ = trim_to_layer(
                     layer, num_sampled_nodes, num_sampled_edges, x_dict, edge_index_dict
                 )
+            if layer == last:
+                edge_index_dict = {et: e for et, e in edge_index_dict.items() if et[2] in self.out_node_types}
             out = conv(x_dict, edge_index_dict)
             if self.config.conv == "lightgcn":
                 x_dict = out
                 layers.append(out)
                 continue
-            if layer < len(self.convs) - 1:
+            if layer < last:
                 if self.norms:
                     out = {t: self.norms[layer][t](h) for t, h in out.items()}
                 out = {t: self.dropout(h.relu()) for t, h in out.items()}
             x_dict = out
         if self.config.conv == "lightgcn":
             # LightGCN readout: mean over the layer outputs (rows trimmed to the last layer's).
-            rows = {t: h.shape[0] for t, h in x_dict.items()}
+            rows = {t: x_dict[t].shape[0] for t in self.out_node_types}
             mean = {t: torch.stack([h[: rows[t]] for h in (l[t] for l in layers)]).mean(0) for t in rows}
             return {t: self.readout(h) for t, h in mean.items()}
         return x_dict

@@ -63,6 +63,13 @@ class GraphEncoder(nn.Module):
         for t in (user_type, item_type):
             if t not in gnn.node_types:
                 raise ValueError(f"GraphEncoder: node type {t!r} is not one of the GNN's {gnn.node_types}")
+        if gfae is not None:
+            unscored = [t for t in gfae.target_channels if t not in gnn.out_node_types]
+            if unscored:
+                raise ValueError(
+                    f"GraphEncoder: GFAE targets {unscored} are not GNN outputs {gnn.out_node_types}; "
+                    "reconstruct only output node types"
+                )
         self.gnn = gnn
         self.user_type, self.item_type = user_type, item_type
         self.gfae = gfae
