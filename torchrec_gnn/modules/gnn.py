@@ -6,6 +6,7 @@ H hidden channels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -138,7 +139,10 @@ class HeteroGNN(nn.Module):
             width = in_channels if layer == 0 else hidden
             last = layer == config.num_layers - 1
             relations = [et for et in self.edge_types if not last or et[2] in self.out_node_types]
-            self.convs.append(HeteroConv({et: self._conv(width) for et in relations}, aggr="sum"))
+            with warnings.catch_warnings():
+                # The last layer leaves non-output types un-updated on purpose; PyG warns about it.
+                warnings.filterwarnings("ignore", message="There exist node types")
+                self.convs.append(HeteroConv({et: self._conv(width) for et in relations}, aggr="sum"))
         # LightGCN has no weights of its own: a learned readout maps its output to H.
         self.readout = nn.Linear(in_channels, hidden) if config.conv == "lightgcn" else None
         self.norms = nn.ModuleList(

@@ -1,0 +1,98 @@
+"""Build a GraphDLRM for a dataset and its graph from one config dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from torchrec_gnn.data.dataset import GraphRecDataset
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
+from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
+from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
+from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
+
+
+@dataclass
+class ModelConfig:
+    """Everything that shapes the model.
+
+    Args:
+        embedding_dim (int): D of the ranker's sparse tables (and of the dense arch output).
+        node_embedding_dim (int): width of the node tables (GNN input).
+        use_graph (bool): build the GNN tower (False = the no-graph ranker).
+        use_gfae (bool): add the GFAE auxiliary loss.
+        gnn (GNNConfig): message passing.
+        gfae (GFAEConfig): masking and reconstruction loss.
+        ranker (RankerConfig): DLRM arches and fusion switches.
+        regression_loss (str): ``"mse_log1p"`` or ``"huber_log1p"``.
+    """
+
+    embedding_dim: int = 16
+    node_embedding_dim: int = 32
+    use_graph: bool = True
+    use_gfae: bool = True
+    gnn: GNNConfig = field(default_factory=GNNConfig)
+    gfae: GFAEConfig = field(default_factory=GFAEConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    regression_loss: str = "mse_log1p"
+
+
+def node_table_name(node_type: str) -> str:
+    """Table name of a node type's embeddings (unique, so planner constraints can name it)."""
+    return f"node_{node_type}"
+
+
+def build_graph_tower(
+    dataset: GraphRecDataset, graph: HeteroGraph, config: ModelConfig, device: Optional[torch.device] = None
+) -> GNNTower:
+    """The GNN tower: one node table per node type, the GNN and (optionally) the GFAE."""
+    dim = config.node_embedding_dim
+    tables = [
+        EmbeddingConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
+        for t, n in graph.num_nodes.items()
+    ]
+    seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])
+    gnn = HeteroGNN(graph.node_types, graph.edge_types, dim, config.gnn, out_node_types=seed_types)
+    feature_channels = {t: int(x.shape[1]) for t, x in dataset.node_features.items()}
+    gfae = None
+    if config.use_gfae:
+        targets = {t: feature_channels.get(t, dim) for t in seed_types}
+        gfae = GFAE(dim, gnn.out_channels, targets, config.gfae)
+    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
+    return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
+
+
+def build_graph_dlrm(
+    dataset: GraphRecDataset,
+    graph: HeteroGraph,
+    config: ModelConfig,
+    device: Optional[torch.device] = None,
+) -> GraphDLRMTrain:
+    """A :class:`GraphDLRMTrain` for ``dataset``: one ranker table per sparse feature, the
+    dataset's dense features, its tasks, and the tower over ``graph`` when ``use_graph``.
+
+    Args:
+        dataset (GraphRecDataset): features, cardinalities, tasks, node types.
+        graph (HeteroGraph): the graph the batches are sampled from (node counts, relations).
+        config (ModelConfig): sizes and switches.
+        device (torch.device, optional): where to build the tables (``"meta"`` before DMP).
+    """
+    if not dataset.dense_names:
+        raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no dense features; DLRM needs at least one")
+    if not dataset.sparse_cardinality:
+        raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no sparse features")
+    ebc = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(name=f"t_{name}", num_embeddings=n, embedding_dim=config.embedding_dim, feature_names=[name])
+            for name, n in dataset.sparse_cardinality.items()
+        ],
+        device=device,
+    )
+    tower = build_graph_tower(dataset, graph, config, device) if config.use_graph else None
+    model = GraphDLRM(ebc, len(dataset.dense_names), dataset.tasks, config.ranker, tower)
+    return GraphDLRMTrain(model, config.regression_loss)
