@@ -1,0 +1,1 @@
+"""Training: loss balancing (GradNorm), train pipeline, sharding, checkpoints and metrics."""
