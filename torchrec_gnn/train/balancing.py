@@ -173,6 +173,11 @@ class LossBalancer(nn.Module, abc.ABC):
         self._check_losses(losses)
         return self._weight_logs()
 
+    def backward_parameters(self) -> List[nn.Parameter]:
+        """Parameters learned through the main backward of :meth:`combine`: give them to the
+        model's optimizer. None by default (GradNorm updates its weights itself in :meth:`step`)."""
+        return []
+
     def sync_gradients(self) -> None:
         """Average the balancer's parameter gradients across ranks; call it after backward.
 
@@ -286,6 +291,10 @@ class UncertaintyWeighting(LossBalancer):
         self._check_losses(losses)
         log_vars = self.log_vars.to(losses.dtype)
         return (torch.exp(-log_vars) * losses + log_vars).sum()
+
+    def backward_parameters(self) -> List[nn.Parameter]:
+        """The log-variances ``s``, learned through the main backward."""
+        return [self.log_vars]
 
     def sync_gradients(self) -> None:
         """Average the gradient of ``s`` across ranks (the parameters live outside DMP/DDP).

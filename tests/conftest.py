@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny heterogeneous log dataset, its leak-free split and GraphBatches."""
+
+from typing import List
+
+import pytest
+import torch
+
+from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.split import TimeSplit, time_split
+from torchrec_gnn.graph.sampler import NeighborSampler
+
+NUM_USERS, NUM_ITEMS, NUM_GENRES = 40, 60, 5
+
+
+def tiny_log_dataset(n: int = 1200, seed: int = 0) -> GraphRecDataset:
+    """Users watch items, items belong to genres; two tasks (click, stay) with one missing label."""
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, NUM_USERS, (n,), generator=g)
+    item = torch.randint(0, NUM_ITEMS, (n,), generator=g)
+    time = torch.randint(0, 10_000, (n,), generator=g)
+    genre_of_item = torch.arange(NUM_ITEMS) % NUM_GENRES
+    taste = torch.randint(0, NUM_GENRES, (NUM_USERS,), generator=g)
+    click = (genre_of_item[item] == taste[user]).float()
+    stay = click * torch.rand(n, generator=g) * 30
+    stay[::50] = float("nan")
+    examples = Interactions(
+        user=user, item=item, timestamp=time,
+        labels=torch.stack([click, stay], dim=1),
+        dense=torch.randn(n, 3, generator=g),
+        sparse={"user_id": user, "item_id": item, "genre": genre_of_item[item]},
+    )
+    edges = {
+        ("user", "watches", "item"): EdgeList(src=user, dst=item, time=time),
+        ("item", "in", "genre"): EdgeList(src=torch.arange(NUM_ITEMS), dst=genre_of_item),
+    }
+    return GraphRecDataset(
+        name="tiny_log", tasks=[TaskSpec("click", "binary"), TaskSpec("stay", "regression")],
+        user_type="user", item_type="item",
+        num_nodes={"user": NUM_USERS, "item": NUM_ITEMS, "genre": NUM_GENRES},
+        examples=examples, edges=edges, dense_names=["d0", "d1", "d2"],
+        sparse_cardinality={"user_id": NUM_USERS, "item_id": NUM_ITEMS, "genre": NUM_GENRES},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_split() -> TimeSplit:
+    return time_split(tiny_log_dataset(), history_fraction=0.5, val_fraction=0.1, test_fraction=0.1)
+
+
+def make_batches(split: TimeSplit, batch_size: int = 64, fanouts: List[int] = (5, 3), seed: int = 0) -> List[GraphBatch]:
+    sampler = NeighborSampler(split.graph, list(fanouts))
+    dataset = GraphBatchDataset(
+        split.train, sampler, "user", "item", batch_size, split.graph.node_types,
+        ["user_id", "item_id", "genre"], shuffle=True, seed=seed,
+    )
+    return [dataset[i] for i in range(len(dataset))]
+
+
+@pytest.fixture(scope="session")
+def tiny_batches(tiny_split: TimeSplit) -> List[GraphBatch]:
+    return make_batches(tiny_split)

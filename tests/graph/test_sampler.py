@@ -1,0 +1,490 @@
+"""Property tests of NeighborSampler (PyG-style): small random hetero graphs and literal ones."""
+
+import pickle
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from torchrec_gnn.data.dataset import EdgeList
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.sampler import NeighborSampler, PyGNeighborSampler, SampledSubgraph
+
+WATCHES = ("user", "watches", "video")
+REV_WATCHES = ("video", "rev_watches", "user")
+
+
+# ---------------------------------------------------------------------- graphs
+def literal_graph() -> HeteroGraph:
+    """The graph drawn in SampledSubgraph's docstring: users 5, 9, 1 watch videos 7, 3, 4."""
+    src, dst = torch.tensor([5, 9, 1, 9]), torch.tensor([7, 7, 3, 4])
+    return HeteroGraph.from_edges({"user": 10, "video": 8}, {WATCHES: (src, dst)}, add_reverse=True)
+
+
+def random_graph(seed: int = 0, timed: bool = False, weighted: bool = False) -> HeteroGraph:
+    """3 connected node types + 1 type in no relation, a self-relation, reverses and an empty
+    relation. The last node of every type has no edge at all."""
+    g = torch.Generator().manual_seed(seed)
+    num_nodes = {"user": 40, "video": 30, "tag": 6, "island": 3}
+
+    def edges(src_t: str, dst_t: str, n: int) -> EdgeList:
+        # Skewed destinations so some nodes have degree > fanout and others have none.
+        dst = (torch.rand(n, generator=g) ** 2 * (num_nodes[dst_t] - 1)).long()
+        return EdgeList(
+            src=torch.randint(0, num_nodes[src_t] - 1, (n,), generator=g),
+            dst=dst,
+            time=torch.randint(0, 100, (n,), generator=g) if timed else None,
+            weight=torch.rand(n, generator=g) + 0.1 if weighted else None,
+        )
+
+    empty = EdgeList(
+        src=torch.empty(0, dtype=torch.long), dst=torch.empty(0, dtype=torch.long),
+        time=torch.empty(0, dtype=torch.long) if timed else None,
+        weight=torch.empty(0) if weighted else None,
+    )
+    relations = {
+        WATCHES: edges("user", "video", 300),
+        ("video", "has", "tag"): edges("video", "tag", 60),
+        ("user", "follows", "user"): edges("user", "user", 120),
+        ("tag", "empty", "user"): empty,
+    }
+    return HeteroGraph.from_edges(num_nodes, relations, add_reverse=True)
+
+
+def edge_dst(graph: HeteroGraph, et, edge_ids: torch.Tensor) -> torch.Tensor:
+    """Global destination of each CSC position."""
+    colptr = graph.csc(et).colptr
+    return torch.from_numpy(np.searchsorted(colptr, edge_ids.numpy(), side="right") - 1)
+
+
+def reference(graph: HeteroGraph, seeds: Dict[str, List[int]], hops: int,
+              seed_time: Optional[Dict[str, List[int]]] = None) -> Tuple[dict, dict]:
+    """Slow, obviously correct BFS taking *all* (older) neighbours: (nodes, edges) per type/relation."""
+    nodes = {t: [] for t in graph.node_types}
+    times = {t: [] for t in graph.node_types}
+    local = {t: {} for t in graph.node_types}
+    for t, ids in seeds.items():
+        for p, g in enumerate(ids):
+            if g not in local[t]:
+                local[t][g] = len(nodes[t])
+                nodes[t].append(g)
+                times[t].append(seed_time[t][p] if seed_time else 0)
+            elif seed_time:
+                times[t][local[t][g]] = min(times[t][local[t][g]], seed_time[t][p])
+    edges = {et: [] for et in graph.edge_types}
+    lo = {t: 0 for t in graph.node_types}
+    for _ in range(hops):
+        start = {t: len(nodes[t]) for t in graph.node_types}
+        for et in graph.edge_types:
+            src, _, dst = et
+            csc = graph.csc(et)
+            for i in range(lo[dst], start[dst]):
+                g = nodes[dst][i]
+                for e in range(int(csc.colptr[g]), int(csc.colptr[g + 1])):
+                    if seed_time is not None and int(csc.time[e]) >= times[dst][i]:
+                        continue
+                    s = int(csc.row[e])
+                    if s not in local[src]:
+                        local[src][s] = len(nodes[src])
+                        nodes[src].append(s)
+                        times[src].append(times[dst][i])
+                    elif seed_time is not None and local[src][s] >= start[src]:
+                        times[src][local[src][s]] = min(times[src][local[src][s]], times[dst][i])
+                    edges[et].append((local[src][s], i, e))
+        lo = start
+    return nodes, edges
+
+
+def check_valid(graph: HeteroGraph, out: SampledSubgraph, seeds: Dict[str, torch.Tensor]) -> None:
+    """Invariants every sample must satisfy, whatever the mode."""
+    assert set(out.node) == set(graph.node_types) and set(out.row) == set(graph.edge_types)
+    for t in graph.node_types:
+        ids = out.node[t]
+        assert ids.dtype == torch.long and ids.unique().numel() == ids.numel()  # deduplicated
+        assert sum(out.num_sampled_nodes[t]) == ids.numel()
+    for t, s in seeds.items():
+        first = list(dict.fromkeys(s.tolist()))  # seeds in order, repeats dropped
+        assert out.node[t][: len(first)].tolist() == first
+        assert out.num_sampled_nodes[t][0] == len(first)
+        assert torch.equal(out.node[t][out.seed_index[t]], s)
+    for et in graph.edge_types:
+        src, _, dst = et
+        row, col, edge = out.row[et], out.col[et], out.edge[et]
+        assert row.dtype == col.dtype == edge.dtype == torch.long
+        assert sum(out.num_sampled_edges[et]) == row.numel() == col.numel() == edge.numel()
+        if row.numel() == 0:
+            continue
+        # Every sampled edge exists: the edge id's CSC row is the source, its segment the destination.
+        csc = graph.csc(et)
+        assert torch.equal(torch.from_numpy(csc.row[edge.numpy()].astype(np.int64)), out.node[src][row])
+        assert torch.equal(edge_dst(graph, et, edge), out.node[dst][col])
+        # Hop h's edges leave the nodes first reached at hop h - 1 (trim_to_layer's layout).
+        n_dst = np.cumsum([0] + out.num_sampled_nodes[dst])
+        n_src = np.cumsum([0] + out.num_sampled_nodes[src])
+        e_off = np.cumsum([0] + out.num_sampled_edges[et])
+        for h in range(len(out.num_sampled_edges[et])):
+            c, r = col[e_off[h]:e_off[h + 1]], row[e_off[h]:e_off[h + 1]]
+            assert bool(((c >= n_dst[h]) & (c < n_dst[h + 1])).all())
+            assert bool((r < n_src[h + 2]).all())
+
+
+def per_node_counts(graph: HeteroGraph, out: SampledSubgraph, et, hop: int, older: bool = False):
+    """(frontier local ids, sampled edges per node, usable degree per node) of one relation and hop."""
+    dst = et[2]
+    n_dst = np.cumsum([0] + out.num_sampled_nodes[dst])
+    e_off = np.cumsum([0] + out.num_sampled_edges[et])
+    frontier = np.arange(n_dst[hop], n_dst[hop + 1])
+    col = out.col[et][e_off[hop]:e_off[hop + 1]].numpy()
+    got = np.bincount(col - n_dst[hop], minlength=frontier.size) if frontier.size else np.zeros(0, int)
+    csc = graph.csc(et)
+    g = out.node[dst].numpy()[frontier]
+    if older:
+        t = out.node_time[dst].numpy()[frontier]
+        degree = np.array([int((csc.time[csc.colptr[x]:csc.colptr[x + 1]] < ti).sum()) for x, ti in zip(g, t)], dtype=int)
+    else:
+        degree = (csc.colptr[g + 1] - csc.colptr[g]).astype(int)
+    return frontier, got, degree
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def same(a: SampledSubgraph, b: SampledSubgraph) -> bool:
+    fields = ("node", "row", "col", "edge", "seed_index")
+    return all(
+        set(getattr(a, f)) == set(getattr(b, f)) and all(torch.equal(getattr(a, f)[k], getattr(b, f)[k]) for k in getattr(a, f))
+        for f in fields
+    ) and a.num_sampled_nodes == b.num_sampled_nodes and a.num_sampled_edges == b.num_sampled_edges
+
+
+SEEDS = {"video": torch.tensor([3, 0, 7, 3, 1, 0]), "user": torch.tensor([5, 2])}
+
+
+# ---------------------------------------------------------------------- layout
+def test_literal_docstring_example():
+    graph = literal_graph()
+    sampler = NeighborSampler(graph, [2, 1])
+    outs = [sampler.sample({"video": torch.tensor([7, 3, 7])}, generator=gen(s)) for s in range(20)]
+    # user 9 watched videos 7 and 4: with fanout 1 at hop 2 some seeds draw 4, which joins the batch.
+    out = next(o for o in outs if o.node["video"].numel() == 3)
+    assert out.node["video"].tolist() == [7, 3, 4]
+    assert out.node["user"].tolist() == [5, 9, 1]
+    assert out.seed_index["video"].tolist() == [0, 1, 0]
+    assert out.num_sampled_nodes == {"video": [2, 0, 1], "user": [0, 3, 0]}
+    assert out.num_sampled_edges == {WATCHES: [3, 0], REV_WATCHES: [0, 3]}
+    assert out.edge_index_dict[WATCHES].tolist() == [[0, 1, 2], [0, 0, 1]]
+    assert out.edge_index_dict[REV_WATCHES].tolist() == [[0, 2, 1], [0, 1, 2]]
+    assert "video=3" in repr(out)
+
+
+@pytest.mark.parametrize("fanouts", [[3, 2], [1, 1, 1], [5]])
+def test_uniform_properties_on_random_graphs(fanouts):
+    for seed in range(3):
+        graph = random_graph(seed)
+        sampler = NeighborSampler(graph, fanouts)
+        out = sampler.sample(SEEDS, generator=gen(seed))
+        check_valid(graph, out, SEEDS)
+        for et in graph.edge_types:
+            # Without replacement: no edge twice (each node is expanded in exactly one hop).
+            assert out.edge[et].unique().numel() == out.edge[et].numel()
+            for hop, k in enumerate(fanouts):
+                _, got, degree = per_node_counts(graph, out, et, hop)
+                # Fanout respected; all neighbours taken when degree <= fanout.
+                assert np.array_equal(got, np.minimum(degree, k)), (et, hop)
+
+
+def test_fanout_all_equals_reference_bfs():
+    graph = random_graph(1)
+    out = NeighborSampler(graph, [-1, -1]).sample(SEEDS, generator=gen(0))
+    nodes, edges = reference(graph, {t: s.tolist() for t, s in SEEDS.items()}, hops=2)
+    check_valid(graph, out, SEEDS)
+    for t in graph.node_types:
+        assert out.node[t].tolist() == nodes[t], t
+    for et in graph.edge_types:
+        got = list(zip(out.row[et].tolist(), out.col[et].tolist(), out.edge[et].tolist()))
+        assert got == edges[et], et
+
+
+def test_per_relation_fanouts_and_skipped_relation():
+    graph = random_graph(2)
+    fanouts = {et: [2, 1] for et in graph.edge_types}
+    fanouts[("user", "follows", "user")] = [0, 0]
+    fanouts[WATCHES] = [-1, 3]
+    out = NeighborSampler(graph, fanouts).sample(SEEDS, generator=gen(0))
+    check_valid(graph, out, SEEDS)
+    assert out.row[("user", "follows", "user")].numel() == 0
+    for et, ks in fanouts.items():
+        for hop, k in enumerate(ks):
+            _, got, degree = per_node_counts(graph, out, et, hop)
+            assert np.array_equal(got, degree if k < 0 else np.minimum(degree, k)), (et, hop)
+
+
+def test_edge_cases_isolated_empty_relation_no_seed_types_empty_frontier():
+    graph = random_graph(0)
+    isolated = graph.num_nodes["video"] - 1
+    sampler = NeighborSampler(graph, [4, 4, 4])
+    # An isolated seed: nothing to expand, every later hop has an empty frontier.
+    out = sampler.sample({"video": torch.tensor([isolated])}, generator=gen(0))
+    check_valid(graph, out, {"video": torch.tensor([isolated])})
+    assert out.node["video"].tolist() == [isolated] and all(n == 0 for n in out.num_edges.values())
+    assert all(c == [0, 0, 0] for c in out.num_sampled_edges.values())
+    # An isolated seed next to connected ones.
+    seeds = {"video": torch.tensor([isolated, 0]), "user": torch.tensor([graph.num_nodes["user"] - 1])}
+    out = sampler.sample(seeds, generator=gen(0))
+    check_valid(graph, out, seeds)
+    assert out.num_edges[WATCHES] > 0
+    # A node type that is in no relation, and seeds of it only.
+    out = sampler.sample({"island": torch.tensor([2, 0, 2])}, generator=gen(0))
+    assert out.node["island"].tolist() == [2, 0] and out.seed_index["island"].tolist() == [0, 1, 0]
+    assert all(n == 0 for n in out.num_edges.values())
+    assert out.num_sampled_nodes["island"] == [2, 0, 0, 0] and out.num_sampled_nodes["user"] == [0, 0, 0, 0]
+    # No seeds at all, and empty seed tensors.
+    for seeds in ({}, {"user": torch.empty(0, dtype=torch.long)}):
+        out = sampler.sample(seeds, generator=gen(0))
+        assert all(n == 0 for n in out.num_nodes.values()) and all(n == 0 for n in out.num_edges.values())
+        assert all(len(c) == 3 for c in out.num_sampled_edges.values())
+    assert out.num_sampled_edges[("tag", "empty", "user")] == [0, 0, 0]
+
+
+# ---------------------------------------------------------------------- randomness
+def test_deterministic_per_generator_seed_and_thread_count():
+    graph = random_graph(3)
+    sampler = NeighborSampler(graph, [2, 2])
+    a = sampler.sample(SEEDS, generator=gen(7))
+    assert same(a, sampler.sample(SEEDS, generator=gen(7)))
+    assert not same(a, sampler.sample(SEEDS, generator=gen(8)))
+    # torch's default generator when none is given.
+    torch.manual_seed(3)
+    b = sampler.sample(SEEDS)
+    torch.manual_seed(3)
+    assert same(b, sampler.sample(SEEDS))
+    # The parallel kernel draws the same numbers (counter-based RNG) and relabels in the same order.
+    parallel = NeighborSampler(graph, [2, 2], num_threads=2)
+    assert same(a, parallel.sample(SEEDS, generator=gen(7)))
+    weighted = random_graph(3, weighted=True)
+    for replace in (False, True):
+        one = NeighborSampler(weighted, [2, 2], weighted=True, replace=replace).sample(SEEDS, generator=gen(1))
+        two = NeighborSampler(weighted, [2, 2], weighted=True, replace=replace, num_threads=2).sample(SEEDS, generator=gen(1))
+        assert same(one, two)
+
+
+def star_graph(degree: int, weight: Optional[torch.Tensor] = None) -> HeteroGraph:
+    """Video 0 watched by users 0..degree-1."""
+    edges = EdgeList(src=torch.arange(degree), dst=torch.zeros(degree, dtype=torch.long), weight=weight)
+    return HeteroGraph.from_edges({"user": degree, "video": 1}, {WATCHES: edges})
+
+
+def draw_counts(sampler: NeighborSampler, degree: int, draws: int) -> np.ndarray:
+    counts = np.zeros(degree, dtype=np.int64)
+    for s in range(draws):
+        out = sampler.sample({"video": torch.tensor([0])}, generator=gen(s))
+        counts += np.bincount(out.node["user"][out.row[WATCHES]].numpy(), minlength=degree)
+    return counts
+
+
+@pytest.mark.parametrize("fanout", [5, 18])  # 5: Floyd's algorithm; 18: selection sampling
+def test_uniform_draws_are_uniform(fanout):
+    degree, draws = 20, 2000
+    counts = draw_counts(NeighborSampler(star_graph(degree), [fanout]), degree, draws)
+    assert counts.sum() == draws * fanout
+    expected = draws * fanout / degree
+    # Each neighbour is a Binomial(draws, fanout/degree) count; chi-square on 19 degrees of freedom
+    # (variance-corrected for sampling without replacement), p = 0.001 critical value 43.8.
+    chi2 = (((counts - expected) ** 2) / (expected * (1 - fanout / degree))).sum()
+    assert chi2 < 43.8, (chi2, counts)
+
+
+def test_with_replacement_exceeds_degree_and_is_uniform():
+    graph = star_graph(3)
+    out = NeighborSampler(graph, [7], replace=True).sample({"video": torch.tensor([0])}, generator=gen(0))
+    assert out.row[WATCHES].numel() == 7  # more than the degree: repeats
+    assert out.edge[WATCHES].unique().numel() <= 3
+    check_valid(graph, out, {"video": torch.tensor([0])})
+    counts = draw_counts(NeighborSampler(star_graph(10), [5], replace=True), 10, 1000)
+    expected = 1000 * 5 / 10
+    assert (((counts - expected) ** 2) / expected).sum() < 27.9  # chi-square, 9 dof, p = 0.001
+
+
+def test_weighted_prefers_heavy_edges_and_skips_zero_weight():
+    weight = torch.ones(10)
+    weight[3], weight[7] = 30.0, 0.0
+    graph = star_graph(10, weight)
+    # Fanout 1: P(heavy) = 30 / 38.
+    counts = draw_counts(NeighborSampler(graph, [1], weighted=True), 10, 1000)
+    assert counts[7] == 0 and 0.72 < counts[3] / 1000 < 0.86, counts
+    # Fanout 9 = number of positive-weight edges: all of them, never the zero-weight edge.
+    counts = draw_counts(NeighborSampler(graph, [9], weighted=True), 10, 50)
+    assert counts[7] == 0 and (np.delete(counts, 7) == 50).all()
+    # With replacement draws follow the weights: P(edge) = w / 38.
+    counts = draw_counts(NeighborSampler(graph, [4], weighted=True, replace=True), 10, 1000)
+    assert counts[7] == 0 and counts.sum() == 4000
+    expected = 4000 * weight.numpy() / weight.sum().item()
+    keep = expected > 0
+    assert (((counts[keep] - expected[keep]) ** 2) / expected[keep]).sum() < 26.1  # 8 dof, p = 0.001
+
+
+def test_weighted_properties_on_random_graph():
+    graph = random_graph(4, weighted=True)
+    out = NeighborSampler(graph, [3, 2], weighted=True).sample(SEEDS, generator=gen(0))
+    check_valid(graph, out, SEEDS)
+    for et in graph.edge_types:
+        assert out.edge[et].unique().numel() == out.edge[et].numel()
+        for hop, k in enumerate([3, 2]):
+            _, got, degree = per_node_counts(graph, out, et, hop)
+            assert np.array_equal(got, np.minimum(degree, k))
+
+
+# ---------------------------------------------------------------------- temporal
+def test_temporal_only_strictly_older_edges():
+    # Video 0 watched at times 5, 10, 15 by users 0, 1, 2; a seed at time 10 sees only user 0.
+    edges = EdgeList(src=torch.tensor([0, 1, 2]), dst=torch.zeros(3, dtype=torch.long), time=torch.tensor([5, 10, 15]))
+    graph = HeteroGraph.from_edges({"user": 3, "video": 1}, {WATCHES: edges}, add_reverse=True)
+    sampler = NeighborSampler(graph, [-1, -1], temporal=True)
+    out = sampler.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([10])}, generator=gen(0))
+    assert out.node["user"].tolist() == [0]
+    assert out.node_time["user"].tolist() == [10]
+    # Repeated seed: the earlier time wins (conservative).
+    out = sampler.sample({"video": torch.tensor([0, 0])}, seed_time={"video": torch.tensor([16, 6])}, generator=gen(0))
+    assert out.node["user"].tolist() == [0] and out.node_time["video"].tolist() == [6]
+
+
+@pytest.mark.parametrize("fanouts", [[-1, -1], [2, 3]])
+def test_temporal_never_leaks_on_random_graph(fanouts):
+    graph = random_graph(5, timed=True)
+    seed_time = {t: torch.randint(20, 100, (s.numel(),), generator=gen(1)) for t, s in SEEDS.items()}
+    out = NeighborSampler(graph, fanouts, temporal=True).sample(SEEDS, seed_time=seed_time, generator=gen(0))
+    check_valid(graph, out, SEEDS)
+    for et in graph.edge_types:
+        src, _, dst = et
+        edge_time = torch.from_numpy(graph.csc(et).time)[out.edge[et]]
+        assert bool((edge_time < out.node_time[dst][out.col[et]]).all()), et
+        # A node reached at hop h carries the minimum time of the hop-h frontier nodes that reached it.
+        e_off = np.cumsum([0] + out.num_sampled_edges[et])
+        n_src = np.cumsum([0] + out.num_sampled_nodes[src])
+        for h in range(len(fanouts)):
+            rows, cols = out.row[et][e_off[h]:e_off[h + 1]], out.col[et][e_off[h]:e_off[h + 1]]
+            new = (rows >= n_src[h + 1]) & (rows < n_src[h + 2])
+            for r, c in zip(rows[new].tolist(), cols[new].tolist()):
+                assert out.node_time[src][r] <= out.node_time[dst][c]
+        for hop, k in enumerate(fanouts):
+            _, got, degree = per_node_counts(graph, out, et, hop, older=True)
+            assert np.array_equal(got, degree if k < 0 else np.minimum(degree, k)), (et, hop)
+    if fanouts == [-1, -1]:
+        nodes, edges = reference(graph, {t: s.tolist() for t, s in SEEDS.items()}, 2,
+                                 {t: s.tolist() for t, s in seed_time.items()})
+        for t in graph.node_types:
+            assert out.node[t].tolist() == nodes[t]
+        for et in graph.edge_types:
+            assert list(zip(out.row[et].tolist(), out.col[et].tolist(), out.edge[et].tolist())) == edges[et]
+
+
+# ---------------------------------------------------------------------- validation
+def test_errors_are_clear():
+    graph = random_graph(0)
+    sampler = NeighborSampler(graph, [2])
+    with pytest.raises(ValueError, match=r"unknown node type 'movie' in seeds"):
+        sampler.sample({"movie": torch.tensor([0])})
+    with pytest.raises(ValueError, match=r"seeds\['video'\] has id 30 at position 1, outside \[0, 30\)"):
+        sampler.sample({"video": torch.tensor([0, 30, 99])})
+    with pytest.raises(ValueError, match=r"seeds\['video'\] has id -1 at position 0"):
+        sampler.sample({"video": torch.tensor([-1])})
+    with pytest.raises(ValueError, match=r"1-D integer tensor"):
+        sampler.sample({"video": torch.tensor([[0]])})
+    with pytest.raises(ValueError, match=r"seed_time was given but the sampler has temporal=False"):
+        sampler.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([1])})
+    fanouts = {et: [2, 2] for et in graph.edge_types}
+    fanouts[WATCHES] = [2]
+    with pytest.raises(ValueError, match=r"must all have one length"):
+        NeighborSampler(graph, fanouts)
+    with pytest.raises(ValueError, match=r"no fanouts for relations \[\('video', 'has', 'tag'\)"):
+        NeighborSampler(graph, {WATCHES: [2]})
+    with pytest.raises(ValueError, match=r"unknown relations \[\('a', 'b', 'c'\)\]"):
+        NeighborSampler(graph, {**{et: [1] for et in graph.edge_types}, ("a", "b", "c"): [1]})
+    with pytest.raises(ValueError, match=r"each fanout must be an int >= -1"):
+        NeighborSampler(graph, [2, -3])
+    with pytest.raises(ValueError, match=r"temporal=True\): relation \('user', 'watches', 'video'\) has no edge time"):
+        NeighborSampler(graph, [2], temporal=True)
+    with pytest.raises(ValueError, match=r"weighted=True\): relation \('user', 'watches', 'video'\) has no edge weight"):
+        NeighborSampler(graph, [2], weighted=True)
+    with pytest.raises(ValueError, match=r"num_threads must be an int >= 1"):
+        NeighborSampler(graph, [2], num_threads=0)
+    timed = random_graph(0, timed=True)
+    temporal = NeighborSampler(timed, [2], temporal=True)
+    with pytest.raises(ValueError, match=r"temporal=True needs seed_time"):
+        temporal.sample({"video": torch.tensor([0])})
+    with pytest.raises(ValueError, match=r"seed_time\['video'\] has shape \(2,\), expected \(1,\)"):
+        temporal.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([1, 2])})
+    negative = star_graph(3, torch.tensor([1.0, -1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"weight\[1\] = -1.0, expected a finite value >= 0"):
+        NeighborSampler(negative, [1], weighted=True)
+    # A relation without time is fine in temporal mode when its fanout is 0.
+    mixed = HeteroGraph.from_edges(
+        {"user": 3, "video": 2},
+        {WATCHES: EdgeList(src=torch.tensor([0, 1]), dst=torch.tensor([0, 1]), time=torch.tensor([1, 2])),
+         ("video", "similar", "video"): (torch.tensor([0]), torch.tensor([1]))},
+    )
+    NeighborSampler(mixed, {WATCHES: [2], ("video", "similar", "video"): [0]}, temporal=True)
+
+
+# ---------------------------------------------------------------------- PyG integration
+def test_to_hetero_data_runs_hetero_sage_and_trims():
+    from torch_geometric.nn import HeteroConv, SAGEConv
+    from torch_geometric.utils import trim_to_layer
+
+    graph = random_graph(6)
+    out = NeighborSampler(graph, [3, 2]).sample(SEEDS, generator=gen(0))
+    data = out.to_hetero_data()
+    assert torch.equal(data["video"].n_id, out.node["video"]) and data["video"].batch_size == 4
+    assert torch.equal(data[WATCHES].e_id, out.edge[WATCHES])
+    emb = {t: torch.nn.Embedding(n, 8) for t, n in graph.num_nodes.items()}
+    x_dict = {t: emb[t](data[t].n_id) for t in data.node_types}
+    edge_types = [et for et in data.edge_types if et[0] != "island"]
+    conv = HeteroConv({et: SAGEConv((-1, -1), 16) for et in edge_types}, aggr="sum")
+    h = conv(x_dict, data.edge_index_dict)
+    for t in ("user", "video", "tag"):
+        assert h[t].shape == (out.num_nodes[t], 16)
+    x, edge_index, _ = trim_to_layer(1, data.num_sampled_nodes_dict, data.num_sampled_edges_dict,
+                                     x_dict, data.edge_index_dict)
+    for t in x:
+        assert x[t].shape[0] == out.num_nodes[t] - out.num_sampled_nodes[t][-1]
+
+
+def test_pygsampler_drives_stock_nodeloader():
+    from torch_geometric.data import HeteroData
+    from torch_geometric.loader import NodeLoader
+
+    graph = random_graph(7)
+    data = HeteroData()
+    for t, n in graph.num_nodes.items():
+        data[t].x = torch.arange(n, dtype=torch.float).view(-1, 1) * 10
+    for et in graph.edge_types:
+        data[et].edge_index = graph.edge_index(et)  # CSC order, so e_id indexes it directly
+    loader = NodeLoader(data, node_sampler=PyGNeighborSampler(NeighborSampler(graph, [3, 2])),
+                        input_nodes=("video", torch.arange(30)), batch_size=8)
+    seen = []
+    for batch in loader:
+        n = batch["video"].batch_size
+        seen += batch["video"].n_id[:n].tolist()
+        assert torch.equal(batch["video"].x.view(-1), batch["video"].n_id.float() * 10)
+        for et in graph.edge_types:
+            src, _, dst = et
+            ei = batch[et].edge_index
+            full = data[et].edge_index[:, batch[et].e_id]
+            assert torch.equal(batch[src].n_id[ei[0]], full[0]) and torch.equal(batch[dst].n_id[ei[1]], full[1])
+        assert len(batch["video"].num_sampled_nodes) == 3
+    assert seen == list(range(30))
+    assert "PyGNeighborSampler(NeighborSampler(num_neighbors=[3, 2]" in repr(loader.node_sampler)
+
+
+def test_pickle_round_trip_samples_identically():
+    graph = random_graph(8)
+    sampler = NeighborSampler(graph, [3, 2])
+    before = sampler.sample(SEEDS, generator=gen(5))  # allocates the scratch maps
+    blob = pickle.dumps(sampler)
+    assert b"g2l" not in blob and len(blob) < graph.nbytes() + 20_000  # no scratch pickled
+    copy = pickle.loads(blob)
+    assert copy._scratch is None
+    assert same(before, copy.sample(SEEDS, generator=gen(5)))
+    assert same(before, sampler.sample(SEEDS, generator=gen(5)))  # scratch was reset after the batch

@@ -1,0 +1,77 @@
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import tiny_log_dataset
+from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
+from torchrec_gnn.models.graph_dlrm import GraphDLRMTrain, RankerConfig
+from torchrec_gnn.modules.gnn import GNNConfig
+
+CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=12),
+                     ranker=RankerConfig(dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[32, 16]))
+
+
+def build(split, **changes) -> GraphDLRMTrain:
+    torch.manual_seed(0)
+    ranker = dataclasses.replace(CONFIG.ranker, **{k: v for k, v in changes.items() if hasattr(CONFIG.ranker, k)})
+    model_changes = {k: v for k, v in changes.items() if not hasattr(CONFIG.ranker, k)}
+    return build_graph_dlrm(tiny_log_dataset(), split.graph, dataclasses.replace(CONFIG, ranker=ranker, **model_changes))
+
+
+def test_forward_contract(tiny_split, tiny_batches) -> None:
+    model = build(tiny_split)
+    batch = tiny_batches[0]
+    losses, (detached, outputs, labels) = model(batch)
+    assert losses.shape == (3,) and model.loss_names == ["click", "stay", "gfae"]
+    assert outputs.shape == (batch.batch_size, 2) and labels is batch.labels
+    assert not detached.requires_grad and bool(torch.isfinite(losses).all())
+
+
+@pytest.mark.parametrize("task", [0, 1, 2])
+def test_every_loss_reaches_the_gnn_and_the_sampled_node_rows(tiny_split, tiny_batches, task) -> None:
+    model = build(tiny_split)
+    batch = tiny_batches[0]
+    losses, _ = model(batch)
+    losses[task].backward()
+    tower = model.model.graph_tower
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.shared_parameters())
+    for node_type in ("user", "item"):
+        weight = tower.node_embeddings.embeddings[f"node_{node_type}"].weight
+        rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
+        sampled = set(batch.node_ids[node_type].values().tolist())
+        assert rows_with_grad and rows_with_grad <= sampled
+
+
+def test_fusion_levels_change_the_documented_shapes(tiny_split, tiny_batches) -> None:
+    full = build(tiny_split)
+    no_input = build(tiny_split, input_fusion=False)
+    no_prehead = build(tiny_split, prehead_fusion="none")
+    no_graph = build(tiny_split, use_graph=False)
+    f = 3  # sparse features of the tiny dataset
+    assert [m.model.interaction_features for m in (full, no_input, no_prehead, no_graph)] == [f + 2, f, f + 2, f]
+    heads_in = [m.model.task_heads.in_features for m in (full, no_input, no_prehead, no_graph)]
+    assert heads_in == [16 + 2 * 12, 16 + 2 * 12, 16, 16]
+    assert no_graph.model.graph_tower is None and no_graph(tiny_batches[0])[0][-1].item() == 0.0
+    gated = build(tiny_split, prehead_fusion="gated")
+    assert gated(tiny_batches[0])[0].shape == (3,)
+
+
+def test_dcn_interaction(tiny_split, tiny_batches) -> None:
+    model = build(tiny_split, interaction="dcn")
+    losses, _ = model(tiny_batches[0])
+    assert bool(torch.isfinite(losses).all())
+
+
+def test_deterministic_for_a_seed(tiny_split, tiny_batches) -> None:
+    runs = []
+    for _ in range(2):
+        model = build(tiny_split)
+        torch.manual_seed(1)
+        runs.append(model(tiny_batches[1])[0])
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_eval_mode_has_no_gfae_loss(tiny_split, tiny_batches) -> None:
+    model = build(tiny_split).eval()
+    assert model(tiny_batches[0])[0][-1].item() == 0.0

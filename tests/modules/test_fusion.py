@@ -1,0 +1,24 @@
+import torch
+
+from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
+
+
+def test_input_fusion_adds_two_features() -> None:
+    fusion = InputFusionArch(graph_channels=6, embedding_dim=4)
+    out = fusion(torch.randn(3, 6), torch.randn(3, 6))
+    assert out.shape == (3, 2, 4)
+    assert repr(fusion) == "InputFusionArch(6 -> 2 x 4)"
+
+
+def test_concat_and_gated_prehead_fusion() -> None:
+    r, u, i = torch.randn(5, 10), torch.randn(5, 6), torch.randn(5, 6)
+    concat = ConcatFusionArch(6, 10)
+    assert concat.out_channels == 22
+    assert torch.equal(concat(r, u, i), torch.cat([r, u, i], dim=1))
+    gated = GatedFusionArch(6, 10)
+    out = gated(r, u, i)
+    assert out.shape == (5, 22) and torch.equal(out[:, :10], r)
+    # The gate is a sigmoid: graph channels are scaled into (0, 1) times their value.
+    ratio = out[:, 10:] / torch.cat([u, i], dim=1)
+    assert bool(((ratio > 0) & (ratio < 1)).all())
+    assert repr(concat) == "ConcatFusionArch(10 + 2 x 6 -> 22)"

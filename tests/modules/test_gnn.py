@@ -1,0 +1,89 @@
+from typing import Dict
+
+import pytest
+import torch
+from torch_geometric.nn import HeteroConv
+
+from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, LightGCNConv
+
+NODE_TYPES = ["user", "item"]
+EDGE_TYPES = [("user", "watches", "item"), ("item", "rev_watches", "user")]
+
+
+def random_graph(seed: int = 0, n_user: int = 7, n_item: int = 9, n_edges: int = 25):
+    g = torch.Generator().manual_seed(seed)
+    x = {"user": torch.randn(n_user, 8, generator=g), "item": torch.randn(n_item, 8, generator=g)}
+    src = torch.randint(0, n_user, (n_edges,), generator=g)
+    dst = torch.randint(0, n_item, (n_edges,), generator=g)
+    edges = {EDGE_TYPES[0]: torch.stack([src, dst]), EDGE_TYPES[1]: torch.stack([dst, src])}
+    return x, edges
+
+
+def assert_permutation_invariant(gnn: HeteroGNN, x: Dict[str, torch.Tensor], edges, seed: int = 0) -> None:
+    """Output shape, and invariance to edge order and to relabelling the nodes (PyG-style helper)."""
+    gnn.eval()
+    out = gnn(x, edges)
+    for t in gnn.out_node_types:
+        assert out[t].shape == (x[t].shape[0], gnn.out_channels)
+    g = torch.Generator().manual_seed(seed)
+    shuffled = {et: e[:, torch.randperm(e.shape[1], generator=g)] for et, e in edges.items()}
+    torch.testing.assert_close(gnn(x, shuffled)[gnn.out_node_types[0]], out[gnn.out_node_types[0]])
+    perm = {t: torch.randperm(v.shape[0], generator=g) for t, v in x.items()}
+    inverse = {t: torch.argsort(p) for t, p in perm.items()}
+    x_perm = {t: v[perm[t]] for t, v in x.items()}
+    edges_perm = {(s, r, d): torch.stack([inverse[s][e[0]], inverse[d][e[1]]]) for (s, r, d), e in edges.items()}
+    out_perm = gnn(x_perm, edges_perm)
+    for t in gnn.out_node_types:
+        torch.testing.assert_close(out_perm[t], out[t][perm[t]], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", ["sage", "gat", "lightgcn"])
+def test_shapes_and_invariance(conv: str) -> None:
+    torch.manual_seed(0)
+    gnn = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, hidden_channels=12, num_layers=2))
+    x, edges = random_graph()
+    assert_permutation_invariant(gnn, x, edges)
+
+
+def test_last_layer_only_serves_output_types() -> None:
+    edge_types = EDGE_TYPES + [("item", "in", "genre"), ("genre", "rev_in", "item")]
+    gnn = HeteroGNN(["user", "item", "genre"], edge_types, 8, GNNConfig(num_layers=2), out_node_types=["user", "item"])
+    assert isinstance(gnn.convs[-1], HeteroConv)
+    assert set(gnn.convs[-1].convs.keys()) == {EDGE_TYPES[0], EDGE_TYPES[1], ("genre", "rev_in", "item")}
+    assert len(gnn.convs[0].convs) == 4
+    assert gnn.shared_parameters() == [p for p in gnn.convs[-1].parameters()]
+
+
+def test_trimming_gives_the_same_seed_embeddings() -> None:
+    # A 2-hop sample on a path user0 <- item0 <- user1: hop counts as the sampler reports them.
+    x = {"user": torch.randn(2, 8), "item": torch.randn(1, 8)}
+    edges = {EDGE_TYPES[0]: torch.tensor([[1], [0]]), EDGE_TYPES[1]: torch.tensor([[0], [0]])}
+    nodes = {"user": [1, 0, 1], "item": [0, 1, 0]}
+    hop_edges = {EDGE_TYPES[0]: [0, 1], EDGE_TYPES[1]: [1, 0]}
+    torch.manual_seed(0)
+    trimmed = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(trim=True)).eval()
+    full = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(trim=False)).eval()
+    full.load_state_dict(trimmed.state_dict())
+    out_t = trimmed(x, edges, nodes, hop_edges)
+    out_f = full(x, edges, nodes, hop_edges)
+    torch.testing.assert_close(out_t["user"][:1], out_f["user"][:1])
+    assert out_t["user"].shape[0] < out_f["user"].shape[0]
+
+
+def test_lightgcn_normalisation() -> None:
+    conv = LightGCNConv()
+    src, dst = torch.tensor([[1.0], [3.0]]), torch.zeros(1, 1)
+    edge_index = torch.tensor([[0, 1], [0, 0]])
+    # Each source has out-degree 1, the destination in-degree 2: (1 + 3) / sqrt(2).
+    torch.testing.assert_close(conv((src, dst), edge_index), torch.tensor([[4.0 / 2**0.5]]))
+
+
+def test_errors_and_repr() -> None:
+    with pytest.raises(ValueError, match=r"node types \['genre'\] receive no messages"):
+        HeteroGNN(["user", "item", "genre"], EDGE_TYPES, 8, GNNConfig())
+    with pytest.raises(ValueError, match="GNNConfig.conv must be one of"):
+        GNNConfig(conv="gin")
+    with pytest.raises(ValueError, match="divisible by heads=3"):
+        GNNConfig(conv="gat", hidden_channels=16, heads=3)
+    gnn = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(hidden_channels=12))
+    assert repr(gnn) == "HeteroGNN(conv=sage, 8 -> 12, num_layers=2, node_types=2, relations=2)"

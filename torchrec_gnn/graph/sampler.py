@@ -1,0 +1,560 @@
+"""Multi-hop heterogeneous neighbour sampling (GraphSAGE-style) over a :class:`HeteroGraph`.
+
+:class:`NeighborSampler` turns the seed nodes of a batch into one deduplicated subgraph,
+:class:`SampledSubgraph`, in PyG's ``NeighborLoader`` layout (``row`` = source, ``col`` =
+destination, local ids, seeds first, per-hop counts for ``trim_to_layer``).
+:class:`PyGNeighborSampler` wraps it as a ``torch_geometric.sampler.BaseSampler`` so PyG's stock
+``NodeLoader`` can use it with neither pyg-lib nor torch-sparse installed.
+
+The work happens in numba kernels (:mod:`torchrec_gnn.graph._kernels`): one pass per hop and
+relation, Floyd's algorithm when the degree exceeds the fanout, and a dense global -> local map
+per node type that is allocated once per sampler and reset after each batch by visiting only the
+entries the batch touched. ``benchmarks/bench_sampler.py`` compares it with PyG + torch-sparse.
+
+Notation: N_t sampled nodes of type t, E_r sampled edges of relation r, S_t seeds of type t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchrec_gnn.data.dataset import EdgeType, NodeType
+from torchrec_gnn.graph import _kernels
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+
+NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
+
+# Initial capacity of the per-type node buffers; they double when a batch needs more and are
+# kept for the next batch.
+_INITIAL_CAPACITY = 4096
+_EMPTY_TIME = np.empty(0, np.int64)
+_EMPTY_WEIGHT = np.empty(0, np.float32)
+_EMPTY_TIME.flags.writeable = False
+_EMPTY_WEIGHT.flags.writeable = False
+
+
+@dataclass
+class SampledSubgraph:
+    """One batch's sampled subgraph, deduplicated, in PyG's ``NeighborLoader`` layout.
+
+    Every node type and every relation of the graph has an entry (possibly empty). Local ids
+    index ``node[t]``; ``node[t]`` lists the seeds first, in input order and without repeats, then
+    the nodes first reached at hop 1, hop 2, ... . Edges of a relation are ordered by hop, so
+    PyG's ``trim_to_layer`` can drop the outer hops layer by layer.
+
+    Example: graph ``user -watches-> video`` plus its reverse, seeds ``{"video": [7, 3, 7]}``,
+    ``num_neighbors=[2, 1]``::
+
+        node["video"]   [ 7  3 | 4 ]            num_sampled_nodes["video"] = [2, 0, 1]
+                          seeds  hop 2
+        node["user"]    [ 5  9  1 ]             num_sampled_nodes["user"]  = [0, 3, 0]
+                          hop 1
+        seed_index["video"] = [0, 1, 0]         input seed position -> local row (7 twice)
+
+        ("user", "watches", "video")   hop 1: 3 edges          num_sampled_edges = [3, 0]
+            row (local user)   [ 0  1  2 ]      user 5 -> video 7, user 9 -> video 7,
+            col (local video)  [ 0  0  1 ]      user 1 -> video 3
+        ("video", "rev_watches", "user")  hop 2: 3 edges       num_sampled_edges = [0, 3]
+            row (local video)  [ 0  2  1 ]      video 7 -> user 5, video 4 -> user 9,
+            col (local user)   [ 0  1  2 ]      video 3 -> user 1
+
+    Args:
+        node (Dict[str, Tensor]): (N_t,) int64 global node ids per node type.
+        row (Dict[EdgeType, Tensor]): (E_r,) int64 local source ids (into ``node[src]``).
+        col (Dict[EdgeType, Tensor]): (E_r,) int64 local destination ids (into ``node[dst]``).
+        edge (Dict[EdgeType, Tensor]): (E_r,) int64 global edge ids: positions in the relation's
+            CSC arrays, so ``graph.csc(et).time[edge[et]]`` is each sampled edge's time.
+        num_sampled_nodes (Dict[str, List[int]]): nodes first reached at each hop, hop 0 being the
+            (deduplicated) seeds; ``num_hops + 1`` entries summing to N_t.
+        num_sampled_edges (Dict[EdgeType, List[int]]): edges sampled at each hop; ``num_hops``
+            entries summing to E_r.
+        seed_index (Dict[str, Tensor]): (S_t,) int64 local row of each input seed, for every
+            node type that had seeds.
+        node_time (Dict[str, Tensor], optional): (N_t,) int64 time each node was expanded with
+            (temporal mode only; see :class:`NeighborSampler`).
+    """
+
+    node: Dict[NodeType, Tensor]
+    row: Dict[EdgeType, Tensor]
+    col: Dict[EdgeType, Tensor]
+    edge: Dict[EdgeType, Tensor]
+    num_sampled_nodes: Dict[NodeType, List[int]]
+    num_sampled_edges: Dict[EdgeType, List[int]]
+    seed_index: Dict[NodeType, Tensor]
+    node_time: Optional[Dict[NodeType, Tensor]] = None
+
+    @property
+    def edge_index_dict(self) -> Dict[EdgeType, Tensor]:
+        """``{edge_type: (2, E_r) int64 [row; col]}`` local ids, ready for PyG layers."""
+        return {et: torch.stack([self.row[et], self.col[et]]) for et in self.row}
+
+    @property
+    def num_nodes(self) -> Dict[NodeType, int]:
+        """N_t per node type."""
+        return {t: int(n.numel()) for t, n in self.node.items()}
+
+    @property
+    def num_edges(self) -> Dict[EdgeType, int]:
+        """E_r per relation."""
+        return {et: int(r.numel()) for et, r in self.row.items()}
+
+    def to_hetero_data(self) -> "torch_geometric.data.HeteroData":  # noqa: F821
+        """A ``HeteroData`` shaped like PyG ``NeighborLoader`` output (no features attached).
+
+        Sets ``data[t].n_id``, ``data[t].num_nodes``, ``data[et].edge_index``, ``data[et].e_id``
+        and ``num_sampled_nodes`` / ``num_sampled_edges``; seed types also get ``seed_index`` and
+        ``batch_size`` (the number of distinct seeds), temporal samples ``node_time``.
+        """
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        for t, n_id in self.node.items():
+            data[t].n_id = n_id
+            data[t].num_nodes = int(n_id.numel())
+            if t in self.seed_index:
+                data[t].seed_index = self.seed_index[t]
+                data[t].batch_size = self.num_sampled_nodes[t][0]
+            if self.node_time is not None:
+                data[t].node_time = self.node_time[t]
+        for et in self.row:
+            data[et].edge_index = torch.stack([self.row[et], self.col[et]])
+            data[et].e_id = self.edge[et]
+        data.set_value_dict("num_sampled_nodes", self.num_sampled_nodes)
+        data.set_value_dict("num_sampled_edges", self.num_sampled_edges)
+        return data
+
+    def __repr__(self) -> str:
+        nodes = ", ".join(f"{t}={n}" for t, n in self.num_nodes.items())
+        edges = ", ".join(f"{'__'.join(et)}={n}" for et, n in self.num_edges.items())
+        return f"{self.__class__.__name__}(nodes: {nodes}; edges: {edges})"
+
+
+class NeighborSampler:
+    """Uniform / weighted / temporal multi-hop neighbour sampler over a :class:`HeteroGraph`.
+
+    Relation ``(src, rel, dst)`` is sampled for frontier nodes of type ``dst``, drawing among their
+    incoming ``src`` neighbours; hop 1's frontier is the seeds, hop h+1's frontier is the nodes
+    first reached at hop h. Output follows PyG's ``NeighborLoader`` (see :class:`SampledSubgraph`).
+
+    Temporal mode only uses edges strictly older than the time of the frontier node that draws
+    them. Seeds take their time from ``seed_time``; a node first reached at hop h takes the
+    *minimum* time of the hop-h frontier nodes that reached it (over all relations), and a seed
+    given twice takes the smaller of its times. For a node shared by several examples this is
+    conservative: it only ever sees edges older than every example that reached it, so no
+    example sees an edge from its own future (some see fewer edges than they could).
+
+    Sampling runs in numba; results depend only on the generator's seed (a counter-based hash
+    RNG, not thread scheduling), and ``num_threads`` > 1 returns exactly the same subgraph as 1.
+    The sampler keeps the graph, its config and scratch buffers (a dense ``int32`` global -> local
+    map per node type, allocated on first use); pickling drops the scratch, so DataLoader
+    workers each rebuild their own. One instance must not run two ``sample`` calls at once.
+
+    Args:
+        graph (HeteroGraph): the topology (may be memory-mapped).
+        num_neighbors (List[int] or Dict[EdgeType, List[int]]): fanout per hop, the same for every
+            relation, or per relation (then every relation needs an entry, all of the same
+            length; ``[0, 0]`` skips a relation). ``-1`` takes all neighbours, ``0`` none.
+        replace (bool): draw with replacement, so a node can yield the same edge several times
+            and exactly ``fanout`` edges whenever it has a usable neighbour (default False).
+        weighted (bool): draw proportionally to the CSC ``weight`` (Efraimidis-Spirakis without
+            replacement); edges of weight 0 are never drawn. Costs O(degree) per frontier node
+            (default False).
+        temporal (bool): only use edges strictly older than the frontier node's time; ``sample``
+            then needs ``seed_time`` (default False).
+        num_threads (int): numba threads for the count/draw steps (relabelling stays sequential).
+            Keep 1 in DataLoader workers (default 1; see ``benchmarks/README.md``).
+
+    Example::
+
+        graph = HeteroGraph.from_edges(
+            {"user": 4, "video": 3},
+            {("user", "watches", "video"): (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 2]))},
+            add_reverse=True,
+        )
+        sampler = NeighborSampler(graph, num_neighbors=[10, 5])
+        sub = sampler.sample({"video": torch.tensor([0, 2])}, generator=torch.Generator().manual_seed(0))
+        sub.node["video"][:2]  # tensor([0, 2]): the seeds come first
+        sub.edge_index_dict[("user", "watches", "video")]  # (2, E_r) local [row; col]
+    """
+
+    def __init__(
+        self,
+        graph: HeteroGraph,
+        num_neighbors: NumNeighbors,
+        replace: bool = False,
+        weighted: bool = False,
+        temporal: bool = False,
+        num_threads: int = 1,
+    ) -> None:
+        self.graph = graph
+        self.replace = bool(replace)
+        self.weighted = bool(weighted)
+        self.temporal = bool(temporal)
+        self.num_neighbors: Dict[EdgeType, List[int]] = _normalise_fanouts(graph, num_neighbors)
+        self.num_hops = len(next(iter(self.num_neighbors.values()), []))
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"NeighborSampler: num_threads must be an int >= 1, got {num_threads!r}")
+        self.num_threads = num_threads
+        for et, fanouts in self.num_neighbors.items():
+            if not any(fanouts):
+                continue  # never sampled: needs neither time nor weight
+            index = graph.csc(et)
+            if self.temporal and index.time is None:
+                raise ValueError(
+                    f"NeighborSampler(temporal=True): relation {et} has no edge time; build the graph "
+                    f"with times for it, or give it fanout [0] * {self.num_hops} in num_neighbors"
+                )
+            if self.weighted:
+                if index.weight is None:
+                    raise ValueError(
+                        f"NeighborSampler(weighted=True): relation {et} has no edge weight; build the "
+                        f"graph with weights for it, or give it fanout [0] * {self.num_hops} in num_neighbors"
+                    )
+                bad = ~(np.isfinite(index.weight) & (index.weight >= 0))
+                if bad.any():
+                    pos = int(bad.argmax())
+                    raise ValueError(
+                        f"NeighborSampler(weighted=True): relation {et}: weight[{pos}] = "
+                        f"{float(index.weight[pos])}, expected a finite value >= 0"
+                    )
+        self._arrays: Optional[Dict[EdgeType, Tuple[np.ndarray, ...]]] = None
+        self._scratch: Optional[_Scratch] = None
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # views of the graph: rebuilt on demand
+        state["_scratch"] = None  # O(num_nodes) buffers: each copy allocates its own
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        fanouts = set(map(tuple, self.num_neighbors.values()))
+        fanout = list(fanouts.pop()) if len(fanouts) == 1 else {"__".join(k): v for k, v in self.num_neighbors.items()}
+        return (
+            f"{self.__class__.__name__}(num_neighbors={fanout}, replace={self.replace}, "
+            f"weighted={self.weighted}, temporal={self.temporal}, num_threads={self.num_threads}, "
+            f"node_types={len(self.graph.node_types)}, relations={len(self.graph.edge_types)})"
+        )
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        seeds: Mapping[NodeType, Tensor],
+        seed_time: Optional[Mapping[NodeType, Tensor]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> SampledSubgraph:
+        """Sample the subgraph around ``seeds``.
+
+        Args:
+            seeds (Dict[str, Tensor]): (S_t,) integer global ids per node type; repeats allowed
+                (each node appears once in the output, see ``seed_index``).
+            seed_time (Dict[str, Tensor], optional): (S_t,) int64 time per seed, for every node
+                type in ``seeds``; required in temporal mode, rejected otherwise.
+            generator (torch.Generator, optional): source of the one random int64 that seeds
+                this call; torch's default generator when None (so ``torch.manual_seed`` holds).
+
+        Returns:
+            SampledSubgraph: node (N_t,), row/col/edge (E_r,), per-hop counts, seed_index (S_t,).
+        """
+        seed_arrays, time_arrays = self._check_seeds(seeds, seed_time)
+        # One draw per call; the kernels derive every random number from it by hashing.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        if self._arrays is None:
+            self._arrays = self._build_arrays()
+        if self._scratch is None:
+            self._scratch = _Scratch(self.graph, self.temporal)
+        try:
+            return self._sample(seed_arrays, time_arrays, seed, self._scratch)
+        except BaseException:
+            self._scratch = None  # the maps may be half-filled: start clean next time
+            raise
+
+    def _sample(
+        self,
+        seeds: Dict[NodeType, np.ndarray],
+        seed_time: Dict[NodeType, np.ndarray],
+        seed: int,
+        scratch: "_Scratch",
+    ) -> SampledSubgraph:
+        graph, temporal = self.graph, self.temporal
+        node_types, edge_types = graph.node_types, graph.edge_types
+        nodes, times, g2l = scratch.nodes, scratch.times, scratch.g2l
+        count = {t: 0 for t in node_types}
+        seed_index: Dict[NodeType, Tensor] = {}
+        for t, ids in seeds.items():
+            index, nodes[t], times[t], count[t] = _kernels.insert_seeds(
+                ids, seed_time.get(t, _EMPTY_TIME), temporal, g2l[t], nodes[t], times[t], 0
+            )
+            seed_index[t] = torch.from_numpy(index)
+        num_sampled_nodes = {t: [count[t]] for t in node_types}
+        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
+        chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = {et: [] for et in edge_types}
+
+        kernel = _kernels.sample_relation
+        if self.num_threads > 1:
+            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
+            kernel = _kernels.sample_relation_parallel
+        lo = {t: 0 for t in node_types}  # frontier of type t at this hop: [lo[t], hop_start[t])
+        for hop in range(self.num_hops):
+            hop_start = dict(count)
+            for rel, et in enumerate(edge_types):
+                src, _, dst = et
+                k = self.num_neighbors[et][hop]
+                colptr, row, etime, eweight = self._arrays[et]
+                if k == 0 or lo[dst] == hop_start[dst] or row.shape[0] == 0:
+                    num_sampled_edges[et].append(0)
+                    continue
+                out_row, out_col, out_edge, nodes[src], times[src], count[src] = kernel(
+                    colptr, row, etime, eweight,
+                    nodes[dst], times[dst], lo[dst], hop_start[dst],
+                    g2l[src], nodes[src], times[src], count[src], hop_start[src],
+                    k, self.replace, self.weighted, temporal, seed, hop, rel,
+                )  # fmt: skip
+                num_sampled_edges[et].append(int(out_row.shape[0]))
+                chunks[et].append((out_row, out_col, out_edge))
+            for t in node_types:
+                num_sampled_nodes[t].append(count[t] - hop_start[t])
+            lo = hop_start
+
+        node: Dict[NodeType, Tensor] = {}
+        node_time: Optional[Dict[NodeType, Tensor]] = {} if temporal else None
+        for t in node_types:
+            ids = nodes[t][: count[t]]
+            g2l[t][ids] = -1  # reset only the touched entries for the next batch
+            node[t] = torch.from_numpy(ids.copy())
+            if node_time is not None:
+                node_time[t] = torch.from_numpy(times[t][: count[t]].copy())
+        row_d, col_d, edge_d = {}, {}, {}
+        for et in edge_types:
+            parts = chunks[et]
+            if not parts:
+                row_d[et] = torch.empty(0, dtype=torch.long)
+                col_d[et] = torch.empty(0, dtype=torch.long)
+                edge_d[et] = torch.empty(0, dtype=torch.long)
+            elif len(parts) == 1:
+                row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(a) for a in parts[0])
+            else:
+                row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(np.concatenate(a)) for a in zip(*parts))
+        return SampledSubgraph(
+            node=node,
+            row=row_d,
+            col=col_d,
+            edge=edge_d,
+            num_sampled_nodes=num_sampled_nodes,
+            num_sampled_edges=num_sampled_edges,
+            seed_index=seed_index,
+            node_time=node_time,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _check_seeds(
+        self,
+        seeds: Mapping[NodeType, Tensor],
+        seed_time: Optional[Mapping[NodeType, Tensor]],
+    ) -> Tuple[Dict[NodeType, np.ndarray], Dict[NodeType, np.ndarray]]:
+        if not isinstance(seeds, Mapping):
+            raise TypeError(f"NeighborSampler.sample: seeds must be a dict node type -> ids, got {type(seeds).__name__}")
+        if seed_time is not None and not self.temporal:
+            raise ValueError(
+                "NeighborSampler.sample: seed_time was given but the sampler has temporal=False; "
+                "build it with temporal=True to sample only edges older than the seeds"
+            )
+        if self.temporal and seed_time is None:
+            raise ValueError("NeighborSampler.sample: temporal=True needs seed_time (one time per seed)")
+        out: Dict[NodeType, np.ndarray] = {}
+        times: Dict[NodeType, np.ndarray] = {}
+        for t, ids in seeds.items():
+            if t not in self.graph.num_nodes:
+                raise ValueError(
+                    f"NeighborSampler.sample: unknown node type {t!r} in seeds; node types: {self.graph.node_types}"
+                )
+            array = _to_numpy(ids)
+            if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+                raise ValueError(
+                    f"NeighborSampler.sample: seeds[{t!r}] must be a 1-D integer tensor, "
+                    f"got shape {tuple(array.shape)} dtype {array.dtype}"
+                )
+            array = np.array(array, dtype=np.int64)  # a private, writable, contiguous copy
+            n = self.graph.num_nodes[t]
+            bad = (array < 0) | (array >= n)
+            if bad.any():
+                pos = int(bad.argmax())
+                raise ValueError(
+                    f"NeighborSampler.sample: seeds[{t!r}] has id {int(array[pos])} at position {pos}, "
+                    f"outside [0, {n}) (num_nodes[{t!r}])"
+                )
+            out[t] = array
+            if self.temporal:
+                if t not in seed_time:
+                    raise ValueError(f"NeighborSampler.sample: temporal=True needs seed_time[{t!r}] (one time per seed)")
+                time = np.array(_to_numpy(seed_time[t]), dtype=np.int64)
+                if time.shape != array.shape:
+                    raise ValueError(
+                        f"NeighborSampler.sample: seed_time[{t!r}] has shape {tuple(time.shape)}, "
+                        f"expected {tuple(array.shape)} like seeds[{t!r}]"
+                    )
+                times[t] = time
+        if self.temporal:
+            extra = sorted(set(seed_time) - set(seeds))
+            if extra:
+                raise ValueError(f"NeighborSampler.sample: seed_time has node types {extra} that have no seeds")
+        return out, times
+
+    def _build_arrays(self) -> Dict[EdgeType, Tuple[np.ndarray, ...]]:
+        """Read-only, contiguous views of each relation's CSC arrays in the kernels' dtypes.
+
+        Plain read-only ndarrays (not memmaps, not writable) so numba compiles one variant.
+        """
+        arrays = {}
+        for et in self.graph.edge_types:
+            index = self.graph.csc(et)
+            row = index.row if index.row.dtype in (np.int32, np.int64) else index.row.astype(np.int64)
+            time = index.time if self.temporal and index.time is not None else None
+            weight = index.weight if self.weighted and index.weight is not None else None
+            arrays[et] = (
+                _readonly(index.colptr, np.int64),
+                _readonly(row, row.dtype),
+                _EMPTY_TIME if time is None else _readonly(time, np.int64),
+                _EMPTY_WEIGHT if weight is None else _readonly(weight, np.float32),
+            )
+        return arrays
+
+
+class _Scratch:
+    """Per-sampler reusable buffers: global -> local map, node list and node times per type."""
+
+    def __init__(self, graph: HeteroGraph, temporal: bool) -> None:
+        self.g2l = {t: np.full(n, -1, dtype=np.int32) for t, n in graph.num_nodes.items()}
+        self.nodes = {t: np.empty(_INITIAL_CAPACITY, np.int64) for t in graph.num_nodes}
+        self.times = {
+            t: np.empty(_INITIAL_CAPACITY if temporal else 0, np.int64) for t in graph.num_nodes
+        }
+
+
+def _normalise_fanouts(graph: HeteroGraph, num_neighbors: NumNeighbors) -> Dict[EdgeType, List[int]]:
+    edge_types = graph.edge_types
+    if isinstance(num_neighbors, Mapping):
+        unknown = [et for et in num_neighbors if tuple(et) not in set(edge_types)]
+        if unknown:
+            raise ValueError(f"NeighborSampler: num_neighbors has unknown relations {unknown}; relations: {edge_types}")
+        missing = [et for et in edge_types if et not in num_neighbors]
+        if missing:
+            raise ValueError(
+                f"NeighborSampler: num_neighbors has no fanouts for relations {missing}; give every "
+                f"relation a list (all of one length), [0] * num_hops to skip one"
+            )
+        fanouts = {et: list(num_neighbors[et]) for et in edge_types}
+        lengths = {et: len(f) for et, f in fanouts.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"NeighborSampler: num_neighbors lists must all have one length (one fanout per hop), "
+                f"got lengths {lengths}"
+            )
+    elif isinstance(num_neighbors, (list, tuple)):
+        fanouts = {et: list(num_neighbors) for et in edge_types}
+    else:
+        raise TypeError(
+            f"NeighborSampler: num_neighbors must be a list of ints or a dict relation -> list, "
+            f"got {type(num_neighbors).__name__}"
+        )
+    for et, values in fanouts.items():
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < -1:
+                raise ValueError(
+                    f"NeighborSampler: num_neighbors[{et}] = {values}: each fanout must be an int >= -1 "
+                    f"(-1 = all neighbours), got {v!r}"
+                )
+        fanouts[et] = [int(v) for v in values]
+    return fanouts
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _readonly(array: np.ndarray, dtype: Any) -> np.ndarray:
+    view = np.ascontiguousarray(array, dtype=dtype).view(np.ndarray)
+    view.flags.writeable = False
+    return view
+
+
+# ---------------------------------------------------------------------- PyG adapter
+try:
+    from torch_geometric.sampler import BaseSampler as _BaseSampler
+    from torch_geometric.sampler import HeteroSamplerOutput, NodeSamplerInput
+except ImportError:  # pragma: no cover - torch_geometric is a dependency; keep import light
+    _BaseSampler = object  # type: ignore[assignment,misc]
+
+
+class PyGNeighborSampler(_BaseSampler):  # type: ignore[misc,valid-type]
+    """Our :class:`NeighborSampler` behind PyG's ``BaseSampler`` interface.
+
+    PyG's stock ``NodeLoader`` then batches, spawns workers and gathers features with it, without
+    pyg-lib or torch-sparse. Edge ids are positions in :class:`HeteroGraph`'s CSC order, so edge
+    features of the ``HeteroData`` given to the loader must be stored in that order (build its
+    ``edge_index`` with ``graph.edge_index(et)``); the adapter reports no ``edge_permutation``.
+
+    The loader treats the first ``batch_size`` rows of the input type as the seeds; our sampler
+    deduplicates seeds, so a batch must not repeat an input node (``NodeLoader`` batches of
+    distinct ``input_nodes`` never do).
+
+    Args:
+        sampler (NeighborSampler): the configured sampler. In temporal mode pass
+            ``input_time`` to the loader.
+
+    Example::
+
+        loader = NodeLoader(data, node_sampler=PyGNeighborSampler(NeighborSampler(graph, [10, 5])),
+                            input_nodes=("video", torch.arange(100)), batch_size=32)
+        batch = next(iter(loader))  # HeteroData with n_id, e_id, num_sampled_nodes, ...
+    """
+
+    def __init__(self, sampler: NeighborSampler) -> None:
+        if not isinstance(sampler, NeighborSampler):
+            raise TypeError(f"PyGNeighborSampler: expected a NeighborSampler, got {type(sampler).__name__}")
+        self.sampler = sampler
+
+    def sample_from_nodes(self, inputs: "NodeSamplerInput", **kwargs: Any) -> "HeteroSamplerOutput":
+        """Sample around ``inputs.node`` (type ``inputs.input_type``); returns PyG's output type."""
+        input_type = inputs.input_type
+        if input_type is None:
+            types = self.sampler.graph.node_types
+            if len(types) != 1:
+                raise ValueError(
+                    f"PyGNeighborSampler: input_type is None but the graph has node types {types}; "
+                    f"pass input_nodes=(node_type, ids) to the loader"
+                )
+            input_type = types[0]
+        seed_time = None if inputs.time is None else {input_type: inputs.time}
+        out = self.sampler.sample({input_type: inputs.node}, seed_time=seed_time)
+        input_id = inputs.input_id if inputs.input_id is not None else torch.arange(inputs.node.numel())
+        return HeteroSamplerOutput(
+            node=out.node,
+            row=out.row,
+            col=out.col,
+            edge=out.edge,
+            batch=None,
+            num_sampled_nodes=out.num_sampled_nodes,
+            num_sampled_edges=out.num_sampled_edges,
+            metadata=(input_id, inputs.time),
+        )
+
+    def sample_from_edges(self, index: Any, neg_sampling: Any = None) -> Any:
+        raise NotImplementedError(
+            "PyGNeighborSampler samples from nodes only; for link prediction sample the endpoints "
+            "as node seeds with NeighborSampler.sample"
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.sampler!r})"

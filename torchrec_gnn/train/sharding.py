@@ -1,0 +1,159 @@
+"""Sharding the model with TorchRec: planner constraints for node tables, DMP, optimizers.
+
+Node tables live in an ``EmbeddingCollection`` (no pooling). On CPU, fbgemm's dense kernel
+ignores "no pooling", so an EC must never be data_parallel or on the DENSE kernel there: every
+node table is pinned to the fused kernel and to sharding types the device can do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torchrec
+from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+# Sharding types an EmbeddingCollection can use per device type (TORCHREC_FACTS.md).
+EC_SHARDING_TYPES = {
+    "cpu": ("table_wise", "row_wise", "column_wise"),
+    "cuda": ("table_wise", "row_wise", "column_wise", "data_parallel"),
+}
+TABLE_OPTIMIZERS = {
+    "rowwise_adagrad": torchrec.optim.RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+@dataclass
+class ShardingConfig:
+    """How tables are sharded and optimised.
+
+    Args:
+        node_sharding_types (List[str]): sharding types the planner may pick for node tables
+            (CPU: table_wise, row_wise, column_wise). Default ["table_wise", "row_wise"].
+        table_optimizer (str): fused in-backward optimizer of all tables:
+            ``"rowwise_adagrad"`` (default), ``"adagrad"`` or ``"sgd"``.
+        table_lr (float): its learning rate. Default 0.05.
+        dense_lr (float): Adam learning rate of the dense parameters. Default 1e-3.
+    """
+
+    node_sharding_types: List[str] = field(default_factory=lambda: ["table_wise", "row_wise"])
+    table_optimizer: str = "rowwise_adagrad"
+    table_lr: float = 0.05
+    dense_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.table_optimizer not in TABLE_OPTIMIZERS:
+            raise ValueError(
+                f"ShardingConfig.table_optimizer must be one of {sorted(TABLE_OPTIMIZERS)}, got {self.table_optimizer!r}"
+            )
+
+
+def node_table_constraints(
+    model: nn.Module, sharding_types: Sequence[str], device_type: str
+) -> Dict[str, ParameterConstraints]:
+    """Planner constraints for every EmbeddingCollection table in ``model``: fused kernel and
+    only ``sharding_types``, each checked against what ``device_type`` supports.
+
+    Raises:
+        ValueError: a sharding type the device cannot do for an EC, or two tables sharing a name.
+    """
+    allowed = EC_SHARDING_TYPES.get(device_type, EC_SHARDING_TYPES["cuda"])
+    bad = [s for s in sharding_types if s not in allowed]
+    if bad or not sharding_types:
+        raise ValueError(
+            f"node_sharding_types {list(sharding_types)}: {bad or 'empty'} not possible for node tables "
+            f"(EmbeddingCollection) on {device_type}; choose from {list(allowed)}"
+        )
+    names = [c.name for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"node_table_constraints: table names {duplicates} are used twice; constraints need unique names")
+    return {
+        name: ParameterConstraints(sharding_types=list(sharding_types), compute_kernels=["fused"]) for name in names
+    }
+
+
+def _table_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    for module in model.modules():
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+            yield from module.parameters()
+
+
+def shard_model(
+    model: nn.Module,
+    device: torch.device,
+    config: ShardingConfig,
+    process_group: Optional[dist.ProcessGroup] = None,
+) -> Tuple[DistributedModelParallel, ShardingPlan]:
+    """Plan and shard every table of ``model`` with DistributedModelParallel.
+
+    Order (as in TorchRec's DLRM launcher): fused in-backward optimizer on the tables, planner
+    ``collective_plan`` over the world, then DMP. Dense parameters are wrapped in DDP with
+    ``static_graph=False``, which GradNorm's ``autograd.grad`` before ``backward`` needs to keep
+    the replicas in sync.
+
+    Args:
+        model (nn.Module): the unsharded model (tables may be on the meta device).
+        device (torch.device): this rank's device.
+        config (ShardingConfig): sharding types and table optimizer.
+        process_group (ProcessGroup, optional): defaults to the world.
+
+    Returns:
+        Tuple[DistributedModelParallel, ShardingPlan]: the sharded model and its plan.
+    """
+    optimizer = TABLE_OPTIMIZERS[config.table_optimizer]
+    apply_optimizer_in_backward(optimizer, list(_table_parameters(model)), {"lr": config.table_lr})
+    world_size = dist.get_world_size(process_group)
+    local_world_size = int(torch.cuda.device_count()) if device.type == "cuda" else world_size
+    topology = Topology(world_size=world_size, local_world_size=min(local_world_size or 1, world_size),
+                        compute_device=device.type)
+    constraints = node_table_constraints(model, config.node_sharding_types, device.type)
+    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    plan = planner.collective_plan(model, sharders, process_group or dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(
+        module=model,
+        device=device,
+        plan=plan,
+        sharders=sharders,
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
+    )
+    return dmp, plan
+
+
+def make_optimizer(
+    dmp: DistributedModelParallel, dense_lr: float, extra_parameters: Optional[Dict[str, nn.Parameter]] = None
+) -> CombinedOptimizer:
+    """The tables' fused optimizer plus Adam on every dense parameter, as one KeyedOptimizer
+    (one state dict for checkpoints, one ``step`` for the train pipeline).
+
+    Args:
+        dmp (DistributedModelParallel): the sharded model.
+        dense_lr (float): Adam learning rate.
+        extra_parameters (Dict[str, Parameter], optional): more dense parameters by name, e.g.
+            ``{"balancer.log_vars": p}`` for a balancer learned by backward.
+    """
+    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense.update(extra_parameters or {})
+    dense_optimizer = KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))
+    return CombinedOptimizer([dmp.fused_optimizer, dense_optimizer])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DMP/DDP wrappers."""
+    while isinstance(model, (DistributedModelParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
