@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from torchrec_gnn.config import ConfigError, ExperimentConfig, load_config, save_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert CONFIG_DIR.is_dir() and len(ALL_CONFIGS) >= 1
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in ALL_CONFIGS])
+def test_every_config_loads_and_round_trips(path: Path, tmp_path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("#"), f"{path}: start with a comment saying what it runs and how"
+    assert "python -m torchrec_gnn" in text or "torchrun" in text, f"{path}: give the exact command"
+    config = load_config(path)
+    save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_defaults_and_overrides() -> None:
+    config = load_config(None, ["loader.batch_size=512", "model.gnn.conv=gat", "loader.fanouts=[4, 2]",
+                                "train.max_steps=7", "data.synthetic.seed=3"])
+    assert isinstance(config, ExperimentConfig)
+    assert config.loader.batch_size == 512 and config.model.gnn.conv == "gat"
+    assert config.loader.fanouts == [4, 2] and config.train.max_steps == 7
+    assert config.data.synthetic == {"seed": 3}
+    assert load_config(None, ["sharding.dense_lr=1"]).sharding.dense_lr == 1.0  # int accepted for float
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("loader:\n  batch_sise: 3\n  fanouts: 5\nmodel:\n  gnn:\n    conv: gin\ntrainer: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.epochs=two", "nonsense"])
+    message = str(info.value)
+    assert "6 problem(s)" in message
+    assert "loader.batch_sise: unknown key; valid keys of loader: ['batch_size', 'eval_batch_size'," in message
+    assert "trainer: unknown key; valid keys of the config: ['balancer', 'data', 'loader', 'model', 'name'," in message
+    assert "loader.fanouts: expected a list, got 5" in message
+    assert "model.gnn: GNNConfig.conv must be one of ('sage', 'gat', 'lightgcn'), got 'gin'" in message
+    assert "train.epochs: expected int, got 'two'" in message and "--set 'nonsense': expected KEY=VALUE" in message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,230 @@
+"""Experiment configs: YAML files loaded into nested dataclasses, strictly.
+
+Every default lives in the dataclasses (here and next to the modules they configure); a YAML
+file only overrides. Loading reports every problem at once: unknown keys (with the valid ones),
+wrong types, and the dataclasses' own checks::
+
+    config = load_config("configs/default.yaml", overrides=["loader.batch_size=512"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from torchrec_gnn.models.builder import ModelConfig
+from torchrec_gnn.train.balancing import BalancerConfig
+from torchrec_gnn.train.sharding import ShardingConfig
+
+DATASETS = ("synthetic", "ml100k", "kuairand", "tabular")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Which data set and how it is split by time.
+
+    Args:
+        dataset (str): ``"synthetic"`` (built-in default), ``"ml100k"``, ``"kuairand"`` or
+            ``"tabular"`` (bring your own directory).
+        path (str, optional): data location for the file-based data sets (default: the
+            shared data directory, see ``torchrec_gnn.data.paths``).
+        preset (str): synthetic size preset: ``"tiny"``, ``"default"`` or ``"large"``.
+        synthetic (Dict[str, Any]): overrides of ``SyntheticConfig`` fields (e.g. ``seed``).
+        negatives_per_positive (int): MovieLens sampled negatives per rating (adds a task).
+        history_fraction (float): earliest share of examples kept only as graph history.
+        val_fraction (float): share of examples for validation (after training ones).
+        test_fraction (float): share of the latest examples for testing.
+    """
+
+    dataset: str = "synthetic"
+    path: Optional[str] = None
+    preset: str = "default"
+    synthetic: Dict[str, Any] = field(default_factory=dict)
+    negatives_per_positive: int = 0
+    history_fraction: float = 0.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+
+
+@dataclass
+class LoaderConfig:
+    """Batching and subgraph sampling.
+
+    Args:
+        batch_size (int): training examples per batch and rank.
+        eval_batch_size (int): examples per evaluation batch and rank.
+        fanouts (List[int]): neighbours per hop (``-1`` = all); match ``model.gnn.num_layers``.
+        replace (bool): sample with replacement.
+        temporal (bool): only sample edges older than each example (on top of the time split).
+        num_workers (int): DataLoader worker processes building batches.
+    """
+
+    batch_size: int = 1024
+    eval_batch_size: int = 4096
+    fanouts: List[int] = field(default_factory=lambda: [10, 5])
+    replace: bool = False
+    temporal: bool = False
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"loader.batch_size and eval_batch_size must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop.
+
+    Args:
+        epochs (int): passes over the training split.
+        max_steps (int, optional): stop after this many steps (all epochs counted).
+        log_every (int): steps between ``metrics.jsonl`` records.
+        eval_every (int): steps between validation passes (0 = after each epoch only).
+        seed (int): seed of model init, shuffling, sampling and masking.
+        device (str): ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        output_dir (str): where metrics, plots, eval results and the resolved config go.
+        checkpoint_dir (str, optional): where checkpoints go (default ``output_dir/checkpoints``).
+        checkpoint_every (int): steps between checkpoints (0 = only at the end).
+        keep_checkpoints (int): how many recent checkpoints to keep.
+        plots (bool): write PNG plots at the end.
+    """
+
+    epochs: int = 1
+    max_steps: Optional[int] = None
+    log_every: int = 20
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs/default"
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One job: data, loader, model, loss balancing, sharding and the training loop."""
+
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config with problems; the message lists all of them."""
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load ``path`` (YAML) over the defaults, then apply ``overrides`` (``"a.b=value"``).
+
+    Raises:
+        ConfigError: listing every unknown key (with the valid keys), wrong type and failed check.
+    """
+    raw: Dict[str, Any] = {}
+    where = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{where}: cannot read config ({err})") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
+    problems: List[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loader.batch_size=512")
+            continue
+        _set_path(raw, key.strip().split("."), yaml.safe_load(value))
+    config = _build(ExperimentConfig, raw, "", problems)
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A plain dict of a config dataclass (for YAML/JSON)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML (it loads back to an equal config)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _set_path(raw: Dict[str, Any], keys: List[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: List[str]) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, appending problems instead of raising."""
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    for key in unknown:
+        problems.append(f"{prefix}{key}: unknown key; valid keys of {prefix.rstrip('.') or 'the config'}: {sorted(fields)}")
+    values = {}
+    for key, value in raw.items():
+        if key in fields:
+            values[key] = _convert(hints[key], value, f"{prefix}{key}", problems)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as err:
+        problems.append(f"{prefix.rstrip('.') or 'config'}: {err}")
+        return cls()
+
+
+def _convert(hint: Any, value: Any, where: str, problems: List[str]) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".", problems)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where, problems) if len(inner) == 1 else value
+    if origin in (list, List, Sequence, tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return value
+        return [_convert(args[0], v, f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
