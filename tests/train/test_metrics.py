@@ -1,0 +1,268 @@
+"""MultiTaskEvaluator and its metric functions against sklearn, numpy and brute force."""
+
+import itertools
+import json
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from torchrec_gnn.data.dataset import TaskSpec
+from torchrec_gnn.train.metrics import (
+    MultiTaskEvaluator,
+    binary_log_loss,
+    format_table,
+    group_auc,
+    roc_auc,
+)
+
+TASKS = [TaskSpec("click", "binary"), TaskSpec("like", "binary"), TaskSpec("stay", "regression")]
+
+
+def brute_force_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score_pos > score_neg) + 1/2 P(tie) over every positive/negative pair."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p, q in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def sklearn_gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> Tuple[float, int, int]:
+    """Per-user roc_auc_score weighted by impressions, single-class users skipped."""
+    total, weight, used, skipped = 0.0, 0, 0, 0
+    for user in np.unique(users):
+        rows = users == user
+        if len(np.unique(labels[rows])) < 2:
+            skipped += 1
+            continue
+        total += rows.sum() * roc_auc_score(labels[rows], scores[rows])
+        weight += rows.sum()
+        used += 1
+    return total / weight, used, skipped
+
+
+def make_data(n: int = 500, seed: int = 0, num_users: int = 100) -> Dict[str, torch.Tensor]:
+    """Three tasks (two binary, one regression), ties in the scores, ~20% missing labels."""
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, num_users, (n,), generator=g) * 1000 + 7  # sparse, large ids
+    outputs = torch.randn(n, 3, generator=g)
+    outputs[:, :2] = torch.round(outputs[:, :2] * 4) / 4  # many tied scores
+    click = (torch.rand(n, generator=g) < torch.sigmoid(outputs[:, 0])).float()
+    like = (torch.rand(n, generator=g) < 0.3).float()
+    stay = torch.expm1(outputs[:, 2] + 0.5 * torch.randn(n, generator=g)).clamp(min=0)
+    labels = torch.stack([click, like, stay], dim=1)
+    mask = torch.rand(n, 3, generator=g) > 0.2
+    return {"outputs": outputs, "labels": labels, "mask": mask, "users": users}
+
+
+def reference_metrics(data: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, float]]:
+    """The metrics computed one task at a time with sklearn and numpy."""
+    outputs, labels, mask, users = (data[k].numpy() for k in ("outputs", "labels", "mask", "users"))
+    result = {}
+    for t, task in enumerate(TASKS):
+        rows = mask[:, t]
+        out, lab = outputs[rows, t].astype(np.float64), labels[rows, t].astype(np.float64)
+        if task.kind == "binary":
+            gauc, used, skipped = sklearn_gauc(out, lab, users[rows])
+            result[task.name] = {
+                "auc": roc_auc_score(lab, out),
+                "gauc": gauc,
+                "logloss": log_loss(lab, 1 / (1 + np.exp(-out)), labels=[0, 1]),
+                "count": int(rows.sum()),
+                "gauc_users": used,
+                "gauc_users_skipped": skipped,
+            }
+        else:
+            error = np.maximum(np.expm1(out), 0) - lab
+            result[task.name] = {
+                "rmse": np.sqrt(np.mean(error**2)),
+                "mae": np.mean(np.abs(error)),
+                "count": int(rows.sum()),
+            }
+    return result
+
+
+def assert_metrics_equal(actual, expected, rel: float = 1e-9) -> None:
+    assert actual.keys() == expected.keys()
+    for task in expected:
+        assert actual[task].keys() == expected[task].keys(), task
+        for name, value in expected[task].items():
+            assert actual[task][name] == pytest.approx(value, rel=rel, abs=1e-12, nan_ok=True), (task, name)
+
+
+def evaluate(data: Dict[str, torch.Tensor], batch_size: int = 10**9) -> Dict[str, Dict[str, float]]:
+    evaluator = MultiTaskEvaluator(TASKS)
+    for start in range(0, data["users"].numel(), batch_size):
+        rows = slice(start, start + batch_size)
+        evaluator.update(data["outputs"][rows], data["labels"][rows], data["mask"][rows], data["users"][rows])
+    return evaluator.compute()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auc_matches_sklearn_and_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = np.round(rng.normal(size=n), 1).astype(np.float32)  # ties
+    labels = (rng.random(n) < 0.4).astype(np.int64)
+    labels[:2] = [0, 1]
+    auc = roc_auc(scores, labels)
+    assert auc == pytest.approx(roc_auc_score(labels, scores), rel=1e-12)
+    assert auc == pytest.approx(brute_force_auc(scores, labels), rel=1e-12)
+
+
+def test_auc_all_tied_is_half_and_one_class_is_nan() -> None:
+    assert roc_auc(np.zeros(6), np.array([0, 1, 0, 1, 1, 0])) == 0.5
+    assert roc_auc(np.array([0.875, 0.1]), np.array([1, 0])) == 1.0
+    assert math.isnan(roc_auc(np.array([0.1, 0.5]), np.array([1, 1])))
+    assert math.isnan(roc_auc(np.zeros(0), np.zeros(0)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_group_auc_matches_per_user_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 400
+    users = rng.integers(0, 60, n) * 13 - 100  # negative and sparse ids are fine
+    scores = np.round(rng.normal(size=n), 1)
+    labels = (rng.random(n) < 0.35).astype(np.int64)
+    gauc, used, skipped = group_auc(scores, labels, users)
+    expected, expected_used, expected_skipped = sklearn_gauc(scores, labels, users)
+    assert gauc == pytest.approx(expected, rel=1e-12)
+    assert (used, skipped) == (expected_used, expected_skipped)
+    assert skipped > 0 and used + skipped == len(np.unique(users))
+
+
+def test_group_auc_docstring_example_and_no_usable_user() -> None:
+    assert group_auc(np.array([0.2, 0.9, 0.5, 0.1]), np.array([0, 1, 1, 1]), np.array([7, 7, 3, 3])) == (1.0, 1, 1)
+    gauc, used, skipped = group_auc(np.array([0.2, 0.9]), np.array([1, 0]), np.array([1, 2]))
+    assert math.isnan(gauc) and (used, skipped) == (0, 2)
+
+
+def test_binary_log_loss_matches_sklearn_and_is_stable() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=200) * 3
+    labels = (rng.random(200) < 0.5).astype(np.int64)
+    assert binary_log_loss(logits, labels) == pytest.approx(log_loss(labels, 1 / (1 + np.exp(-logits))), rel=1e-9)
+    # Logits far past float's sigmoid range: exact from the logits, no inf and no log(0).
+    assert binary_log_loss(np.array([-800.0, 800.0]), np.array([1, 0])) == pytest.approx(800.0)
+
+
+def test_evaluator_matches_reference() -> None:
+    data = make_data()
+    metrics = evaluate(data)
+    expected = reference_metrics(data)
+    assert_metrics_equal(metrics, expected)
+    assert expected["click"]["gauc_users_skipped"] > 0, "the data should contain single-class users"
+    assert all(isinstance(metrics[t.name]["count"], int) for t in TASKS)
+    json.dumps(metrics)  # JSON-serialisable
+
+
+def test_regression_uses_original_scale_clamped_at_zero() -> None:
+    evaluator = MultiTaskEvaluator([TaskSpec("stay", "regression")])
+    outputs = torch.tensor([[math.log1p(3.0)], [-2.0], [0.0]])  # predictions 3, 0 (clamped), 0
+    labels = torch.tensor([[5.0], [1.0], [0.0]])
+    evaluator.update(outputs, labels, None, torch.tensor([1, 2, 3]))
+    metrics = evaluator.compute()["stay"]
+    assert metrics["mae"] == pytest.approx((2 + 1 + 0) / 3, rel=1e-6)
+    assert metrics["rmse"] == pytest.approx(math.sqrt((4 + 1 + 0) / 3), rel=1e-6)
+    assert metrics["count"] == 3
+
+
+def test_masked_and_nan_labels_are_ignored() -> None:
+    data = make_data(seed=1)
+    expected = evaluate(data)
+    # Garbage under the mask changes nothing.
+    noisy = dict(data)
+    noisy["outputs"] = torch.where(data["mask"], data["outputs"], torch.full_like(data["outputs"], 1e6))
+    noisy["labels"] = torch.where(data["mask"], data["labels"], torch.full_like(data["labels"], 0.5))
+    assert_metrics_equal(evaluate(noisy), expected, rel=0)
+    # NaN labels with no mask are the same as the mask.
+    nan_labels = torch.where(data["mask"], data["labels"], torch.full_like(data["labels"], float("nan")))
+    evaluator = MultiTaskEvaluator(TASKS)
+    evaluator.update(data["outputs"], nan_labels, None, data["users"])
+    assert_metrics_equal(evaluator.compute(), expected, rel=0)
+    # A NaN label under a True mask entry is still missing.
+    evaluator.reset()
+    evaluator.update(data["outputs"], nan_labels, torch.ones_like(data["mask"]), data["users"])
+    assert_metrics_equal(evaluator.compute(), expected, rel=0)
+
+
+def test_several_updates_equal_one_big_update() -> None:
+    data = make_data(seed=2)
+    one = evaluate(data)
+    for batch_size in (1, 7, 64):
+        assert_metrics_equal(evaluate(data, batch_size), one)
+
+
+def test_reset_forgets_batches() -> None:
+    data, other = make_data(seed=3), make_data(seed=4)
+    evaluator = MultiTaskEvaluator(TASKS)
+    evaluator.update(other["outputs"], other["labels"], other["mask"], other["users"])
+    evaluator.reset()
+    assert evaluator.num_examples == 0
+    evaluator.update(data["outputs"], data["labels"], data["mask"], data["users"])
+    assert_metrics_equal(evaluator.compute(), evaluate(data), rel=0)
+
+
+def test_one_class_missing_task_and_empty_evaluator_give_nan() -> None:
+    evaluator = MultiTaskEvaluator(TASKS)
+    outputs = torch.randn(4, 3)
+    labels = torch.tensor([[1.0, 0, 1], [1, 0, 2], [1, 0, 3], [1, 0, 4]])
+    mask = torch.tensor([[True, False, True]] * 4)
+    evaluator.update(outputs, labels, mask, torch.tensor([0, 0, 1, 1]))
+    metrics = evaluator.compute()
+    assert math.isnan(metrics["click"]["auc"]) and math.isnan(metrics["click"]["gauc"])
+    assert (metrics["click"]["gauc_users"], metrics["click"]["gauc_users_skipped"]) == (0, 2)
+    assert math.isfinite(metrics["click"]["logloss"]) and metrics["click"]["count"] == 4
+    assert metrics["like"]["count"] == 0
+    assert math.isnan(metrics["like"]["auc"]) and math.isnan(metrics["like"]["logloss"])
+    assert metrics["stay"]["count"] == 4 and math.isfinite(metrics["stay"]["rmse"])
+
+    empty = MultiTaskEvaluator(TASKS).compute()
+    assert [empty[t.name]["count"] for t in TASKS] == [0, 0, 0]
+    assert math.isnan(empty["click"]["auc"]) and math.isnan(empty["stay"]["rmse"])
+
+
+def test_non_finite_outputs_give_nan_metrics() -> None:
+    data = make_data(seed=5)
+    data["outputs"][3, 0] = float("nan")
+    data["mask"][3, 0] = True
+    metrics = evaluate(data)
+    assert all(math.isnan(metrics["click"][m]) for m in ("auc", "gauc", "logloss"))
+    assert metrics["click"]["count"] == int(data["mask"][:, 0].sum())
+    assert math.isfinite(metrics["like"]["auc"]), "other tasks are unaffected"
+
+
+def test_update_and_compute_errors_name_the_problem() -> None:
+    evaluator = MultiTaskEvaluator(TASKS)
+    with pytest.raises(ValueError, match=r"outputs must have shape \(B, T\) = \(4, 3\), got \(4, 2\)"):
+        evaluator.update(torch.zeros(4, 2), torch.zeros(4, 3), None, torch.arange(4))
+    with pytest.raises(ValueError, match="label_mask must be bool, got torch.float32"):
+        evaluator.update(torch.zeros(4, 3), torch.zeros(4, 3), torch.ones(4, 3), torch.arange(4))
+    with pytest.raises(ValueError, match=r"user_ids must be a \(B,\) integer tensor"):
+        evaluator.update(torch.zeros(4, 3), torch.zeros(4, 3), None, torch.zeros(4))
+    evaluator.update(torch.zeros(2, 3), torch.tensor([[0.0, 1, 1], [0.7, 0, 1]]), None, torch.arange(2))
+    with pytest.raises(ValueError, match=r"binary task 'click' needs 0/1 labels, found \[0\.7"):
+        evaluator.compute()
+    with pytest.raises(ValueError, match="unique names"):
+        MultiTaskEvaluator([TaskSpec("a", "binary"), TaskSpec("a", "regression")])
+
+
+def test_format_table_shows_every_number() -> None:
+    metrics = evaluate(make_data(seed=6))
+    table = format_table(metrics, title="val")
+    lines = table.splitlines()
+    assert lines[0] == "val"
+    header = lines[1].split()
+    assert header[:4] == ["task", "auc", "gauc", "logloss"] and "rmse" in header and "count" in header
+    assert f"{metrics['click']['auc']:.4f}" in table and f"{metrics['stay']['rmse']:.4f}" in table
+    assert str(metrics["like"]["count"]) in table and str(metrics["click"]["gauc_users_skipped"]) in table
+    assert len({len(line) for line in lines[1:3]}) == 1, "header and rule have the same width"
+
+    nested = format_table({"baseline": metrics, "gnn": {"click": {"auc": 0.81234, "count": 9}}})
+    rows = nested.splitlines()
+    assert rows[0].split()[:3] == ["split", "task", "auc"]
+    assert any(r.startswith("gnn") and "0.8123" in r for r in rows)
+    assert sum(r.startswith("baseline") for r in rows) == len(TASKS)
+    assert "nan" in format_table({"click": {"auc": float("nan")}})
