@@ -24,7 +24,9 @@ def test_forward_contract(tiny_split, tiny_batches) -> None:
     batch = tiny_batches[0]
     losses, (detached, outputs, labels) = model(batch)
     assert losses.shape == (3,) and model.loss_names == ["click", "stay", "gfae"]
-    assert outputs.shape == (batch.batch_size, 2) and labels is batch.labels
+    assert outputs.shape == (batch.batch_size, 2)
+    assert torch.equal(torch.isnan(labels), ~batch.label_mask) and bool((~batch.label_mask).any())
+    assert torch.equal(labels[batch.label_mask], batch.labels[batch.label_mask])
     assert not detached.requires_grad and bool(torch.isfinite(losses).all())
 
 

@@ -175,7 +175,7 @@ class GraphDLRMTrain(nn.Module):
         regression_loss (str): ``"mse_log1p"`` (default) or ``"huber_log1p"``.
 
     ``forward(batch)`` returns ``(losses, (losses.detach(), outputs.detach(), labels))`` with
-    ``losses`` of shape (T + 1,): the T task losses, then the GFAE loss (0 without GFAE).
+    ``labels`` NaN where missing and ``losses`` of shape (T + 1,): the T task losses, then the GFAE loss (0 without GFAE).
     TorchRec's train pipeline backprops ``losses.sum()``; a
     :class:`~torchrec_gnn.train.balancing.LossBalancer` weighs them instead.
     """
@@ -190,7 +190,16 @@ class GraphDLRMTrain(nn.Module):
         return [t.name for t in self.model.tasks] + ["gfae"]
 
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            batch (GraphBatch): features, labels with their mask, and the subgraph.
+
+        Returns:
+            Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: losses (T + 1,) and, detached, the
+            losses (T + 1,), the outputs (B, T) and the labels (B, T) with NaN where missing.
+        """
         outputs, gfae_loss = self.model(batch)
         losses = task_losses(outputs, batch.labels, batch.label_mask, self.model.tasks, self.regression_loss)
         losses = torch.cat([losses, gfae_loss.reshape(1)])  # (T + 1,)
-        return losses, (losses.detach(), outputs.detach(), batch.labels)
+        labels = batch.labels.masked_fill(~batch.label_mask, float("nan"))
+        return losses, (losses.detach(), outputs.detach(), labels)

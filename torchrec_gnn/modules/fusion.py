@@ -106,6 +106,15 @@ class GatedFusionArch(ConcatFusionArch):
         nn.init.zeros_(self.gate.bias)
 
     def forward(self, representation: torch.Tensor, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            representation (Tensor): (B, R).
+            user (Tensor): (B, H).
+            item (Tensor): (B, H).
+
+        Returns:
+            Tensor: (B, R + 2H) with gated graph channels.
+        """
         graph = torch.cat([user, item], dim=1)  # (B, 2H)
         gate = torch.sigmoid(self.gate(torch.cat([representation, graph], dim=1)))  # (B, 2H)
         return torch.cat([representation, gate * graph], dim=1)

@@ -119,6 +119,14 @@ class BalancedTrainPipeline:
             total = losses.sum()
         return total, (detached, outputs, labels, total.detach())
 
+    def detach(self) -> nn.Module:
+        """The model with its original (unpipelined) forwards, e.g. for evaluation."""
+        return self._pipeline.detach()
+
+    def attach(self, model: nn.Module) -> None:
+        """Resume pipelining ``model`` after :meth:`detach`."""
+        self._pipeline.attach(model)
+
     def progress(self, dataloader_iter: Iterator[GraphBatch]) -> StepOutput:
         """Run one step; raises ``StopIteration`` when the iterator is exhausted."""
         detached, outputs, labels, total = self._pipeline.progress(dataloader_iter)

@@ -1,0 +1,3 @@
+from torchrec_gnn.cli import main
+
+main()

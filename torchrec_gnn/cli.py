@@ -1,0 +1,43 @@
+"""``torchrec-gnn`` command line: a thin dispatcher over the job scripts in ``recipes/``.
+
+    torchrec-gnn train --config configs/default.yaml [--set key=value ...]
+    torchrec-gnn bench [sampler|loader|step] [benchmark flags]
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+COMMANDS = ("train", "bench")
+BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py"}
+
+
+def _bench(argv: List[str]) -> None:
+    name = argv[0] if argv and not argv[0].startswith("-") else "sampler"
+    if name not in BENCHMARKS:
+        raise SystemExit(f"torchrec-gnn bench: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / BENCHMARKS[name]
+    if not script.is_file():
+        raise SystemExit(f"torchrec-gnn bench: {script} not found (benchmarks ship with the source checkout)")
+    sys.argv = [str(script)] + argv[1 if argv and argv[0] == name else 0 :]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Dispatch ``argv`` (default: ``sys.argv[1:]``) to a command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        print(__doc__)
+        if args and args[0] not in ("-h", "--help"):
+            raise SystemExit(f"torchrec-gnn: unknown command {args[0]!r}; choose from {list(COMMANDS)}")
+        return
+    command, rest = args[0], args[1:]
+    if command == "train":
+        from torchrec_gnn.recipes.train import main as train_main
+
+        train_main(rest)
+    else:
+        _bench(rest)

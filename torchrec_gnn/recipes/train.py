@@ -1,0 +1,237 @@
+"""Train and evaluate E2E-GRec (or an ablation) from one YAML config.
+
+Single process::
+
+    python -m torchrec_gnn train --config configs/default.yaml --set train.max_steps=50
+
+Sharded over 2 processes (gloo on CPU, nccl on CUDA)::
+
+    torchrun --standalone --nproc_per_node=2 -m torchrec_gnn train --config configs/default.yaml
+
+Setup order follows TorchRec's DLRM launcher: process group -> data and graph -> model on the
+meta device -> fused table optimizer -> planner -> DMP -> dense optimizer -> loss balancer ->
+train pipeline -> loop with periodic evaluation and checkpoints -> final evaluation on the
+validation and test splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from torchrec_gnn.config import ExperimentConfig, load_config, save_config
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
+from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
+from torchrec_gnn.data.registry import load_dataset
+from torchrec_gnn.data.split import TimeSplit, time_split
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.train.balancing import LossBalancer
+from torchrec_gnn.train.distributed import DistributedContext, init_distributed
+from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
+from torchrec_gnn.train.sharding import make_optimizer, shard_model
+
+logger = logging.getLogger("torchrec_gnn.train")
+
+
+@dataclass
+class Job:
+    """Everything a run holds after setup."""
+
+    config: ExperimentConfig
+    ctx: DistributedContext
+    dataset: GraphRecDataset
+    split: TimeSplit
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    balancer: LossBalancer
+    pipeline: BalancedTrainPipeline
+    loss_names: List[str]
+    output_dir: Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``train`` command's flags; each one is a shortcut for a config field."""
+    parser = argparse.ArgumentParser(prog="torchrec-gnn train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=str, default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set loader.batch_size=512 (repeatable)")
+    parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps")
+    parser.add_argument("--output-dir", type=str, default=None, help="train.output_dir")
+    parser.add_argument("--checkpoint-dir", type=str, default=None, help="train.checkpoint_dir")
+    parser.add_argument("--seed", type=int, default=None, help="train.seed")
+    parser.add_argument("--device", type=str, default=None, choices=["auto", "cpu", "cuda"], help="train.device")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The YAML config with ``--set`` overrides, then the dedicated flags on top."""
+    overrides = list(args.overrides)
+    flags = {"train.max_steps": args.max_steps, "train.output_dir": args.output_dir,
+             "train.checkpoint_dir": args.checkpoint_dir, "train.seed": args.seed, "train.device": args.device}
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(args.config, overrides)
+
+
+# ---------------------------------------------------------------------------------------- setup
+def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: Path) -> tuple:
+    """Load the data set, split it by time and share its graph through a memory-mapped copy."""
+    dataset = load_dataset(config.data, seed=config.train.seed)
+    split = time_split(
+        dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
+    )
+    graph_dir = output_dir / "graph"
+    if ctx.is_main:
+        split.graph.save(graph_dir)
+    dist.barrier()
+    # Every rank maps the same files: the topology is held once per host.
+    split.graph = HeteroGraph.load(graph_dir, mmap=True)
+    return dataset, split
+
+
+def batches(
+    config: ExperimentConfig, ctx: DistributedContext, split: TimeSplit, dataset: GraphRecDataset,
+    examples: Interactions, train: bool,
+) -> GraphBatchDataset:
+    """The GraphBatchDataset of one split for this rank."""
+    loader = config.loader
+    sampler = NeighborSampler(split.graph, loader.fanouts, replace=loader.replace, temporal=loader.temporal)
+    return GraphBatchDataset(
+        examples, sampler, dataset.user_type, dataset.item_type,
+        batch_size=loader.batch_size if train else loader.eval_batch_size,
+        node_types=split.graph.node_types, sparse_names=list(dataset.sparse_cardinality),
+        node_features=dataset.node_features if config.model.use_graph else None,
+        shuffle=train, drop_last=train, seed=config.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+    )
+
+
+def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
+    """Data, model on meta, sharding, optimizers, balancer and pipeline, in TorchRec's order."""
+    output_dir = Path(config.train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.train.seed)
+    dataset, split = prepare_data(config, ctx, output_dir)
+    if config.model.use_graph and config.model.gnn.num_layers != len(config.loader.fanouts):
+        logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
+                       config.model.gnn.num_layers, len(config.loader.fanouts))
+    model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
+    loss_names = model.loss_names
+    balancer = config.balancer.build(len(loss_names))
+    dmp, plan = shard_model(model, ctx.device, config.sharding)
+    if ctx.is_main:
+        logger.info("sharding plan:\n%s", plan)
+    extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}
+    optimizer = make_optimizer(dmp, config.sharding.dense_lr, extra)
+    pipeline = BalancedTrainPipeline(dmp, optimizer, balancer, ctx.device)
+    if ctx.is_main:
+        save_config(config, output_dir / "config.yaml")
+    return Job(config, ctx, dataset, split, dmp, optimizer, balancer, pipeline, loss_names, output_dir)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
+    """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures)."""
+    model = job.pipeline.detach()
+    model.eval()
+    evaluator = MultiTaskEvaluator(job.dataset.tasks)
+    data = batches(job.config, job.ctx, job.split, job.dataset, examples, train=False)
+    pin = job.ctx.device.type == "cuda"
+    for batch in make_dataloader(data, job.config.loader.num_workers, pin_memory=pin):
+        batch = batch.to(job.ctx.device, non_blocking=pin)
+        _, (_, outputs, _) = model(batch)
+        users = batch.node_ids[job.dataset.user_type].values()[batch.user_index]
+        evaluator.update(outputs, batch.labels, batch.label_mask, users)
+    model.train()
+    job.pipeline.attach(model)
+    return evaluator.compute()
+
+
+# -------------------------------------------------------------------------------------- training
+def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: float) -> Dict[str, object]:
+    losses = dict(zip(job.loss_names, out.losses.tolist()))
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": float(out.total),
+        "losses": losses,
+        "task_weights": dict(zip(job.loss_names, out.weights.tolist())),
+        "examples_per_s": examples_per_s,
+    }
+
+
+def train(job: Job) -> List[Dict[str, object]]:
+    """The loop; returns the logged records (also appended to ``metrics.jsonl`` on rank 0)."""
+    cfg, ctx = job.config, job.ctx
+    data = batches(cfg, ctx, job.split, job.dataset, job.split.train, train=True)
+    total_steps = cfg.train.epochs * len(data)
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    records: List[Dict[str, object]] = []
+    metrics_file = (job.output_dir / "metrics.jsonl").open("w") if ctx.is_main else None
+    progress = tqdm(total=total_steps, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
+    step, window_start, window_examples = 0, time.perf_counter(), 0
+    for epoch in range(cfg.train.epochs):
+        if step >= total_steps:
+            break
+        data.set_epoch(epoch)
+        iterator = iter(make_dataloader(data, cfg.loader.num_workers, pin_memory=ctx.device.type == "cuda"))
+        while step < total_steps:
+            try:
+                out = job.pipeline.progress(iterator)
+            except StopIteration:
+                break
+            step += 1
+            window_examples += out.outputs.shape[0] * ctx.world_size
+            if not math.isfinite(float(out.total)):
+                raise FloatingPointError(f"step {step}: loss is {float(out.total)}; per-loss {out.losses.tolist()}")
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                record = _record(job, step, epoch, out, window_examples / max(now - window_start, 1e-9))
+                window_start, window_examples = now, 0
+                records.append(record)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                progress.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                val = evaluate(job, job.split.val)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps({"step": step, "eval": {"val": val}}) + "\n")
+            progress.update(1)
+    progress.close()
+    if metrics_file is not None:
+        metrics_file.close()
+    return records
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Run the job; returns ``{split: {task: {metric: value}}}`` (also written to ``eval.json``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    config = resolve_config(args)
+    ctx = init_distributed(config.train.device)
+    try:
+        job = setup(config, ctx)
+        if ctx.is_main:
+            logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
+        train(job)
+        results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
+        if ctx.is_main:
+            (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
+            print(format_table(results, title=f"{config.name}: evaluation"))
+        return results
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,70 @@
+"""Process-group setup: torchrun (gloo on CPU, nccl on CUDA) or a one-process group."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands.
+
+    Attributes:
+        rank (int): global rank.
+        world_size (int): number of ranks.
+        local_rank (int): rank on this host (selects the GPU).
+        device (torch.device): this rank's device.
+        backend (str): ``"gloo"`` or ``"nccl"``.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but no CUDA device is visible; use 'cpu' or 'auto'")
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_distributed(device_preference: str = "auto") -> DistributedContext:
+    """Join the process group torchrun set up, or create a one-process group.
+
+    TorchRec's DistributedModelParallel needs a process group even on one process. The backend
+    follows the device: nccl for CUDA, gloo for CPU.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            dist.init_process_group(backend, rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend)
+    return DistributedContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, backend=backend
+    )
