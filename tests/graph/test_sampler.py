@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from torchrec_gnn.data.dataset import EdgeList
+from torchrec_gnn.graph import _kernels
+from torchrec_gnn.graph import sampler as sampler_module
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, PyGNeighborSampler, SampledSubgraph
 
@@ -115,7 +117,10 @@ def check_valid(graph: HeteroGraph, out: SampledSubgraph, seeds: Dict[str, torch
         assert sum(out.num_sampled_edges[et]) == row.numel() == col.numel() == edge.numel()
         if row.numel() == 0:
             continue
-        # Every sampled edge exists: the edge id's CSC row is the source, its segment the destination.
+        # Every sampled (global src, global dst) pair is an edge of the relation ...
+        pairs = set(map(tuple, graph.edge_index(et).t().tolist()))
+        assert set(zip(out.node[src][row].tolist(), out.node[dst][col].tolist())) <= pairs
+        # ... and its edge id points at it: the id's CSC row is the source, its segment the destination.
         csc = graph.csc(et)
         assert torch.equal(torch.from_numpy(csc.row[edge.numpy()].astype(np.int64)), out.node[src][row])
         assert torch.equal(edge_dst(graph, et, edge), out.node[dst][col])
@@ -249,7 +254,8 @@ def test_edge_cases_isolated_empty_relation_no_seed_types_empty_frontier():
 
 
 # ---------------------------------------------------------------------- randomness
-def test_deterministic_per_generator_seed_and_thread_count():
+def test_deterministic_per_generator_seed_and_thread_count(monkeypatch):
+    monkeypatch.setattr(sampler_module, "PARALLEL_MIN_FRONTIER", 0)  # use the parallel kernel on tiny frontiers
     graph = random_graph(3)
     sampler = NeighborSampler(graph, [2, 2])
     a = sampler.sample(SEEDS, generator=gen(7))
@@ -261,8 +267,12 @@ def test_deterministic_per_generator_seed_and_thread_count():
     torch.manual_seed(3)
     assert same(b, sampler.sample(SEEDS))
     # The parallel kernel draws the same numbers (counter-based RNG) and relabels in the same order.
+    calls = []
+    kernel = _kernels.sample_relation_parallel
+    monkeypatch.setattr(_kernels, "sample_relation_parallel", lambda *args: calls.append(1) or kernel(*args))
     parallel = NeighborSampler(graph, [2, 2], num_threads=2)
     assert same(a, parallel.sample(SEEDS, generator=gen(7)))
+    assert calls
     weighted = random_graph(3, weighted=True)
     for replace in (False, True):
         one = NeighborSampler(weighted, [2, 2], weighted=True, replace=replace).sample(SEEDS, generator=gen(1))
@@ -476,6 +486,15 @@ def test_pygsampler_drives_stock_nodeloader():
         assert len(batch["video"].num_sampled_nodes) == 3
     assert seen == list(range(30))
     assert "PyGNeighborSampler(NeighborSampler(num_neighbors=[3, 2]" in repr(loader.node_sampler)
+
+
+def test_memory_mapped_graph_samples_like_in_memory(tmp_path):
+    graph = random_graph(9, timed=True)
+    mapped = HeteroGraph.load(graph.save(tmp_path / "g"), mmap=True)
+    seed_time = {t: torch.full((s.numel(),), 60) for t, s in SEEDS.items()}
+    a = NeighborSampler(graph, [3, 2], temporal=True).sample(SEEDS, seed_time, generator=gen(0))
+    b = NeighborSampler(mapped, [3, 2], temporal=True).sample(SEEDS, seed_time, generator=gen(0))
+    assert same(a, b) and all(torch.equal(a.node_time[t], b.node_time[t]) for t in a.node_time)
 
 
 def test_pickle_round_trip_samples_identically():

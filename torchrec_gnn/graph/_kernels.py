@@ -111,30 +111,27 @@ def _draw_one(eweight, s, d, c, k, replace, weighted, key, out, off, scratch):
         for j in range(c):  # all neighbours
             out[off + j] = s + j
     elif weighted and replace:
-        # c draws proportional to weight: sorted uniforms swept over the running weight sum.
-        total = 0.0
-        last = s
-        for j in range(s, s + d):
-            if eweight[j] > 0:
-                total += eweight[j]
-                last = j
-        for j in range(c):
-            scratch[j] = _uniform(key, j) * total
-        scratch[:c].sort()
+        # c draws proportional to weight: binary search of u * total in the running weight sums
+        # (scratch[:d]); a weight-0 edge adds nothing to the sum, so the search never lands on it.
         acc = 0.0
-        q = 0
-        for j in range(s, s + d):
-            w = eweight[j]
+        for j in range(d):
+            w = eweight[s + j]
             if w > 0:
                 acc += w
-                while q < c and scratch[q] < acc:
-                    out[off + q] = j
-                    q += 1
-                if q == c:
-                    break
-        while q < c:  # float round-off at the very end of the sum
-            out[off + q] = last
-            q += 1
+            scratch[j] = acc
+        for j in range(c):
+            u = _uniform(key, j) * acc
+            lo = 0
+            hi = d - 1
+            while lo < hi:  # first position whose running sum exceeds u
+                mid = (lo + hi) >> 1
+                if scratch[mid] > u:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            while lo > 0 and not (eweight[s + lo] > 0):  # u rounded up to the total: last positive edge
+                lo -= 1
+            out[off + j] = s + lo
     elif weighted:
         # Efraimidis-Spirakis: key Exp(1) / w per positive edge, keep the c smallest (max-heap).
         n = 0
@@ -204,10 +201,12 @@ def _grow(nodes, times, need, temporal):
         return nodes, times
     cap = max(need, 2 * nodes.shape[0])
     new_nodes = np.empty(cap, np.int64)
-    new_nodes[: nodes.shape[0]] = nodes
+    for j in range(nodes.shape[0]):  # explicit loops compile much faster than slice assignment
+        new_nodes[j] = nodes[j]
     if temporal:
         new_times = np.empty(cap, np.int64)
-        new_times[: times.shape[0]] = times
+        for j in range(times.shape[0]):
+            new_times[j] = times[j]
         return new_nodes, new_times
     return new_nodes, times
 
@@ -286,7 +285,7 @@ def sample_relation(
     degs = np.empty(nf, np.int64)
     counts = np.empty(nf, np.int64)
     total = 0
-    max_c = 0
+    scratch_size = 0  # weighted draws: c heap keys, or d running sums with replacement
     for p in range(nf):
         i = f_start + p
         t = dst_times[i] if temporal else 0
@@ -295,11 +294,12 @@ def sample_relation(
         degs[p] = d
         counts[p] = c
         total += c
-        max_c = max(max_c, c)
+        if weighted and c > 0:
+            scratch_size = max(scratch_size, d if replace else c)
     out_eid = np.empty(total, np.int64)
     out_row = np.empty(total, np.int64)
     out_col = np.empty(total, np.int64)
-    scratch = np.empty(max_c if weighted else 0, np.float64)
+    scratch = np.empty(scratch_size, np.float64)
     off = 0
     for p in range(nf):
         c = counts[p]
@@ -355,7 +355,7 @@ def sample_relation_parallel(
         if c > 0:
             i = f_start + p
             off = offsets[p]
-            scratch = np.empty(c if weighted else 0, np.float64)
+            scratch = np.empty((degs[p] if replace else c) if weighted else 0, np.float64)
             _draw_one(eweight, starts[p], degs[p], c, k, replace, weighted, _node_key(key, i), out_eid, off, scratch)
             for q in range(off, off + c):
                 out_col[q] = i

@@ -23,6 +23,8 @@ import numba
 import numpy as np
 import torch
 from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_geometric.sampler import BaseSampler, HeteroSamplerOutput, NodeSamplerInput
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph import _kernels
@@ -33,6 +35,9 @@ NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
 # Initial capacity of the per-type node buffers; they double when a batch needs more and are
 # kept for the next batch.
 _INITIAL_CAPACITY = 4096
+# num_threads > 1 only switches to the parallel kernel for frontiers at least this large: below it,
+# waking the threads costs more than the count/draw steps they share (benchmarks/README.md).
+PARALLEL_MIN_FRONTIER = 8192
 _EMPTY_TIME = np.empty(0, np.int64)
 _EMPTY_WEIGHT = np.empty(0, np.float32)
 _EMPTY_TIME.flags.writeable = False
@@ -48,8 +53,9 @@ class SampledSubgraph:
     the nodes first reached at hop 1, hop 2, ... . Edges of a relation are ordered by hop, so
     PyG's ``trim_to_layer`` can drop the outer hops layer by layer.
 
-    Example: graph ``user -watches-> video`` plus its reverse, seeds ``{"video": [7, 3, 7]}``,
-    ``num_neighbors=[2, 1]``::
+    Example: users 5, 9, 1, 9 watched videos 7, 7, 3, 4 (``user -watches-> video`` plus its
+    reverse ``rev_watches``), seeds ``{"video": [7, 3, 7]}``, ``num_neighbors=[2, 1]``; at hop 2
+    user 9 drew video 4 out of {7, 4} (``tests/graph/test_sampler.py`` checks this picture)::
 
         node["video"]   [ 7  3 | 4 ]            num_sampled_nodes["video"] = [2, 0, 1]
                           seeds  hop 2
@@ -104,15 +110,13 @@ class SampledSubgraph:
         """E_r per relation."""
         return {et: int(r.numel()) for et, r in self.row.items()}
 
-    def to_hetero_data(self) -> "torch_geometric.data.HeteroData":  # noqa: F821
+    def to_hetero_data(self) -> HeteroData:
         """A ``HeteroData`` shaped like PyG ``NeighborLoader`` output (no features attached).
 
         Sets ``data[t].n_id``, ``data[t].num_nodes``, ``data[et].edge_index``, ``data[et].e_id``
         and ``num_sampled_nodes`` / ``num_sampled_edges``; seed types also get ``seed_index`` and
         ``batch_size`` (the number of distinct seeds), temporal samples ``node_time``.
         """
-        from torch_geometric.data import HeteroData
-
         data = HeteroData()
         for t, n_id in self.node.items():
             data[t].n_id = n_id
@@ -167,8 +171,11 @@ class NeighborSampler:
             (default False).
         temporal (bool): only use edges strictly older than the frontier node's time; ``sample``
             then needs ``seed_time`` (default False).
-        num_threads (int): numba threads for the count/draw steps (relabelling stays sequential).
-            Keep 1 in DataLoader workers (default 1; see ``benchmarks/README.md``).
+        num_threads (int): numba threads for the count/draw/gather steps of frontiers of at
+            least ``PARALLEL_MIN_FRONTIER`` nodes (relabelling stays sequential). Default 1: on the
+            2-core benchmark machine 2 threads never beat 1 (``benchmarks/README.md``), and
+            DataLoader workers are the parallelism. With numba's OpenMP layer also set
+            ``OMP_WAIT_POLICY=passive``, else spinning threads slow everything else down.
 
     Example::
 
@@ -273,7 +280,8 @@ class NeighborSampler:
         if self._scratch is None:
             self._scratch = _Scratch(self.graph, self.temporal)
         try:
-            return self._sample(seed_arrays, time_arrays, seed, self._scratch)
+            with torch.profiler.record_function("torchrec_gnn.sample"):
+                return self._sample(seed_arrays, time_arrays, seed, self._scratch)
         except BaseException:
             self._scratch = None  # the maps may be half-filled: start clean next time
             raise
@@ -299,10 +307,9 @@ class NeighborSampler:
         num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
         chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = {et: [] for et in edge_types}
 
-        kernel = _kernels.sample_relation
-        if self.num_threads > 1:
+        parallel = self.num_threads > 1
+        if parallel:
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
-            kernel = _kernels.sample_relation_parallel
         lo = {t: 0 for t in node_types}  # frontier of type t at this hop: [lo[t], hop_start[t])
         for hop in range(self.num_hops):
             hop_start = dict(count)
@@ -313,6 +320,8 @@ class NeighborSampler:
                 if k == 0 or lo[dst] == hop_start[dst] or row.shape[0] == 0:
                     num_sampled_edges[et].append(0)
                     continue
+                big = hop_start[dst] - lo[dst] >= PARALLEL_MIN_FRONTIER
+                kernel = _kernels.sample_relation_parallel if parallel and big else _kernels.sample_relation
                 out_row, out_col, out_edge, nodes[src], times[src], count[src] = kernel(
                     colptr, row, etime, eweight,
                     nodes[dst], times[dst], lo[dst], hop_start[dst],
@@ -490,14 +499,7 @@ def _readonly(array: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- PyG adapter
-try:
-    from torch_geometric.sampler import BaseSampler as _BaseSampler
-    from torch_geometric.sampler import HeteroSamplerOutput, NodeSamplerInput
-except ImportError:  # pragma: no cover - torch_geometric is a dependency; keep import light
-    _BaseSampler = object  # type: ignore[assignment,misc]
-
-
-class PyGNeighborSampler(_BaseSampler):  # type: ignore[misc,valid-type]
+class PyGNeighborSampler(BaseSampler):
     """Our :class:`NeighborSampler` behind PyG's ``BaseSampler`` interface.
 
     PyG's stock ``NodeLoader`` then batches, spawns workers and gathers features with it, without
@@ -525,7 +527,7 @@ class PyGNeighborSampler(_BaseSampler):  # type: ignore[misc,valid-type]
             raise TypeError(f"PyGNeighborSampler: expected a NeighborSampler, got {type(sampler).__name__}")
         self.sampler = sampler
 
-    def sample_from_nodes(self, inputs: "NodeSamplerInput", **kwargs: Any) -> "HeteroSamplerOutput":
+    def sample_from_nodes(self, inputs: NodeSamplerInput, **kwargs: Any) -> HeteroSamplerOutput:
         """Sample around ``inputs.node`` (type ``inputs.input_type``); returns PyG's output type."""
         input_type = inputs.input_type
         if input_type is None:

@@ -18,12 +18,13 @@ Without a tower (``graph_tower=None``) it is a plain multi-task DLRM: the no-gra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch, SparseArch, choose
+from torchrec.models.dlrm import DLRM, DenseArch, InteractionArch, InteractionDCNArch, SparseArch, choose
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
@@ -132,6 +133,34 @@ class GraphDLRM(nn.Module):
         self.prehead_fusion = fusion(graph_tower.out_channels, representation) if use_graph and fusion else None
         head_in = self.prehead_fusion.out_channels if self.prehead_fusion is not None else representation
         self.task_heads = TaskHeadsArch(head_in, self.tasks, config.head_layer_sizes)
+
+    @classmethod
+    def from_dlrm(
+        cls,
+        dlrm: DLRM,
+        tasks: Sequence[TaskSpec],
+        graph_tower: Optional[GNNTower],
+        config: Optional[RankerConfig] = None,
+    ) -> "GraphDLRM":
+        """Add a GNN tower to a stock TorchRec ``DLRM``, keeping its sparse and dense arches.
+
+        The embedding tables and the dense arch (with their weights) are reused as they are;
+        the interaction, over arch and task heads are new because their input grows with the
+        graph features.
+
+        Args:
+            dlrm (DLRM): a ``torchrec.models.dlrm.DLRM``.
+            tasks (Sequence[TaskSpec]): the tasks of the new multi-task heads.
+            graph_tower (GNNTower, optional): the tower to add.
+            config (RankerConfig, optional): over-arch/head sizes, fusion switches; its
+                ``dense_arch_layer_sizes`` are replaced by the DLRM's own.
+        """
+        dense_sizes = [layer._linear.out_features for layer in dlrm.dense_arch.model._mlp]
+        dense_in = dlrm.dense_arch.model._mlp[0]._linear.in_features
+        config = dataclasses.replace(config or RankerConfig(), dense_arch_layer_sizes=dense_sizes)
+        model = cls(dlrm.sparse_arch.embedding_bag_collection, dense_in, tasks, config, graph_tower)
+        model.dense_arch = dlrm.dense_arch
+        return model
 
     @property
     def interaction_features(self) -> int:
