@@ -77,6 +77,21 @@ def test_save_load_mmap(tmp_path: Path) -> None:
     assert isinstance(loaded.csc(WATCH).row, np.memmap)
 
 
+def test_mapped_graph_pickles_as_its_directory(tmp_path: Path) -> None:
+    import pickle
+
+    graph = small_graph(add_reverse=True)
+    graph.save(tmp_path / "g")
+    mapped = HeteroGraph.load(tmp_path / "g", mmap=True)
+    payload = pickle.dumps(mapped)
+    assert len(payload) < 1000 and str(tmp_path / "g") in payload.decode("latin-1")
+    copy = pickle.loads(payload)
+    assert isinstance(copy.csc(WATCH).row, np.memmap)
+    np.testing.assert_array_equal(copy.csc(WATCH).row, graph.csc(WATCH).row)
+    in_memory = pickle.loads(pickle.dumps(graph))
+    np.testing.assert_array_equal(in_memory.csc(WATCH).time, graph.csc(WATCH).time)
+
+
 def test_load_truncated_or_missing_fails_clearly(tmp_path: Path) -> None:
     small_graph().save(tmp_path / "g")
     row_file = tmp_path / "g" / "user__watches__video.row.npy"

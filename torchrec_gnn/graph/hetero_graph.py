@@ -87,6 +87,7 @@ class HeteroGraph:
     def __init__(self, num_nodes: Mapping[NodeType, int], csc: Mapping[EdgeType, CSC]) -> None:
         self.num_nodes: Dict[NodeType, int] = {t: int(n) for t, n in num_nodes.items()}
         self._csc: Dict[EdgeType, CSC] = dict(csc)
+        self._mapped_from: Optional[Path] = None  # set by load(mmap=True)
         for et, index in self._csc.items():
             src, _, dst = et
             for t in (src, dst):
@@ -265,7 +266,17 @@ class HeteroGraph:
                         f"expected ({expected},) from {METADATA_FILE}"
                     )
             csc[et] = CSC(**arrays)
-        return cls(meta["num_nodes"], csc)
+        graph = cls(meta["num_nodes"], csc)
+        if mmap:
+            graph._mapped_from = root.resolve()
+        return graph
+
+    def __reduce__(self) -> Tuple:
+        # A memory-mapped graph travels as its directory, so a spawned DataLoader worker maps
+        # the same pages instead of receiving (and holding) a private copy of every array.
+        if self._mapped_from is not None:
+            return (HeteroGraph.load, (str(self._mapped_from), True))
+        return (HeteroGraph, (self.num_nodes, self._csc))
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> str:
