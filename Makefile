@@ -27,13 +27,15 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m torchrec_gnn demo
+	$(PY) -m torchrec_gnn train --config configs/default.yaml --output-dir runs/demo
 
 test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) benchmarks/bench_sampler.py
+	$(PY) benchmarks/bench_sampler.py --json runs/bench/sampler.json
+	$(PY) benchmarks/bench_loader.py --json runs/bench/loader.json
+	$(PY) benchmarks/bench_step.py --json runs/bench/step.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
