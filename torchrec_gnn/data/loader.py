@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -130,7 +131,8 @@ class GraphBatchDataset(Dataset):
         else:
             seeds = {self.user_type: ex.user, self.item_type: ex.item}
             seed_time = {self.user_type: ex.timestamp, self.item_type: ex.timestamp}
-        out = self.sampler.sample(seeds, seed_time=seed_time if self.sampler.temporal else None, generator=generator)
+        with record_function("## sample ##"):
+            out = self.sampler.sample(seeds, seed_time=seed_time if self.sampler.temporal else None, generator=generator)
         if same_type:
             user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.user_type][b:]
         else:

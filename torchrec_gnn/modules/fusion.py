@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 
 class InputFusionArch(nn.Module):
@@ -49,7 +50,8 @@ class InputFusionArch(nn.Module):
         Returns:
             Tensor: (B, 2, D) features to concatenate with the sparse features.
         """
-        return torch.stack([self.user_projection(user), self.item_projection(item)], dim=1)
+        with record_function("## input_fusion ##"):
+            return torch.stack([self.user_projection(user), self.item_projection(item)], dim=1)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.graph_channels} -> 2 x {self.embedding_dim})"
@@ -81,7 +83,8 @@ class ConcatFusionArch(nn.Module):
         Returns:
             Tensor: (B, R + 2H).
         """
-        return torch.cat([representation, user, item], dim=1)
+        with record_function("## prehead_fusion ##"):
+            return torch.cat([representation, user, item], dim=1)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.representation_channels} + 2 x {self.graph_channels} -> {self.out_channels})"
@@ -115,6 +118,7 @@ class GatedFusionArch(ConcatFusionArch):
         Returns:
             Tensor: (B, R + 2H) with gated graph channels.
         """
-        graph = torch.cat([user, item], dim=1)  # (B, 2H)
-        gate = torch.sigmoid(self.gate(torch.cat([representation, graph], dim=1)))  # (B, 2H)
-        return torch.cat([representation, gate * graph], dim=1)
+        with record_function("## prehead_fusion ##"):
+            graph = torch.cat([user, item], dim=1)  # (B, 2H)
+            gate = torch.sigmoid(self.gate(torch.cat([representation, graph], dim=1)))  # (B, 2H)
+            return torch.cat([representation, gate * graph], dim=1)

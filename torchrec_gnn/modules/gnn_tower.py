@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from torchrec_gnn.data.batch import GraphBatch
@@ -99,6 +100,10 @@ class GraphEncoder(nn.Module):
         Returns:
             GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
         """
+        with record_function("## gnn_tower ##"):
+            return self._encode(x_dict, batch)
+
+    def _encode(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
         inputs = dict(x_dict)
         for t, projection in self.feature_projection.items():

@@ -7,6 +7,7 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.profiler import record_function
 from torchrec.modules.mlp import MLP
 
 from torchrec_gnn.data.dataset import TaskSpec
@@ -51,7 +52,8 @@ class TaskHeadsArch(nn.Module):
         Returns:
             Tensor: (B, T) one output per task.
         """
-        return torch.cat([head(representation) for head in self.heads], dim=1)
+        with record_function("## task_heads ##"):
+            return torch.cat([head(representation) for head in self.heads], dim=1)
 
     def __repr__(self) -> str:
         names = ", ".join(f"{t.name}:{t.kind}" for t in self.tasks)
