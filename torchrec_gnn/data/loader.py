@@ -76,6 +76,12 @@ class GraphBatchDataset(Dataset):
                 f"GraphBatchDataset: sparse features {missing} are not in the examples "
                 f"(have {sorted(examples.sparse)})"
             )
+        graph_types = list(sampler.graph.node_types)
+        if sorted(node_types) != sorted(graph_types) or len(set(node_types)) != len(node_types):
+            raise ValueError(
+                f"GraphBatchDataset: node_types {list(node_types)} must list every node type of the graph "
+                f"once, in the order of the node tables; the graph has {graph_types}"
+            )
         for t in (user_type, item_type):
             if t not in node_types:
                 raise ValueError(f"GraphBatchDataset: node type {t!r} is not in node_types {list(node_types)}")
@@ -127,12 +133,17 @@ class GraphBatchDataset(Dataset):
         same_type = self.user_type == self.item_type
         if same_type:
             seeds = {self.user_type: torch.cat([ex.user, ex.item])}
-            seed_time = {self.user_type: torch.cat([ex.timestamp, ex.timestamp])}
         else:
             seeds = {self.user_type: ex.user, self.item_type: ex.item}
-            seed_time = {self.user_type: ex.timestamp, self.item_type: ex.timestamp}
+        seed_time = None
+        if self.sampler.temporal:
+            # One subgraph serves the whole batch and a GNN mixes it across examples, so every
+            # seed gets the batch's earliest time: no example can see an edge from its future
+            # through another example's seed. Time-ordered batches (shuffle=False) lose least.
+            earliest = ex.timestamp.min()
+            seed_time = {t: torch.full_like(s, int(earliest)) for t, s in seeds.items()}
         with record_function("## sample ##"):
-            out = self.sampler.sample(seeds, seed_time=seed_time if self.sampler.temporal else None, generator=generator)
+            out = self.sampler.sample(seeds, seed_time=seed_time, generator=generator)
         if same_type:
             user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.user_type][b:]
         else:

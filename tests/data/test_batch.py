@@ -1,0 +1,82 @@
+"""GraphBatch: validation at construction, device moves and pinning keep every value."""
+
+import dataclasses
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_gnn.data.batch import GraphBatch
+
+WATCHES = ("user", "watches", "video")
+
+
+def literal_batch() -> GraphBatch:
+    """The B=3 batch drawn in batch.py's module docstring (plus one sparse feature)."""
+    return GraphBatch(
+        dense_features=torch.arange(6, dtype=torch.float32).view(3, 2),
+        sparse_features=KeyedJaggedTensor(keys=["hour"], values=torch.tensor([1, 5, 7]),
+                                          lengths=torch.ones(3, dtype=torch.int32), stride=3),
+        labels=torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 2.5]]),
+        label_mask=torch.tensor([[True, False], [True, True], [True, True]]),
+        node_ids=KeyedJaggedTensor(keys=["user", "video"], values=torch.tensor([7, 2, 4, 5, 9, 1, 3]),
+                                   lengths=torch.tensor([3, 4], dtype=torch.int32), stride=1),
+        edge_index={WATCHES: torch.tensor([[2, 0, 1], [2, 3, 0]])},
+        user_index=torch.tensor([0, 1, 0]),
+        item_index=torch.tensor([0, 1, 0]),
+        num_sampled_nodes={"user": [2, 1], "video": [2, 2]},
+        num_sampled_edges={WATCHES: [3]},
+        node_features={"video": torch.randn(4, 2, generator=torch.Generator().manual_seed(0))},
+    )
+
+
+def assert_same_values(a: GraphBatch, b: GraphBatch) -> None:
+    for name in ("dense_features", "labels", "label_mask", "user_index", "item_index"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()), name
+    for name in ("sparse_features", "node_ids"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.keys() == y.keys() and x.stride() == y.stride(), name
+        assert torch.equal(x.values().cpu(), y.values().cpu()) and torch.equal(x.lengths().cpu(), y.lengths().cpu())
+    assert a.edge_index.keys() == b.edge_index.keys()
+    assert all(torch.equal(a.edge_index[k].cpu(), b.edge_index[k].cpu()) for k in a.edge_index)
+    assert a.node_features.keys() == b.node_features.keys()
+    assert all(torch.equal(a.node_features[k].cpu(), b.node_features[k].cpu()) for k in a.node_features)
+    assert a.num_sampled_nodes == b.num_sampled_nodes and a.num_sampled_edges == b.num_sampled_edges
+
+
+def test_properties_of_the_docstring_batch() -> None:
+    batch = literal_batch()
+    assert batch.batch_size == 3
+    assert batch.num_nodes == {"user": 3, "video": 4}
+    assert batch.node_ids["video"].values()[batch.item_index].tolist() == [5, 9, 5]
+
+
+def test_to_cpu_round_trip_keeps_every_value() -> None:
+    batch = literal_batch()
+    moved = batch.to(torch.device("cpu"))
+    assert isinstance(moved, GraphBatch)
+    assert_same_values(batch, moved)
+    assert_same_values(batch, moved.to(torch.device("cpu"), non_blocking=True))
+
+
+def test_pin_memory_keeps_every_value() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("CPU-only torch cannot pin host memory (pin_memory needs a CUDA runtime)")
+    batch = literal_batch()
+    pinned = batch.pin_memory()
+    assert pinned.dense_features.is_pinned() and pinned.node_ids.values().is_pinned()
+    assert all(e.is_pinned() for e in pinned.edge_index.values())
+    assert_same_values(batch, pinned)
+    assert_same_values(batch, pinned.to(torch.device("cuda"), non_blocking=True))
+
+
+def test_mismatched_batch_sizes_are_listed() -> None:
+    batch = literal_batch()
+    with pytest.raises(ValueError, match=r"B=3 from dense_features, but these fields disagree: "
+                                         r"\{'labels': 2, 'item_index': 2\}"):
+        dataclasses.replace(batch, labels=batch.labels[:2], item_index=batch.item_index[:2])
+    kjt = KeyedJaggedTensor(keys=["user"], values=torch.arange(4), lengths=torch.tensor([2, 2], dtype=torch.int32),
+                            stride=2)
+    with pytest.raises(ValueError, match=r"node_ids must have one row per key, got stride 2"):
+        dataclasses.replace(batch, node_ids=kjt)

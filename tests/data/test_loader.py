@@ -1,0 +1,355 @@
+"""GraphBatchDataset / make_dataloader: batch contents against the examples and the graph,
+determinism across workers and epochs, rank partitioning, errors and temporal sampling.
+
+Batches are traced back to their examples through an extra sparse feature ``"row"`` holding each
+example's position, so no test depends on how the loader shuffles.
+"""
+
+from typing import Dict, List, Sequence, Set, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_log_dataset
+from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.dataset import EdgeList, Interactions
+from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
+from torchrec_gnn.data.split import TimeSplit
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
+
+SPARSE = ["user_id", "item_id", "genre"]
+GENRE_RELATIONS = (("item", "in", "genre"), ("genre", "rev_in", "item"))
+
+
+# ---------------------------------------------------------------------- helpers
+def with_row_ids(examples: Interactions) -> Interactions:
+    """The examples plus a sparse feature ``"row"`` = each example's position (its identity)."""
+    return Interactions(
+        user=examples.user, item=examples.item, timestamp=examples.timestamp, labels=examples.labels,
+        dense=examples.dense, sparse={**examples.sparse, "row": torch.arange(len(examples))},
+    )
+
+
+def make_dataset(split: TimeSplit, batch_size: int = 64, fanouts=(5, 3), sparse_names: Sequence[str] = (*SPARSE, "row"),
+                 **kwargs) -> GraphBatchDataset:
+    sampler = NeighborSampler(split.graph, fanouts if isinstance(fanouts, dict) else list(fanouts))
+    return GraphBatchDataset(
+        with_row_ids(split.train), sampler, "user", "item", batch_size, split.graph.node_types,
+        list(sparse_names), **kwargs,
+    )
+
+
+def rows_of(batch: GraphBatch) -> torch.Tensor:
+    """(B,) positions of the batch's examples in the dataset's examples."""
+    return batch.sparse_features["row"].values()
+
+
+def unique_in_order(ids: torch.Tensor) -> List[int]:
+    return list(dict.fromkeys(ids.tolist()))
+
+
+def graph_edges(graph: HeteroGraph) -> Dict[Tuple[str, str, str], Set[Tuple[int, int]]]:
+    return {et: set(map(tuple, graph.edge_index(et).T.tolist())) for et in graph.edge_types}
+
+
+def assert_batches_equal(a: GraphBatch, b: GraphBatch) -> None:
+    for name in ("dense_features", "labels", "label_mask", "user_index", "item_index"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in ("sparse_features", "node_ids"):
+        ka, kb = getattr(a, name), getattr(b, name)
+        assert ka.keys() == kb.keys() and ka.stride() == kb.stride(), name
+        assert torch.equal(ka.values(), kb.values()) and torch.equal(ka.lengths(), kb.lengths()), name
+    assert a.edge_index.keys() == b.edge_index.keys()
+    assert all(torch.equal(a.edge_index[et], b.edge_index[et]) for et in a.edge_index)
+    assert a.num_sampled_nodes == b.num_sampled_nodes and a.num_sampled_edges == b.num_sampled_edges
+    assert a.node_features.keys() == b.node_features.keys()
+    assert all(torch.equal(a.node_features[t], b.node_features[t]) for t in a.node_features)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_split: TimeSplit) -> GraphBatchDataset:
+    return make_dataset(tiny_split, shuffle=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def batches(dataset: GraphBatchDataset) -> List[GraphBatch]:
+    return [dataset[i] for i in range(len(dataset))]
+
+
+# ---------------------------------------------------------------------- batch contents
+def test_every_example_is_served_once_per_epoch(dataset, batches) -> None:
+    rows = torch.cat([rows_of(b) for b in batches])
+    assert sorted(rows.tolist()) == list(range(len(dataset.examples)))
+    assert [b.batch_size for b in batches] == [64] * 5 + [len(dataset.examples) - 5 * 64]
+
+
+def test_seed_rows_hold_the_examples_ids(dataset, batches) -> None:
+    ex = dataset.examples
+    for b in batches:
+        rows = rows_of(b)
+        assert b.user_index.dtype == b.item_index.dtype == torch.int64
+        assert torch.equal(b.node_ids["user"].values()[b.user_index], ex.user[rows])
+        assert torch.equal(b.node_ids["item"].values()[b.item_index], ex.item[rows])
+
+
+def test_node_ids_one_row_per_node_type_seeds_first(dataset, batches, tiny_split) -> None:
+    ex = dataset.examples
+    for b in batches:
+        kjt = b.node_ids
+        assert kjt.keys() == tiny_split.graph.node_types and kjt.stride() == 1
+        assert kjt.lengths().tolist() == [sum(b.num_sampled_nodes[t]) for t in kjt.keys()]
+        assert b.num_nodes == {t: sum(b.num_sampled_nodes[t]) for t in kjt.keys()}
+        rows = rows_of(b)
+        for t, seeds in (("user", ex.user[rows]), ("item", ex.item[rows]), ("genre", torch.empty(0, dtype=torch.long))):
+            ids = kjt[t].values()
+            expected = unique_in_order(seeds)
+            assert b.num_sampled_nodes[t][0] == len(expected)  # hop 0 = the distinct seeds
+            assert ids[: len(expected)].tolist() == expected  # first, in first-appearance order
+            assert len(set(ids.tolist())) == ids.numel()  # deduplicated
+            assert len(b.num_sampled_nodes[t]) == 3  # hops 0, 1, 2
+        # Per-example indices stay inside the seed block.
+        assert int(b.user_index.max()) < b.num_sampled_nodes["user"][0]
+        assert int(b.item_index.max()) < b.num_sampled_nodes["item"][0]
+
+
+def test_node_type_without_sampled_nodes_keeps_its_empty_key(tiny_split) -> None:
+    fanouts = {et: ([0, 0] if et in GENRE_RELATIONS else [4, 2]) for et in tiny_split.graph.edge_types}
+    b = make_dataset(tiny_split, fanouts=fanouts)[0]
+    assert b.node_ids.keys() == ["user", "item", "genre"] and b.node_ids.stride() == 1
+    assert b.num_nodes["genre"] == 0 and b.node_ids["genre"].values().numel() == 0
+    assert b.num_sampled_nodes["genre"] == [0, 0, 0]
+    assert all(b.edge_index[et].shape == (2, 0) for et in GENRE_RELATIONS)
+    assert b.num_nodes["user"] > 0 and b.num_nodes["item"] > 0
+
+
+def test_every_sampled_edge_exists_in_the_graph(batches, tiny_split) -> None:
+    exists = graph_edges(tiny_split.graph)
+    for b in batches:
+        assert b.edge_index.keys() == set(tiny_split.graph.edge_types)
+        for (src, rel, dst), e in b.edge_index.items():
+            et = (src, rel, dst)
+            assert e.dtype == torch.int64 and e.shape == (2, sum(b.num_sampled_edges[et]))
+            assert e.numel() == 0 or (int(e[0].max()) < b.num_nodes[src] and int(e[1].max()) < b.num_nodes[dst])
+            pairs = zip(b.node_ids[src].values()[e[0]].tolist(), b.node_ids[dst].values()[e[1]].tolist())
+            missing = [p for p in pairs if p not in exists[et]]
+            assert not missing, f"{et}: sampled edges not in the graph: {missing[:5]}"
+    assert sum(b.edge_index[("user", "watches", "item")].shape[1] for b in batches) > 0
+
+
+def test_labels_and_mask_for_missing_labels(dataset, batches) -> None:
+    ex = dataset.examples
+    for b in batches:
+        raw = ex.labels[rows_of(b)]
+        assert b.label_mask.dtype == torch.bool and torch.equal(b.label_mask, ~torch.isnan(raw))
+        assert not bool(torch.isnan(b.labels).any())
+        assert torch.equal(b.labels, torch.nan_to_num(raw, nan=0.0))
+    assert sum(int((~b.label_mask).sum()) for b in batches) > 0  # the fixture has NaN stays
+
+
+def test_dense_and_sparse_features_are_the_examples_rows(dataset, batches) -> None:
+    ex = dataset.examples
+    for b in batches:
+        rows = rows_of(b)
+        assert torch.equal(b.dense_features, ex.dense[rows])
+        kjt = b.sparse_features
+        assert kjt.keys() == [*SPARSE, "row"] and kjt.stride() == b.batch_size
+        assert bool((kjt.lengths() == 1).all())
+        for name in SPARSE:
+            assert torch.equal(kjt[name].values(), ex.sparse[name][rows]), name
+
+
+def test_node_features_are_gathered_for_the_sampled_nodes(tiny_split) -> None:
+    features = {"item": torch.randn(tiny_split.graph.num_nodes["item"], 4, generator=torch.Generator().manual_seed(0))}
+    b = make_dataset(tiny_split, node_features=features)[1]
+    assert b.node_features.keys() == {"item"}
+    assert torch.equal(b.node_features["item"], features["item"][b.node_ids["item"].values()])
+
+
+def test_same_user_and_item_type_share_one_seed_block() -> None:
+    """Friend recommendation: user and item are both ``user`` nodes, seeds are deduplicated together."""
+    user, item = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 4, 0, 5, 2])
+    n = user.numel()
+    examples = Interactions(user=user, item=item, timestamp=torch.zeros(n, dtype=torch.long),
+                            labels=torch.ones(n, 1), dense=torch.zeros(n, 1))
+    graph = HeteroGraph.from_edges({"user": 6}, {("user", "friend", "user"): EdgeList(src=user, dst=item)},
+                                   add_reverse=True)
+    ds = GraphBatchDataset(examples, NeighborSampler(graph, [2]), "user", "user", 5, ["user"], [])
+    b = ds[0]
+    ids = b.node_ids["user"].values()
+    assert b.num_sampled_nodes["user"][0] == len(unique_in_order(torch.cat([user, item])))
+    assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
+    assert b.sparse_features.keys() == [] and b.batch_size == 5
+
+
+# ---------------------------------------------------------------------- determinism
+def epoch_batches(dataset: GraphBatchDataset, epoch: int, num_workers: int) -> List[GraphBatch]:
+    dataset.set_epoch(epoch)
+    return list(make_dataloader(dataset, num_workers=num_workers, prefetch_factor=2))
+
+
+def test_same_seed_and_epoch_give_identical_batches_with_0_or_2_workers(tiny_split) -> None:
+    dataset = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7)
+    in_process = epoch_batches(dataset, epoch=1, num_workers=0)
+    in_workers = epoch_batches(dataset, epoch=1, num_workers=2)
+    assert len(in_process) == len(in_workers) == len(dataset) == 8
+    for a, b in zip(in_process, in_workers):
+        assert isinstance(b, GraphBatch)
+        assert_batches_equal(a, b)
+    # A fresh dataset object with the same seed reproduces them too (no hidden state).
+    again = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7)
+    again.set_epoch(1)
+    assert_batches_equal(again[3], in_process[3])
+
+
+def test_epochs_reshuffle_and_shuffle_false_keeps_file_order(tiny_split) -> None:
+    dataset = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7)
+    order = {e: torch.cat([rows_of(b) for b in epoch_batches(dataset, e, 0)]) for e in (0, 1)}
+    assert not torch.equal(order[0], order[1])
+    assert sorted(order[0].tolist()) == sorted(order[1].tolist()) == list(range(len(dataset.examples)))
+    dataset.set_epoch(0)
+    assert torch.equal(rows_of(dataset[0]), order[0][:48])  # back to epoch 0: same order again
+    plain = make_dataset(tiny_split, batch_size=48)
+    assert torch.equal(torch.cat([rows_of(plain[i]) for i in range(len(plain))]), torch.arange(len(plain.examples)))
+
+
+# ---------------------------------------------------------------------- ranks
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_get_equal_disjoint_shares_of_one_global_order(tiny_split, drop_last) -> None:
+    # 360 training examples in batches of 45: 8 batches, so 2 ranks drop nothing; 3 ranks drop 2.
+    n = len(tiny_split.train)
+    whole = make_dataset(tiny_split, batch_size=45, shuffle=True, seed=1, drop_last=drop_last)
+    global_batches = [whole[i] for i in range(len(whole))]
+    for world_size in (2, 3):
+        ranks = [
+            make_dataset(tiny_split, batch_size=45, shuffle=True, seed=1, drop_last=drop_last,
+                         rank=r, world_size=world_size)
+            for r in range(world_size)
+        ]
+        assert len({len(d) for d in ranks}) == 1 and len(ranks[0]) == len(whole) // world_size
+        served = [torch.cat([rows_of(d[i]) for i in range(len(d))]) for d in ranks]
+        for a in range(world_size):
+            for c in range(a + 1, world_size):
+                assert not set(served[a].tolist()) & set(served[c].tolist())
+        # Rank r's batch i is global batch i * world_size + r (same rows and the same subgraph).
+        for r, d in enumerate(ranks):
+            for i in range(len(d)):
+                assert_batches_equal(d[i], global_batches[i * world_size + r])
+        tail = global_batches[len(ranks[0]) * world_size:]
+        assert len(tail) < world_size
+        covered = torch.cat(served + [rows_of(b) for b in tail])
+        assert sorted(covered.tolist()) == list(range(n))
+
+
+def test_two_ranks_through_make_dataloader_workers(tiny_split) -> None:
+    ranks = [make_dataset(tiny_split, batch_size=40, shuffle=True, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    served = [torch.cat([rows_of(b) for b in epoch_batches(d, 0, num_workers=2)]) for d in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 9 batches of 40: the 9th is the dropped tail
+    assert served[0].numel() == served[1].numel() == 160
+    assert not set(served[0].tolist()) & set(served[1].tolist())
+
+
+# ---------------------------------------------------------------------- errors
+def test_constructor_errors_name_the_problem(tiny_split) -> None:
+    with pytest.raises(ValueError, match=r"batch_size must be positive, got 0"):
+        make_dataset(tiny_split, batch_size=0)
+    with pytest.raises(ValueError, match=r"360 examples make 2 batches of 200, fewer than world_size=3 ranks"):
+        make_dataset(tiny_split, batch_size=200, world_size=3)
+    with pytest.raises(ValueError, match=r"make 0 batches of 400, fewer than world_size=1 ranks"):
+        make_dataset(tiny_split, batch_size=400, drop_last=True)
+    with pytest.raises(ValueError, match=r"sparse features \['nope'\] are not in the examples \(have \["):
+        make_dataset(tiny_split, sparse_names=["user_id", "nope"])
+    with pytest.raises(ValueError, match=r"rank 2 outside world_size 2"):
+        make_dataset(tiny_split, rank=2, world_size=2)
+    with pytest.raises(ValueError, match=r"node_types \['user', 'genre'\] must list every node type of the graph once"):
+        GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [2]), "user", "item", 8,
+                          ["user", "genre"], [])
+    dataset = make_dataset(tiny_split, batch_size=100)
+    with pytest.raises(IndexError, match=r"batch 4 outside \[0, 4\)"):
+        dataset[4]
+
+
+# ---------------------------------------------------------------------- temporal mode
+def temporal_setup(batch_size: int = 64):
+    """All edges of the tiny log in the graph (watches interleave with the examples' times)."""
+    ds = tiny_log_dataset()
+    graph = HeteroGraph.from_edges(ds.num_nodes, ds.edges, add_reverse=True)
+    fanouts = {et: ([0, 0] if graph.csc(et).time is None else [5, 3]) for et in graph.edge_types}
+
+    class RecordingSampler(NeighborSampler):
+        """Keeps the last SampledSubgraph: GraphBatch carries no edge ids or node times."""
+
+        def sample(self, *args, **kwargs) -> SampledSubgraph:
+            self.last = super().sample(*args, **kwargs)
+            return self.last
+
+    sampler = RecordingSampler(graph, fanouts, temporal=True)
+    dataset = GraphBatchDataset(with_row_ids(ds.examples), sampler, "user", "item", batch_size,
+                                graph.node_types, ["row"], shuffle=True, seed=5)
+    return graph, sampler, dataset
+
+
+def sampled_with_times(graph, sampler, dataset):
+    """Yield (batch, subgraph, {relation: (E_r,) edge times}) for every batch."""
+    for i in range(len(dataset)):
+        batch = dataset[i]
+        sub = sampler.last
+        times = {et: torch.from_numpy(np.asarray(graph.csc(et).time))[sub.edge[et]]
+                 for et in graph.edge_types if graph.csc(et).time is not None}
+        # The loader's edge_index is the sampler's row/col.
+        assert all(torch.equal(batch.edge_index[et], sub.edge_index_dict[et]) for et in graph.edge_types)
+        yield batch, sub, times
+
+
+def test_temporal_sampling_tree_of_each_example_is_older_than_the_example() -> None:
+    """Hop-1 edges into an example's seeds and hop-2 edges into the nodes they reached first are
+    all strictly older than the example (the sampler's per-frontier-node contract)."""
+    graph, sampler, dataset = temporal_setup()
+    ex = dataset.examples
+    checked = 0
+    for batch, sub, times in sampled_with_times(graph, sampler, dataset):
+        t_ex = ex.timestamp[rows_of(batch)]
+        for et, t_edge in times.items():  # every edge older than the node that drew it
+            assert bool((t_edge < sub.node_time[et[2]][sub.col[et]]).all()), et
+        hop1 = {t: sub.num_sampled_nodes[t][0] for t in graph.node_types}  # first non-seed row
+        for j in range(batch.batch_size):
+            seeds = {"user": {int(batch.user_index[j])}, "item": {int(batch.item_index[j])}}
+            reached = {t: set() for t in graph.node_types}
+            for et, t_edge in times.items():
+                src, _, dst = et
+                first_hop = sub.num_sampled_edges[et][0]
+                for q in range(first_hop):
+                    if int(sub.col[et][q]) in seeds.get(dst, ()):
+                        assert int(t_edge[q]) < int(t_ex[j]), (et, j)
+                        checked += 1
+                        r = int(sub.row[et][q])
+                        if hop1[src] <= r < hop1[src] + sub.num_sampled_nodes[src][1]:
+                            reached[src].add(r)
+            for et, t_edge in times.items():
+                first_hop = sub.num_sampled_edges[et][0]
+                hop2 = [q for q in range(first_hop, t_edge.numel()) if int(sub.col[et][q]) in reached[et[2]]]
+                assert all(int(t_edge[q]) < int(t_ex[j]) for q in hop2), (et, j)
+                checked += len(hop2)
+    assert checked > 300  # the check is not vacuous
+
+
+def test_temporal_receptive_field_of_each_example_is_older_than_the_example() -> None:
+    """What a 2-layer GNN over ``batch.edge_index`` actually aggregates into each example's seeds."""
+    graph, sampler, dataset = temporal_setup()
+    ex = dataset.examples
+    leaks = 0
+    for batch, sub, times in sampled_with_times(graph, sampler, dataset):
+        t_ex = ex.timestamp[rows_of(batch)]
+        for j in range(batch.batch_size):
+            frontier = {t: set() for t in graph.node_types}
+            frontier["user"].add(int(batch.user_index[j]))
+            frontier["item"].add(int(batch.item_index[j]))
+            for _layer in range(2):
+                nxt = {t: set() for t in graph.node_types}
+                for (src, rel, dst), t_edge in times.items():
+                    into = torch.tensor([c in frontier[dst] for c in sub.col[(src, rel, dst)].tolist()], dtype=torch.bool)
+                    leaks += int((t_edge[into] >= t_ex[j]).sum()) if into.numel() else 0
+                    nxt[src].update(sub.row[(src, rel, dst)][into].tolist() if into.numel() else [])
+                frontier = nxt
+    assert leaks == 0, f"{leaks} (example, edge) pairs where the edge is not older than the example"
