@@ -68,6 +68,9 @@ class LoaderConfig:
         replace (bool): sample with replacement.
         temporal (bool): only sample edges older than each example (on top of the time split).
         num_workers (int): DataLoader worker processes building batches.
+        num_threads (int, optional): intra-op threads of each training process; default: the
+            host's cores minus ``num_workers`` (at least 1). Oversubscribing the cores makes
+            OpenMP threads spin against the workers, which slows CPU steps down many times.
     """
 
     batch_size: int = 1024
@@ -76,6 +79,7 @@ class LoaderConfig:
     replace: bool = False
     temporal: bool = False
     num_workers: int = 2
+    num_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:

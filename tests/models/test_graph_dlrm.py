@@ -9,7 +9,7 @@ from torchrec_gnn.models.graph_dlrm import GraphDLRMTrain, RankerConfig
 from torchrec_gnn.modules.gnn import GNNConfig
 
 CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=12),
-                     ranker=RankerConfig(dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[32, 16]))
+                     ranker=RankerConfig(dense_arch_hidden_sizes=[16], over_arch_layer_sizes=[32, 16]))
 
 
 def build(split, **changes) -> GraphDLRMTrain:

@@ -32,6 +32,7 @@ def _sharded(split, seed: int, balancer):
 
 
 def _pipelined_equals_plain(rank: int, world_size: int, balancer_kind: str) -> None:
+    torch.set_num_threads(1)
     with MultiProcessContext(rank, world_size, "gloo"):
         split = time_split(tiny_log_dataset(), history_fraction=0.5)
         batches = make_batches(split, batch_size=64)[:6]

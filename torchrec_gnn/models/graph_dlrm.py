@@ -44,8 +44,8 @@ class RankerConfig:
     """Sizes and switches of the ranker.
 
     Args:
-        dense_arch_layer_sizes (List[int]): DenseArch MLP; the last size must equal the
-            sparse embedding dim D. Default [64, 16].
+        dense_arch_hidden_sizes (List[int]): hidden layers of the DenseArch MLP; its output
+            layer has the sparse embedding dim D, as the interaction needs. Default [64].
         over_arch_layer_sizes (List[int]): shared MLP after the interaction; its last size is
             R, the representation entering the heads. Default [128, 64].
         head_layer_sizes (List[int]): hidden sizes of each task head. Default [32].
@@ -56,7 +56,7 @@ class RankerConfig:
         prehead_fusion (str): ``"concat"``, ``"gated"`` or ``"none"``. Default ``"concat"``.
     """
 
-    dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 16])
+    dense_arch_hidden_sizes: List[int] = field(default_factory=lambda: [64])
     over_arch_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
     head_layer_sizes: List[int] = field(default_factory=lambda: [32])
     interaction: str = "dot"
@@ -105,15 +105,10 @@ class GraphDLRM(nn.Module):
         if len(dims) != 1:
             raise ValueError(f"GraphDLRM: all EmbeddingBagConfigs need one embedding_dim, got {sorted(dims)}")
         embedding_dim = dims.pop()
-        if config.dense_arch_layer_sizes[-1] != embedding_dim:
-            raise ValueError(
-                f"GraphDLRM: dense_arch_layer_sizes[-1]={config.dense_arch_layer_sizes[-1]} must equal the "
-                f"embedding dim {embedding_dim}"
-            )
         self.tasks = list(tasks)
         self.config = config
         self.sparse_arch = SparseArch(embedding_bag_collection)
-        self.dense_arch = DenseArch(dense_in_features, config.dense_arch_layer_sizes)
+        self.dense_arch = DenseArch(dense_in_features, [*config.dense_arch_hidden_sizes, embedding_dim])
         self.graph_tower = graph_tower
         use_graph = graph_tower is not None
         self.input_fusion = (
@@ -153,11 +148,11 @@ class GraphDLRM(nn.Module):
             tasks (Sequence[TaskSpec]): the tasks of the new multi-task heads.
             graph_tower (GNNTower, optional): the tower to add.
             config (RankerConfig, optional): over-arch/head sizes, fusion switches; its
-                ``dense_arch_layer_sizes`` are replaced by the DLRM's own.
+                ``dense_arch_hidden_sizes`` are replaced by the DLRM's own.
         """
         dense_sizes = [layer._linear.out_features for layer in dlrm.dense_arch.model._mlp]
         dense_in = dlrm.dense_arch.model._mlp[0]._linear.in_features
-        config = dataclasses.replace(config or RankerConfig(), dense_arch_layer_sizes=dense_sizes)
+        config = dataclasses.replace(config or RankerConfig(), dense_arch_hidden_sizes=dense_sizes[:-1])
         model = cls(dlrm.sparse_arch.embedding_bag_collection, dense_in, tasks, config, graph_tower)
         model.dense_arch = dlrm.dense_arch
         return model

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,18 @@ def batches(
     )
 
 
+def intra_op_threads(config: ExperimentConfig, ctx: DistributedContext) -> int:
+    """Threads per training process: this process's share of the cores, minus its workers."""
+    if config.loader.num_threads is not None:
+        return config.loader.num_threads
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = (os.cpu_count() or 1) // max(local_ranks, 1)
+    return max(1, cores - config.loader.num_workers)
+
+
 def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     """Data, model on meta, sharding, optimizers, balancer and pipeline, in TorchRec's order."""
+    torch.set_num_threads(intra_op_threads(config, ctx))
     output_dir = Path(config.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)

@@ -29,6 +29,13 @@ EC_SHARDING_TYPES = {
     "cpu": ("table_wise", "row_wise", "column_wise"),
     "cuda": ("table_wise", "row_wise", "column_wise", "data_parallel"),
 }
+# Feature tables (EmbeddingBagCollection) stay on the fused kernel too: on CPU the planner would
+# put small ones on data_parallel + DENSE, whose fbgemm lookup has no autograd kernel
+# ("trying to backprop through it ... silently incorrect"), and the planner refuses row_wise.
+EBC_SHARDING_TYPES = {
+    "cpu": ("table_wise", "column_wise", "table_column_wise"),
+    "cuda": ("table_wise", "row_wise", "column_wise", "table_column_wise"),
+}
 TABLE_OPTIMIZERS = {
     "rowwise_adagrad": torchrec.optim.RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,
@@ -61,11 +68,12 @@ class ShardingConfig:
             )
 
 
-def node_table_constraints(
+def table_constraints(
     model: nn.Module, sharding_types: Sequence[str], device_type: str
 ) -> Dict[str, ParameterConstraints]:
-    """Planner constraints for every EmbeddingCollection table in ``model``: fused kernel and
-    only ``sharding_types``, each checked against what ``device_type`` supports.
+    """Planner constraints for every table in ``model``: fused kernels everywhere; node tables
+    (EmbeddingCollection) only on ``sharding_types``, each checked against what ``device_type``
+    supports; feature tables (EmbeddingBagCollection) on the types the device supports.
 
     Raises:
         ValueError: a sharding type the device cannot do for an EC, or two tables sharing a name.
@@ -78,11 +86,17 @@ def node_table_constraints(
             f"(EmbeddingCollection) on {device_type}; choose from {list(allowed)}"
         )
     names = [c.name for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    feature_names = [
+        c.name for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()
+    ]
+    everything = names + feature_names
+    duplicates = sorted({n for n in everything if everything.count(n) > 1})
     if duplicates:
-        raise ValueError(f"node_table_constraints: table names {duplicates} are used twice; constraints need unique names")
+        raise ValueError(f"table_constraints: table names {duplicates} are used twice; constraints need unique names")
+    feature_types = list(EBC_SHARDING_TYPES.get(device_type, EBC_SHARDING_TYPES["cuda"]))
     return {
-        name: ParameterConstraints(sharding_types=list(sharding_types), compute_kernels=["fused"]) for name in names
+        **{name: ParameterConstraints(sharding_types=list(sharding_types), compute_kernels=["fused"]) for name in names},
+        **{name: ParameterConstraints(sharding_types=feature_types, compute_kernels=["fused"]) for name in feature_names},
     }
 
 
@@ -120,7 +134,7 @@ def shard_model(
     local_world_size = int(torch.cuda.device_count()) if device.type == "cuda" else world_size
     topology = Topology(world_size=world_size, local_world_size=min(local_world_size or 1, world_size),
                         compute_device=device.type)
-    constraints = node_table_constraints(model, config.node_sharding_types, device.type)
+    constraints = table_constraints(model, config.node_sharding_types, device.type)
     sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, sharders, process_group or dist.GroupMember.WORLD)
