@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -64,11 +65,16 @@ def top_ops(pipeline: BalancedTrainPipeline, batches: List[GraphBatch], rows: in
         run_round(pipeline, batches)
     events = prof.key_averages()
     steps = len(batches)
-    stages = {e.key: e.cpu_time_total / 1e3 / steps for e in events if e.key.startswith("## ")}
+    stages: Dict[str, float] = {}
+    for e in events:
+        if e.key.startswith("## "):
+            stage = re.sub(r" \d+ ##$", " ##", e.key)  # TorchRec numbers its ranges per batch
+            stages[stage] = stages.get(stage, 0.0) + e.cpu_time_total / 1e3 / steps
     heavy = sorted((e for e in events if not e.key.startswith("#")), key=lambda e: -e.self_cpu_time_total)[:rows]
     print("\nwhere a tower step's time goes (ms per step; profiler overhead included):")
     for key, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-        print(f"  stage {key:<40} {ms:9.1f}")
+        if ms >= 0.5:
+            print(f"  stage {key:<40} {ms:9.1f}")
     for e in heavy:
         print(f"  op    {e.key:<40} {e.self_cpu_time_total / 1e3 / steps:9.1f} (self)")
     return {**{f"stage {k}": v for k, v in stages.items()}, **{e.key: e.self_cpu_time_total / 1e3 / steps for e in heavy}}

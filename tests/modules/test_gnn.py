@@ -51,7 +51,8 @@ def test_last_layer_only_serves_output_types() -> None:
     assert isinstance(gnn.convs[-1], HeteroConv)
     assert set(gnn.convs[-1].convs.keys()) == {EDGE_TYPES[0], EDGE_TYPES[1], ("genre", "rev_in", "item")}
     assert len(gnn.convs[0].convs) == 4
-    assert gnn.shared_parameters() == [p for p in gnn.convs[-1].parameters()]
+    assert set(gnn.roots[-1].keys()) == {"user", "item"} and set(gnn.roots[0].keys()) == {"user", "item", "genre"}
+    assert gnn.shared_parameters() == [*gnn.convs[-1].parameters(), *gnn.roots[-1].parameters()]
 
 
 def test_trimming_gives_the_same_seed_embeddings() -> None:

@@ -193,6 +193,7 @@ def make_dataloader(
     num_workers: int = 2,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
+    start: int = 0,
 ) -> DataLoader:
     """A DataLoader that yields the dataset's GraphBatches (``batch_size=None``).
 
@@ -201,9 +202,15 @@ def make_dataloader(
         num_workers (int): worker processes building batches (0 = in the main process).
         pin_memory (bool): pin batches for fast host-to-GPU copies (use on CUDA).
         prefetch_factor (int): batches each worker keeps ready.
+        start (int): first batch of the epoch to yield (resuming mid-epoch). Default 0.
     """
     kwargs: Dict[str, object] = {}
     if num_workers > 0:
         kwargs = {"prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init, "persistent_workers": False}
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    # Batches draw from their own (seed, epoch, batch) generators; this one only keeps the
+    # DataLoader from consuming the global RNG that dropout and GFAE masking use.
+    return DataLoader(
+        dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=num_workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(dataset.seed), **kwargs,
+    )
 

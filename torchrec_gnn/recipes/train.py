@@ -39,6 +39,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import build_graph_dlrm
 from torchrec_gnn.train.balancing import LossBalancer
+from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", type=str, default=None, help="train.checkpoint_dir")
     parser.add_argument("--seed", type=int, default=None, help="train.seed")
     parser.add_argument("--device", type=str, default=None, choices=["auto", "cpu", "cuda"], help="train.device")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest complete checkpoint in the checkpoint directory")
     return parser
 
 
@@ -183,28 +186,63 @@ def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: fl
     }
 
 
-def train(job: Job) -> List[Dict[str, object]]:
+def checkpoint_manager(job: Job) -> CheckpointManager:
+    """Checkpoints of this run: ``train.checkpoint_dir`` or ``output_dir/checkpoints``."""
+    root = Path(job.config.train.checkpoint_dir) if job.config.train.checkpoint_dir else job.output_dir / "checkpoints"
+    return CheckpointManager(root, keep=job.config.train.keep_checkpoints)
+
+
+def _state(job: Job) -> tuple:
+    """(sharded, replicated) objects of a checkpoint."""
+    return {"model": job.model, "optimizer": job.optimizer}, {"balancer": job.balancer}
+
+
+def resume(job: Job, manager: CheckpointManager) -> Dict[str, int]:
+    """Load the latest complete checkpoint; returns ``step``, ``epoch`` and ``batch_in_epoch``."""
+    latest = manager.latest()
+    if latest is None:
+        raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
+    state = manager.load(latest, *_state(job))
+    if state["world_size"] != job.ctx.world_size and state["batch_in_epoch"] != 0:
+        raise CheckpointError(
+            f"{latest}: saved by {state['world_size']} rank(s) in the middle of epoch {state['epoch']}; the "
+            f"per-rank data position cannot be mapped to {job.ctx.world_size} rank(s). Resume with "
+            f"--nproc_per_node={state['world_size']}, or from a checkpoint at an epoch boundary"
+        )
+    if job.ctx.is_main:
+        logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, state["step"], state["epoch"],
+                    state["batch_in_epoch"])
+    return {key: int(state[key]) for key in ("step", "epoch", "batch_in_epoch")}
+
+
+def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, object]]:
     """The loop; returns the logged records (also appended to ``metrics.jsonl`` on rank 0)."""
     cfg, ctx = job.config, job.ctx
     data = batches(cfg, ctx, job.split, job.dataset, job.split.train, train=True)
     total_steps = cfg.train.epochs * len(data)
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
+    manager = checkpoint_manager(job)
+    position = resume(job, manager) if resume_from_checkpoint else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    step = position["step"]
     records: List[Dict[str, object]] = []
-    metrics_file = (job.output_dir / "metrics.jsonl").open("w") if ctx.is_main else None
-    progress = tqdm(total=total_steps, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
-    step, window_start, window_examples = 0, time.perf_counter(), 0
-    for epoch in range(cfg.train.epochs):
+    metrics_file = (job.output_dir / "metrics.jsonl").open("a" if step else "w") if ctx.is_main else None
+    progress = tqdm(total=total_steps, initial=step, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
+    window_start, window_examples = time.perf_counter(), 0
+    for epoch in range(position["epoch"], cfg.train.epochs):
         if step >= total_steps:
             break
         data.set_epoch(epoch)
-        iterator = iter(make_dataloader(data, cfg.loader.num_workers, pin_memory=ctx.device.type == "cuda"))
+        start = position["batch_in_epoch"] if epoch == position["epoch"] else 0
+        loader = make_dataloader(data, cfg.loader.num_workers, pin_memory=ctx.device.type == "cuda", start=start)
+        iterator, in_epoch = iter(loader), start
         while step < total_steps:
             try:
                 out = job.pipeline.progress(iterator)
             except StopIteration:
                 break
             step += 1
+            in_epoch += 1
             window_examples += out.outputs.shape[0] * ctx.world_size
             if not math.isfinite(float(out.total)):
                 raise FloatingPointError(f"step {step}: loss is {float(out.total)}; per-loss {out.losses.tolist()}")
@@ -221,6 +259,9 @@ def train(job: Job) -> List[Dict[str, object]]:
                 val = evaluate(job, job.split.val)
                 if metrics_file is not None:
                     metrics_file.write(json.dumps({"step": step, "eval": {"val": val}}) + "\n")
+            if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == total_steps:
+                at_end = in_epoch == len(data)
+                manager.save(step, *_state(job), {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch})
             progress.update(1)
     progress.close()
     if metrics_file is not None:
@@ -238,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         job = setup(config, ctx)
         if ctx.is_main:
             logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
-        train(job)
+        train(job, resume_from_checkpoint=args.resume)
         results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
         if ctx.is_main:
             (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
