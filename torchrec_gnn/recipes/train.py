@@ -43,6 +43,7 @@ from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
+from torchrec_gnn.train.plots import plot_run
 from torchrec_gnn.train.sharding import make_optimizer, shard_model
 
 logger = logging.getLogger("torchrec_gnn.train")
@@ -283,6 +284,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
         if ctx.is_main:
             (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
+            if config.train.plots:
+                plots = plot_run(job.output_dir)
+                logger.info("plots: %s", ", ".join(str(p) for p in plots))
             print(format_table(results, title=f"{config.name}: evaluation"))
         return results
     finally:
