@@ -41,6 +41,7 @@ from torchrec_gnn.models.builder import build_graph_dlrm
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
+from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
@@ -282,6 +283,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
             logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
         train(job, resume_from_checkpoint=args.resume)
         results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
+        # One ordinary state dict (tables gathered from their shards) for evaluation or serving.
+        export_state_dict(
+            job.model, lambda device: build_graph_dlrm(job.dataset, job.split.graph, config.model, device),
+            job.output_dir / "model.pt",
+        )
         if ctx.is_main:
             (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
             if config.train.plots:
