@@ -353,3 +353,14 @@ def test_temporal_receptive_field_of_each_example_is_older_than_the_example() ->
                     nxt[src].update(sub.row[(src, rel, dst)][into].tolist() if into.numel() else [])
                 frontier = nxt
     assert leaks == 0, f"{leaks} (example, edge) pairs where the edge is not older than the example"
+
+
+def test_pad_for_ranks_keeps_every_row_and_adds_only_unlabelled_ones(tiny_split) -> None:
+    from torchrec_gnn.data.loader import pad_for_ranks
+
+    examples = tiny_split.test
+    padded = pad_for_ranks(examples, batch_size=16, world_size=3)
+    assert len(padded) % (16 * 3) == 0 and len(padded) - len(examples) < 16 * 3
+    assert torch.equal(padded.user[: len(examples)], examples.user)
+    assert bool(torch.isnan(padded.labels[len(examples):]).all())
+    assert pad_for_ranks(padded, 16, 3) is padded

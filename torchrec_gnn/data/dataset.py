@@ -85,6 +85,18 @@ class Interactions:
     def __len__(self) -> int:
         return self.user.numel()
 
+    @staticmethod
+    def concat(parts: Sequence["Interactions"]) -> "Interactions":
+        """Rows of ``parts`` one after the other (same sparse feature names in each)."""
+        return Interactions(
+            user=torch.cat([p.user for p in parts]),
+            item=torch.cat([p.item for p in parts]),
+            timestamp=torch.cat([p.timestamp for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            dense=torch.cat([p.dense for p in parts]),
+            sparse={k: torch.cat([p.sparse[k] for p in parts]) for k in parts[0].sparse},
+        )
+
     def subset(self, index: torch.Tensor) -> "Interactions":
         """Rows ``index`` (a bool mask or int64 positions) as a new :class:`Interactions`."""
         return Interactions(

@@ -180,6 +180,29 @@ class GraphBatchDataset(Dataset):
         )
 
 
+def pad_for_ranks(examples: Interactions, batch_size: int, world_size: int) -> Interactions:
+    """Pad ``examples`` to whole batches on every rank, for evaluation that covers every row.
+
+    Padding rows repeat the first examples with every label missing (NaN), so metrics, which
+    skip missing labels, are exactly those of ``examples``.
+
+    Args:
+        examples (Interactions): N examples.
+        batch_size (int): B per rank.
+        world_size (int): ranks.
+
+    Returns:
+        Interactions: ceil(N / (B * world_size)) * B * world_size rows, the first N unchanged.
+    """
+    per_round = batch_size * world_size
+    padded = -(-len(examples) // per_round) * per_round
+    if padded == len(examples):
+        return examples
+    filler = examples.subset(torch.arange(padded - len(examples)) % len(examples))
+    filler.labels = torch.full_like(filler.labels, float("nan"))
+    return Interactions.concat([examples, filler])
+
+
 def _worker_init(_: int) -> None:
     # Each worker samples single-threaded: the workers are the parallelism.
     torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config, save_config
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
+from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -109,14 +109,14 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
 
 def batches(
     config: ExperimentConfig, ctx: DistributedContext, split: TimeSplit, dataset: GraphRecDataset,
-    examples: Interactions, train: bool,
+    examples: Interactions, train: bool, batch_size: Optional[int] = None,
 ) -> GraphBatchDataset:
-    """The GraphBatchDataset of one split for this rank."""
+    """The GraphBatchDataset of one split for this rank (``batch_size`` overrides the config's)."""
     loader = config.loader
     sampler = NeighborSampler(split.graph, loader.fanouts, replace=loader.replace, temporal=loader.temporal)
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
-        batch_size=loader.batch_size if train else loader.eval_batch_size,
+        batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
         node_types=split.graph.node_types, sparse_names=list(dataset.sparse_cardinality),
         node_features=dataset.node_features if config.model.use_graph else None,
         shuffle=train, drop_last=train, seed=config.train.seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -163,7 +163,12 @@ def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     model = job.pipeline.detach()
     model.eval()
     evaluator = MultiTaskEvaluator(job.dataset.tasks)
-    data = batches(job.config, job.ctx, job.split, job.dataset, examples, train=False)
+    # Every rank needs the same number of batches (the sharded lookups are collectives): pad with
+    # label-less rows so all examples are scored and the padding counts for nothing.
+    world = job.ctx.world_size
+    batch_size = min(job.config.loader.eval_batch_size, -(-len(examples) // world))
+    examples = pad_for_ranks(examples, batch_size, world)
+    data = batches(job.config, job.ctx, job.split, job.dataset, examples, train=False, batch_size=batch_size)
     pin = job.ctx.device.type == "cuda"
     for batch in make_dataloader(data, job.config.loader.num_workers, pin_memory=pin):
         batch = batch.to(job.ctx.device, non_blocking=pin)
