@@ -1,6 +1,7 @@
 """``torchrec-gnn`` command line: a thin dispatcher over the job scripts in ``recipes/``.
 
     torchrec-gnn train --config configs/default.yaml [--set key=value ...]
+    torchrec-gnn eval --run-dir runs/default [--split test]
     torchrec-gnn bench [sampler|loader|step] [benchmark flags]
 """
 
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-COMMANDS = ("train", "bench")
+COMMANDS = ("train", "eval", "bench")
 BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py"}
 
 
@@ -39,5 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from torchrec_gnn.recipes.train import main as train_main
 
         train_main(rest)
+    elif command == "eval":
+        from torchrec_gnn.recipes.evaluate import main as eval_main
+
+        eval_main(rest)
     else:
         _bench(rest)

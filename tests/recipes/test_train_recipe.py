@@ -5,17 +5,9 @@ from pathlib import Path
 from typing import List
 
 import pytest
-import torch
 
-from torchrec_gnn.config import load_config
-from torchrec_gnn.data.loader import GraphBatchDataset
-from torchrec_gnn.data.registry import load_dataset
-from torchrec_gnn.data.split import time_split
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler
-from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.recipes.evaluate import evaluate_run
 from torchrec_gnn.recipes.train import main
-from torchrec_gnn.train.metrics import MultiTaskEvaluator
 from torchrec_gnn.train.checkpoint import CheckpointError
 
 TINY = [
@@ -24,33 +16,6 @@ TINY = [
     "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16",
     "--set", "loader.num_threads=1",  # multi-threaded CPU backward kernels may sum in any order
 ]
-
-
-def exported_model(run: Path) -> torch.nn.Module:
-    config = load_config(run / "config.yaml")
-    dataset = load_dataset(config.data, seed=config.train.seed)
-    graph = HeteroGraph.load(run / "graph")
-    model = build_graph_dlrm(dataset, graph, config.model)
-    model.load_state_dict(torch.load(run / "model.pt"))
-    return model.eval()
-
-
-@torch.no_grad()
-def evaluate_unsharded(model: torch.nn.Module, run: Path) -> dict:
-    config = load_config(run / "config.yaml")
-    dataset = load_dataset(config.data, seed=config.train.seed)
-    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
-    data = GraphBatchDataset(
-        split.test, NeighborSampler(HeteroGraph.load(run / "graph"), config.loader.fanouts), dataset.user_type,
-        dataset.item_type, config.loader.eval_batch_size, split.graph.node_types, list(dataset.sparse_cardinality),
-        dataset.node_features, seed=config.train.seed,
-    )
-    evaluator = MultiTaskEvaluator(dataset.tasks)
-    for i in range(len(data)):
-        batch = data[i]
-        _, (_, outputs, _) = model(batch)
-        evaluator.update(outputs, batch.labels, batch.label_mask, batch.node_ids["user"].values()[batch.user_index])
-    return evaluator.compute()
 
 
 def losses(run: Path) -> List[List[float]]:
@@ -69,9 +34,8 @@ def test_outputs_and_exact_resume(tmp_path: Path) -> None:
     assert {"step", "loss", "losses", "task_weights", "examples_per_s"} <= set(record)
     assert list(record["losses"]) == ["click", "long_view", "like", "skip", "stay_duration", "gfae"]
 
-    # The exported single-process model reproduces the sharded model's test metrics.
-    unsharded = exported_model(straight)
-    metrics = evaluate_unsharded(unsharded, straight)
+    # The exported single-process model (torchrec-gnn eval) reproduces the sharded model's metrics.
+    metrics = evaluate_run(straight, "test")
     for task in ("click", "like"):
         assert metrics[task]["auc"] == pytest.approx(results["test"][task]["auc"], abs=1e-5)
     assert metrics["stay_duration"]["rmse"] == pytest.approx(results["test"]["stay_duration"]["rmse"], rel=1e-4)
@@ -88,3 +52,8 @@ def test_outputs_and_exact_resume(tmp_path: Path) -> None:
 def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"--resume: no complete checkpoint in .*checkpoints"):
         main(["--config", "configs/default.yaml", *TINY, "--max-steps", "2", "--output-dir", str(tmp_path), "--resume"])
+
+
+def test_eval_of_an_unfinished_run_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"not a finished training run, missing \['config.yaml', 'graph', 'model.pt'\]"):
+        evaluate_run(tmp_path, "test")

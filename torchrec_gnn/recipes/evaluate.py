@@ -1,0 +1,77 @@
+"""Evaluate a finished run's exported model in one process, on any split.
+
+    python -m torchrec_gnn eval --run-dir runs/default --split test
+
+Reads what a training run wrote: ``config.yaml`` (data, loader, model), ``graph/`` (the
+memory-mapped graph it sampled from) and ``model.pt`` (the gathered, unsharded state dict), and
+prints the metrics table; ``--json PATH`` also writes ``{split: {task: {metric: value}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from torchrec_gnn.config import load_config
+from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.registry import load_dataset
+from torchrec_gnn.data.split import time_split
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+
+SPLITS = ("train", "val", "test")
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, float]]:
+    """Metrics ``{task: {metric: value}}`` of the run's exported model on ``split``.
+
+    Raises:
+        FileNotFoundError: the run directory lacks ``config.yaml``, ``graph/`` or ``model.pt``.
+    """
+    missing = [name for name in ("config.yaml", "graph", "model.pt") if not (run_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: not a finished training run, missing {missing}")
+    config = load_config(run_dir / "config.yaml")
+    dataset = load_dataset(config.data, seed=config.train.seed)
+    examples = time_split(
+        dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
+    ).split(split)
+    graph = HeteroGraph.load(run_dir / "graph", mmap=True)
+    model = build_graph_dlrm(dataset, graph, config.model)
+    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    model.eval()
+    data = GraphBatchDataset(
+        examples, NeighborSampler(graph, config.loader.fanouts, replace=config.loader.replace,
+                                  temporal=config.loader.temporal),
+        dataset.user_type, dataset.item_type, config.loader.eval_batch_size, graph.node_types,
+        list(dataset.sparse_cardinality), dataset.node_features if config.model.use_graph else None,
+        seed=config.train.seed,
+    )
+    evaluator = MultiTaskEvaluator(dataset.tasks)
+    for i in tqdm(range(len(data)), desc=f"eval {split}"):
+        batch = data[i]
+        _, (_, outputs, _) = model(batch)
+        evaluator.update(outputs, batch.labels, batch.label_mask, batch.node_ids[dataset.user_type].values()[batch.user_index])
+    return evaluator.compute()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
+    """Parse ``argv``, evaluate, print the table; returns the metrics."""
+    parser = argparse.ArgumentParser(prog="torchrec-gnn eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="output directory of a training run")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    args = parser.parse_args(argv)
+    metrics = evaluate_run(args.run_dir, args.split)
+    print(format_table({args.split: metrics}, title=f"{args.run_dir}: {args.split}"))
+    if args.json:
+        args.json.write_text(json.dumps({args.split: metrics}, indent=1))
+    return metrics
