@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="train.seed")
     parser.add_argument("--device", type=str, default=None, choices=["auto", "cpu", "cuda"], help="train.device")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest complete checkpoint in the checkpoint directory")
+                        help="continue from the latest complete checkpoint in the checkpoint directory "
+                             "(automatic when torchrun restarts the workers, see --max-restarts)")
     return parser
 
 
@@ -276,9 +277,20 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     return records
 
 
+def _configure_logging() -> None:
+    """INFO logs of this package to stderr (imported libraries may have configured the root)."""
+    package = logging.getLogger("torchrec_gnn")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        package.addHandler(handler)
+        package.propagate = False
+    package.setLevel(logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Run the job; returns ``{split: {task: {metric: value}}}`` (also written to ``eval.json``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    _configure_logging()
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
     ctx = init_distributed(config.train.device)
@@ -286,7 +298,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         job = setup(config, ctx)
         if ctx.is_main:
             logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
-        train(job, resume_from_checkpoint=args.resume)
+        # torchrun --max-restarts N restarts every worker after a failure: pick up where the
+        # latest complete checkpoint left off (or from scratch if none was written yet).
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if restarted and ctx.is_main:
+            logger.info("restart %s of this job", os.environ["TORCHELASTIC_RESTART_COUNT"])
+        train(job, resume_from_checkpoint=args.resume or (restarted and checkpoint_manager(job).latest() is not None))
         results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
         # One ordinary state dict (tables gathered from their shards) for evaluation or serving.
         export_state_dict(

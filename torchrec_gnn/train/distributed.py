@@ -64,7 +64,13 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             dist.init_process_group(backend, rank=0, world_size=1)
         else:
-            dist.init_process_group(backend)
+            # torchrun keeps one store across --max-restarts attempts; a fresh key prefix per
+            # attempt keeps a restarted rank from reading the dead attempt's gloo addresses.
+            store, rank, world_size = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(
+                backend, store=dist.PrefixStore(f"torchrec_gnn/attempt_{attempt}", store), rank=rank, world_size=world_size
+            )
     return DistributedContext(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, backend=backend
     )
