@@ -22,7 +22,7 @@ from torchrec_gnn.models.builder import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.sharding import ShardingConfig
 
-DATASETS = ("synthetic", "ml100k", "kuairand", "tabular")
+DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -31,12 +31,14 @@ class DataConfig:
     """Which data set and how it is split by time.
 
     Args:
-        dataset (str): ``"synthetic"`` (built-in default), ``"ml100k"``, ``"kuairand"`` or
-            ``"tabular"`` (bring your own directory).
+        dataset (str): ``"synthetic"`` (built-in default), ``"ml100k"``, ``"kuairand"``,
+            ``"tabular"`` (bring your own directory) or ``"random"`` (TorchRec's random-data
+            DLRM setting plus a random graph: throughput and plumbing, AUC ~0.5).
         path (str, optional): data location for the file-based data sets (default: the
             shared data directory, see ``torchrec_gnn.data.paths``).
         preset (str): synthetic size preset: ``"tiny"``, ``"default"`` or ``"large"``.
         synthetic (Dict[str, Any]): overrides of ``SyntheticConfig`` fields (e.g. ``seed``).
+        random (Dict[str, Any]): overrides of ``RandomDataConfig`` fields (e.g. ``num_examples``).
         negatives_per_positive (int): MovieLens sampled negatives per rating (adds a task).
         history_fraction (float): earliest share of examples kept only as graph history.
         val_fraction (float): share of examples for validation (after training ones).
@@ -47,6 +49,7 @@ class DataConfig:
     path: Optional[str] = None
     preset: str = "default"
     synthetic: Dict[str, Any] = field(default_factory=dict)
+    random: Dict[str, Any] = field(default_factory=dict)
     negatives_per_positive: int = 0
     history_fraction: float = 0.0
     val_fraction: float = 0.1

@@ -9,6 +9,7 @@ from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.data.kuairand import load_kuairand
 from torchrec_gnn.data.movielens import load_movielens
 from torchrec_gnn.data.paths import default_data_dir
+from torchrec_gnn.data.random_data import RandomDataConfig, make_random
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
 from torchrec_gnn.data.tabular import load_tabular
 
@@ -22,12 +23,14 @@ def load_dataset(config: "DataConfig", seed: int = 0) -> GraphRecDataset:
     """The data set of ``config``; file-based ones default to the shared data directory.
 
     Args:
-        config (DataConfig): ``dataset``, ``path``, ``preset``, ``synthetic`` overrides.
-        seed (int): seed of the synthetic generator and of MovieLens negative sampling, unless
-            ``config.synthetic`` sets its own ``seed``.
+        config (DataConfig): ``dataset``, ``path``, ``preset``, ``synthetic`` and ``random`` overrides.
+        seed (int): seed of the synthetic and random generators and of MovieLens negative
+            sampling, unless ``config.synthetic`` (``config.random``) sets its own ``seed``.
     """
     if config.dataset == "synthetic":
         return make_synthetic(SyntheticConfig.preset(config.preset, **{"seed": seed, **config.synthetic}))
+    if config.dataset == "random":
+        return make_random(RandomDataConfig.from_overrides(**{"seed": seed, **config.random}))
     if config.dataset == "ml100k":
         path = Path(config.path) if config.path else default_data_dir() / "ml-100k-recbole"
         return load_movielens(path, negatives_per_positive=config.negatives_per_positive, seed=seed)
