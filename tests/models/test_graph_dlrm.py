@@ -77,3 +77,10 @@ def test_deterministic_for_a_seed(tiny_split, tiny_batches) -> None:
 def test_eval_mode_has_no_gfae_loss(tiny_split, tiny_batches) -> None:
     model = build(tiny_split).eval()
     assert model(tiny_batches[0])[0][-1].item() == 0.0
+
+
+def test_node_tables_must_cover_the_graph(tiny_split) -> None:
+    tower = build(tiny_split).model.graph_tower
+    tower.check_num_nodes(tiny_split.graph.num_nodes)
+    with pytest.raises(ValueError, match=r"'user': \"table 'node_user' has 40 rows, the graph 41 nodes\""):
+        tower.check_num_nodes({**tiny_split.graph.num_nodes, "user": 41})

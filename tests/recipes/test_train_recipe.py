@@ -47,6 +47,13 @@ def test_outputs_and_exact_resume(tmp_path: Path) -> None:
     assert len(losses(straight)) == len(losses(resumed)) == 6
     assert losses(resumed) == losses(straight)  # exact: same weights, optimizer states, data, RNG
 
+    # A corrupt latest checkpoint fails with a message naming it, not deep inside DCP.
+    latest = sorted((resumed / "checkpoints").glob("step_*"))[-1]
+    for shard in latest.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=rf"{latest.name}: cannot load checkpoint into this job"):
+        main(["--config", "configs/default.yaml", *TINY, "--max-steps", "8", "--output-dir", str(resumed), "--resume"])
+
 
 @pytest.mark.timeout(300)
 def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:

@@ -168,6 +168,18 @@ class GNNTower(nn.Module):
     def out_channels(self) -> int:
         return self.encoder.out_channels
 
+    def check_num_nodes(self, num_nodes: Mapping[NodeType, int]) -> None:
+        """Raise unless every node table has a row for every node of its type in the graph
+        (a batch's node ids go straight into the tables, where an id past the end would fail
+        deep inside the lookup kernel or read another rank's rows)."""
+        rows = {c.feature_names[0]: (c.name, c.num_embeddings) for c in self.node_embeddings.embedding_configs()}
+        short = {
+            t: f"table {rows[t][0]!r} has {rows[t][1]} rows, the graph {n} nodes"
+            for t, n in num_nodes.items() if t in rows and rows[t][1] < n
+        }
+        if short:
+            raise ValueError(f"GNNTower: node ids would fall outside their tables: {short}; size each table to its node count")
+
     def shared_parameters(self) -> List[nn.Parameter]:
         return self.encoder.shared_parameters()
 

@@ -45,7 +45,7 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.train.sharding import make_optimizer, shard_model
+from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, shard_model
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -144,9 +144,15 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
         logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
                        config.model.gnn.num_layers, len(config.loader.fanouts))
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
+    if model.model.graph_tower is not None:
+        model.model.graph_tower.check_num_nodes(split.graph.num_nodes)
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
-    dmp, plan = shard_model(model, ctx.device, config.sharding)
+    graph = split.graph
+    degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
+    seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
+    pooling = node_pooling_factors(graph.num_nodes, degrees, config.loader.fanouts, seeds) if config.model.use_graph else None
+    dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
     if ctx.is_main:
         logger.info("sharding plan:\n%s", plan)
     extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 logger = logging.getLogger(__name__)
 TRAINER_FILE = "trainer.json"
@@ -135,7 +136,7 @@ class CheckpointManager:
                 obj.load_state_dict(state[name])
             for name, obj in replicated.items():
                 obj.load_state_dict(small[name])
-        except Exception as err:  # DCP raises CheckpointException, torch.load pickle errors, ...
+        except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
             raise CheckpointError(f"{path}: cannot load checkpoint into this job ({type(err).__name__}: {err})") from err
         rank = dist.get_rank() if dist.is_initialized() else 0
         rng_file = path / f"rng_rank{rank}.pt"

@@ -68,12 +68,43 @@ class ShardingConfig:
             )
 
 
+def node_pooling_factors(
+    num_nodes: Dict[str, int], degrees: Dict[Tuple[str, str, str], float], fanouts: Sequence[int], seeds: Dict[str, int]
+) -> Dict[str, float]:
+    """Expected lookups per batch in each node table, from the fanouts (planner hints).
+
+    Frontier sizes are propagated hop by hop, ``n_{h+1}[src] += n_h[dst] * min(fanout_h,
+    mean in-degree)`` over every relation, each type capped at its node count (deduplication
+    only makes the real count smaller).
+
+    Args:
+        num_nodes (Dict[str, int]): node count per type.
+        degrees (Dict[EdgeType, float]): mean in-degree of each relation's destinations.
+        fanouts (Sequence[int]): neighbours per hop (-1 = all).
+        seeds (Dict[str, int]): seeds per batch and type (the batch's users and items).
+    """
+    frontier = {t: float(seeds.get(t, 0)) for t in num_nodes}
+    total = dict(frontier)
+    for fanout in fanouts:
+        reached = {t: 0.0 for t in num_nodes}
+        for (src, _, dst), degree in degrees.items():
+            reached[src] += frontier[dst] * (degree if fanout < 0 else min(float(fanout), degree))
+        frontier = {t: min(reached[t], float(num_nodes[t])) for t in num_nodes}
+        total = {t: min(total[t] + frontier[t], float(num_nodes[t])) for t in num_nodes}
+    return {t: max(value, 1.0) for t, value in total.items()}
+
+
 def table_constraints(
-    model: nn.Module, sharding_types: Sequence[str], device_type: str
+    model: nn.Module,
+    sharding_types: Sequence[str],
+    device_type: str,
+    pooling_factors: Optional[Dict[str, float]] = None,
 ) -> Dict[str, ParameterConstraints]:
     """Planner constraints for every table in ``model``: fused kernels everywhere; node tables
     (EmbeddingCollection) only on ``sharding_types``, each checked against what ``device_type``
     supports; feature tables (EmbeddingBagCollection) on the types the device supports.
+    ``pooling_factors`` (by node type, see :func:`node_pooling_factors`) become the node
+    tables' planner hints: one KJT row per batch holding that many ids.
 
     Raises:
         ValueError: a sharding type the device cannot do for an EC, or two tables sharing a name.
@@ -85,7 +116,10 @@ def table_constraints(
             f"node_sharding_types {list(sharding_types)}: {bad or 'empty'} not possible for node tables "
             f"(EmbeddingCollection) on {device_type}; choose from {list(allowed)}"
         )
-    names = [c.name for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()]
+    node_tables = {
+        c.name: c.feature_names[0] for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()
+    }
+    names = list(node_tables)
     feature_names = [
         c.name for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()
     ]
@@ -95,7 +129,14 @@ def table_constraints(
         raise ValueError(f"table_constraints: table names {duplicates} are used twice; constraints need unique names")
     feature_types = list(EBC_SHARDING_TYPES.get(device_type, EBC_SHARDING_TYPES["cuda"]))
     return {
-        **{name: ParameterConstraints(sharding_types=list(sharding_types), compute_kernels=["fused"]) for name in names},
+        **{
+            name: ParameterConstraints(
+                sharding_types=list(sharding_types),
+                compute_kernels=["fused"],
+                **({"pooling_factors": [pooling_factors[t]], "batch_sizes": [1]} if pooling_factors and t in pooling_factors else {}),
+            )
+            for name, t in node_tables.items()
+        },
         **{name: ParameterConstraints(sharding_types=feature_types, compute_kernels=["fused"]) for name in feature_names},
     }
 
@@ -111,6 +152,7 @@ def shard_model(
     device: torch.device,
     config: ShardingConfig,
     process_group: Optional[dist.ProcessGroup] = None,
+    pooling_factors: Optional[Dict[str, float]] = None,
 ) -> Tuple[DistributedModelParallel, ShardingPlan]:
     """Plan and shard every table of ``model`` with DistributedModelParallel.
 
@@ -124,6 +166,8 @@ def shard_model(
         device (torch.device): this rank's device.
         config (ShardingConfig): sharding types and table optimizer.
         process_group (ProcessGroup, optional): defaults to the world.
+        pooling_factors (Dict[str, float], optional): expected ids per batch in each node
+            table (:func:`node_pooling_factors`), so the planner sizes node tables' traffic.
 
     Returns:
         Tuple[DistributedModelParallel, ShardingPlan]: the sharded model and its plan.
@@ -134,7 +178,7 @@ def shard_model(
     local_world_size = int(torch.cuda.device_count()) if device.type == "cuda" else world_size
     topology = Topology(world_size=world_size, local_world_size=min(local_world_size or 1, world_size),
                         compute_device=device.type)
-    constraints = table_constraints(model, config.node_sharding_types, device.type)
+    constraints = table_constraints(model, config.node_sharding_types, device.type, pooling_factors)
     sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, sharders, process_group or dist.GroupMember.WORLD)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from conftest import tiny_log_dataset
+from torchrec_gnn.data.split import time_split
+from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
+from torchrec_gnn.train.sharding import ShardingConfig, node_pooling_factors, table_constraints
+
+
+def test_pooling_factors_follow_the_fanouts() -> None:
+    num_nodes = {"user": 1000, "item": 50}
+    degrees = {("user", "watches", "item"): 20.0, ("item", "rev_watches", "user"): 3.0}
+    factors = node_pooling_factors(num_nodes, degrees, [10, 5], {"user": 8, "item": 8})
+    # hop 1: users += 8 items * min(10, 20) = 80, items += 8 users * min(10, 3) = 24
+    # hop 2: users += 24 * 5 = 120, items += 80 * 3 = 240 -> capped at 50 nodes
+    assert factors == {"user": 8 + 80 + 120, "item": 50.0}
+
+
+def test_constraints_pin_tables_to_fused_kernels_and_valid_types() -> None:
+    dataset = tiny_log_dataset()
+    split = time_split(dataset, history_fraction=0.5)
+    model = build_graph_dlrm(dataset, split.graph, ModelConfig(), device=torch.device("meta"))
+    constraints = table_constraints(model, ["row_wise"], "cpu", {"user": 12.0})
+    assert constraints["node_user"].sharding_types == ["row_wise"]
+    assert constraints["node_user"].compute_kernels == ["fused"] and constraints["node_user"].pooling_factors == [12.0]
+    assert "data_parallel" not in constraints["t_user_id"].sharding_types  # no DENSE kernel on CPU
+    with pytest.raises(ValueError, match=r"\['data_parallel'\] not possible for node tables \(EmbeddingCollection\) on cpu"):
+        table_constraints(model, ["data_parallel"], "cpu")
+    with pytest.raises(ValueError, match="table_optimizer must be one of"):
+        ShardingConfig(table_optimizer="adam")
