@@ -55,3 +55,33 @@ def test_killed_rank_resumes_from_latest_checkpoint(tmp_path: Path) -> None:
     resumed_at = int(text.split("resumed from")[1].split("step ")[1].split(",")[0])
     assert 10 <= resumed_at < MAX_STEPS
     assert json.loads((tmp_path / "eval.json").read_text())["test"]["click"]["count"] > 0
+
+
+def _train(args: list, ranks: int, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={ranks}"]
+    common = ["-m", "torchrec_gnn", "train", "--config", "configs/default.yaml",
+              "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.num_workers=0",
+              "--set", "loader.num_threads=1", "--set", "train.plots=false", "--set", "train.log_every=1",
+              "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16"]
+    return subprocess.run(launcher + common + args, cwd=cwd, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.timeout(900)
+def test_checkpoint_moves_between_world_sizes(tmp_path: Path) -> None:
+    # 1 rank, one whole epoch (9 batches of 256): the checkpoint sits at an epoch boundary.
+    first = _train(["--output-dir", str(tmp_path), "--max-steps", "9", "--set", "train.epochs=3"], ranks=1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((tmp_path / "checkpoints" / "step_00000009" / "trainer.json").read_text())["batch_in_epoch"] == 0
+    # 2 ranks pick it up (tables resharded by DCP) and keep training from epoch 1.
+    second = _train(["--output-dir", str(tmp_path), "--set", "train.epochs=3", "--resume"], ranks=2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "(step 9, epoch 1, batch 0)" in second.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] > 9
+
+    # A checkpoint taken mid-epoch cannot map its data position to another world size.
+    mid = tmp_path / "mid"
+    assert _train(["--output-dir", str(mid), "--max-steps", "4"], ranks=1).returncode == 0
+    third = _train(["--output-dir", str(mid), "--resume"], ranks=2)
+    assert third.returncode != 0
+    assert "saved by 1 rank(s) in the middle of epoch 0" in third.stderr and "--nproc_per_node=1" in third.stderr
