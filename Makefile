@@ -33,6 +33,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
+	mkdir -p runs/bench
 	$(PY) benchmarks/bench_sampler.py --json runs/bench/sampler.json
 	$(PY) benchmarks/bench_loader.py --json runs/bench/loader.json
 	$(PY) benchmarks/bench_step.py --json runs/bench/step.json
