@@ -1,6 +1,5 @@
 """The balanced pipeline inside TorchRec's TrainPipelineSparseDist equals a hand-written loop."""
 
-import dataclasses
 import os
 import sys
 from typing import List

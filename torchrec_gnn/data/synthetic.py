@@ -557,7 +557,7 @@ def _calibrate_bias(rng: np.random.Generator, w: _World, users: np.ndarray, pool
 def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]:
     """Follows, friendships, authorship, searches, search clicks, purchases, product-video links."""
     cfg = w.cfg
-    K, U = cfg.num_categories, cfg.num_users
+    K = cfg.num_categories
     taste = w.taste_probs()
     zipf = cfg.popularity_exponent
 
