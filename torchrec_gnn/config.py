@@ -40,6 +40,8 @@ class DataConfig:
         synthetic (Dict[str, Any]): overrides of ``SyntheticConfig`` fields (e.g. ``seed``).
         random (Dict[str, Any]): overrides of ``RandomDataConfig`` fields (e.g. ``num_examples``).
         negatives_per_positive (int): MovieLens sampled negatives per rating (adds a task).
+        seed (int): seed of the data generators and of negative sampling. Separate from
+            ``train.seed`` so that runs with different training seeds see the same data.
         history_fraction (float): earliest share of examples kept only as graph history.
         val_fraction (float): share of examples for validation (after training ones).
         test_fraction (float): share of the latest examples for testing.
@@ -51,6 +53,7 @@ class DataConfig:
     synthetic: Dict[str, Any] = field(default_factory=dict)
     random: Dict[str, Any] = field(default_factory=dict)
     negatives_per_positive: int = 0
+    seed: int = 0
     history_fraction: float = 0.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1

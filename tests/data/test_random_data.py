@@ -3,6 +3,8 @@ random graph (relations, time window, power-law degrees), config errors and the 
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Dict
 
 import numpy as np
@@ -129,7 +131,7 @@ def test_registry_and_config_hook() -> None:
     with pytest.raises(ValueError, match=r"has 1 values but num_sparse=26"):
         load_dataset(config.data)
     data = DataConfig(dataset="random", random={k: v for k, v in config.data.random.items() if k != "num_embeddings_per_feature"})
-    ds = load_dataset(data, seed=3)
+    ds = load_dataset(dataclasses.replace(data, seed=3))
     assert ds.name == "random" and len(ds.examples) == 500
     assert torch.equal(ds.examples.user, load_dataset(DataConfig(dataset="random", random={**data.random, "seed": 3})).examples.user)
-    assert not torch.equal(ds.examples.user, load_dataset(data, seed=4).examples.user)
+    assert not torch.equal(ds.examples.user, load_dataset(dataclasses.replace(data, seed=4)).examples.user)

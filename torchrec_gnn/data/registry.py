@@ -19,14 +19,15 @@ if TYPE_CHECKING:
 KUAIRAND_FIXTURE = "kuairand-1k-tiny-fixture/kuairand_sample.csv"
 
 
-def load_dataset(config: "DataConfig", seed: int = 0) -> GraphRecDataset:
+def load_dataset(config: "DataConfig") -> GraphRecDataset:
     """The data set of ``config``; file-based ones default to the shared data directory.
 
     Args:
-        config (DataConfig): ``dataset``, ``path``, ``preset``, ``synthetic`` and ``random`` overrides.
-        seed (int): seed of the synthetic and random generators and of MovieLens negative
-            sampling, unless ``config.synthetic`` (``config.random``) sets its own ``seed``.
+        config (DataConfig): ``dataset``, ``path``, ``preset``, ``synthetic`` and ``random``
+            overrides, and ``seed`` (of the synthetic and random generators and of MovieLens
+            negative sampling, unless ``synthetic``/``random`` set their own ``seed``).
     """
+    seed = config.seed
     if config.dataset == "synthetic":
         return make_synthetic(SyntheticConfig.preset(config.preset, **{"seed": seed, **config.synthetic}))
     if config.dataset == "random":

@@ -40,7 +40,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, floa
     if missing:
         raise FileNotFoundError(f"{run_dir}: not a finished training run, missing {missing}")
     config = load_config(run_dir / "config.yaml")
-    dataset = load_dataset(config.data, seed=config.train.seed)
+    dataset = load_dataset(config.data)
     examples = time_split(
         dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
     ).split(split)

@@ -95,7 +95,7 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
 # ---------------------------------------------------------------------------------------- setup
 def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: Path) -> tuple:
     """Load the data set, split it by time and share its graph through a memory-mapped copy."""
-    dataset = load_dataset(config.data, seed=config.train.seed)
+    dataset = load_dataset(config.data)
     split = time_split(
         dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
     )
