@@ -29,7 +29,7 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
-from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--preset", default="default", help="synthetic preset (default: default)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
+    parser.add_argument("--relation-fanouts", nargs="*", default=[], metavar="REL=F1,F2",
+                        help="per-relation fanouts, e.g. user__friend__user=5,0 (as loader.relation_fanouts)")
     parser.add_argument("--steps", type=int, default=12, help="batches per round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per model, alternating")
     parser.add_argument("--profile", action="store_true", help="profile one round of the tower model")
@@ -96,7 +98,9 @@ def main() -> None:
     dist.init_process_group("gloo", rank=0, world_size=1)
     dataset = make_synthetic(SyntheticConfig.preset(args.preset))
     split = time_split(dataset)
-    sampler = NeighborSampler(split.graph, args.fanouts)
+    overrides = {name: [int(v) for v in values.split(",")] for name, values in
+                 (item.split("=", 1) for item in args.relation_fanouts)}
+    sampler = NeighborSampler(split.graph, fanouts_by_relation(split.graph, args.fanouts, overrides))
     data = GraphBatchDataset(
         split.train, sampler, dataset.user_type, dataset.item_type, args.batch_size, split.graph.node_types,
         list(dataset.sparse_cardinality), dataset.node_features, shuffle=True, drop_last=True,
@@ -129,6 +133,7 @@ def main() -> None:
         "rounds": rates,
         "batch_size": args.batch_size,
         "fanouts": args.fanouts,
+        "relation_fanouts": overrides,
         "preset": args.preset,
         "sampled_nodes_per_batch": nodes,
         "sampled_edges_per_batch": edges,

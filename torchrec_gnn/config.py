@@ -71,6 +71,9 @@ class LoaderConfig:
         batch_size (int): training examples per batch and rank.
         eval_batch_size (int): examples per evaluation batch and rank.
         fanouts (List[int]): neighbours per hop (``-1`` = all); match ``model.gnn.num_layers``.
+        relation_fanouts (Dict[str, List[int]]): per-relation fanouts that replace ``fanouts``
+            for the relations named ``"src__rel__dst"`` (e.g. ``{"user__friend__user": [5, 0]}``;
+            0 skips a hop). The sampled subgraph, and so the GNN's cost, shrinks with them.
         replace (bool): sample with replacement.
         temporal (bool): only sample edges older than each example (on top of the time split).
         num_workers (int): DataLoader worker processes building batches.
@@ -82,6 +85,7 @@ class LoaderConfig:
     batch_size: int = 1024
     eval_batch_size: int = 4096
     fanouts: List[int] = field(default_factory=lambda: [10, 5])
+    relation_fanouts: Dict[str, List[int]] = field(default_factory=dict)
     replace: bool = False
     temporal: bool = False
     num_workers: int = 2

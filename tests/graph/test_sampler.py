@@ -507,3 +507,14 @@ def test_pickle_round_trip_samples_identically():
     assert copy._scratch is None
     assert same(before, copy.sample(SEEDS, generator=gen(5)))
     assert same(before, sampler.sample(SEEDS, generator=gen(5)))  # scratch was reset after the batch
+
+
+def test_fanouts_by_relation_names_relations_like_config_files() -> None:
+    from torchrec_gnn.graph.sampler import fanouts_by_relation
+
+    graph = HeteroGraph.from_edges({"user": 3, "video": 2}, {("user", "watches", "video"): (torch.tensor([0, 1]), torch.tensor([1, 0]))},
+                                   add_reverse=True)
+    fanouts = fanouts_by_relation(graph, [10, 5], {"video__rev_watches__user": [3, 0]})
+    assert fanouts == {("user", "watches", "video"): [10, 5], ("video", "rev_watches", "user"): [3, 0]}
+    with pytest.raises(ValueError, match=r"unknown relations \['user__likes__video'\]; the graph has \['user__watches__video', 'video__rev_watches__user'\]"):
+        fanouts_by_relation(graph, [10, 5], {"user__likes__video": [1, 1]})

@@ -10,7 +10,7 @@ from torchrec_gnn.train.sharding import ShardingConfig, node_pooling_factors, ta
 def test_pooling_factors_follow_the_fanouts() -> None:
     num_nodes = {"user": 1000, "item": 50}
     degrees = {("user", "watches", "item"): 20.0, ("item", "rev_watches", "user"): 3.0}
-    factors = node_pooling_factors(num_nodes, degrees, [10, 5], {"user": 8, "item": 8})
+    factors = node_pooling_factors(num_nodes, degrees, {et: [10, 5] for et in degrees}, {"user": 8, "item": 8})
     # hop 1: users += 8 items * min(10, 20) = 80, items += 8 users * min(10, 3) = 24
     # hop 2: users += 24 * 5 = 120, items += 80 * 3 = 240 -> capped at 50 nodes
     assert factors == {"user": 8 + 80 + 120, "item": 50.0}

@@ -449,6 +449,22 @@ class _Scratch:
         }
 
 
+def fanouts_by_relation(
+    graph: HeteroGraph, fanouts: Sequence[int], overrides: Mapping[str, Sequence[int]]
+) -> Dict[EdgeType, List[int]]:
+    """Per-relation fanouts: ``fanouts`` everywhere except the relations named in ``overrides``
+    as ``"src__rel__dst"`` (the form config files can hold).
+
+    Raises:
+        ValueError: an override names no relation of the graph (the valid names are listed).
+    """
+    names = {"__".join(et): et for et in graph.edge_types}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"relation_fanouts: unknown relations {unknown}; the graph has {sorted(names)}")
+    return {et: list(overrides.get(name, fanouts)) for name, et in names.items()}
+
+
 def _normalise_fanouts(graph: HeteroGraph, num_neighbors: NumNeighbors) -> Dict[EdgeType, List[int]]:
     edge_types = graph.edge_types
     if isinstance(num_neighbors, Mapping):

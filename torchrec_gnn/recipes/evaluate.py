@@ -22,7 +22,7 @@ from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import build_graph_dlrm
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 
@@ -49,8 +49,9 @@ def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, floa
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
     data = GraphBatchDataset(
-        examples, NeighborSampler(graph, config.loader.fanouts, replace=config.loader.replace,
-                                  temporal=config.loader.temporal),
+        examples,
+        NeighborSampler(graph, fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts),
+                        replace=config.loader.replace, temporal=config.loader.temporal),
         dataset.user_type, dataset.item_type, config.loader.eval_batch_size, graph.node_types,
         list(dataset.sparse_cardinality), dataset.node_features if config.model.use_graph else None,
         seed=config.train.seed,

@@ -36,7 +36,7 @@ from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import build_graph_dlrm
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
@@ -114,7 +114,8 @@ def batches(
 ) -> GraphBatchDataset:
     """The GraphBatchDataset of one split for this rank (``batch_size`` overrides the config's)."""
     loader = config.loader
-    sampler = NeighborSampler(split.graph, loader.fanouts, replace=loader.replace, temporal=loader.temporal)
+    fanouts = fanouts_by_relation(split.graph, loader.fanouts, loader.relation_fanouts)
+    sampler = NeighborSampler(split.graph, fanouts, replace=loader.replace, temporal=loader.temporal)
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
@@ -151,7 +152,8 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     graph = split.graph
     degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
     seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
-    pooling = node_pooling_factors(graph.num_nodes, degrees, config.loader.fanouts, seeds) if config.model.use_graph else None
+    fanouts = fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
+    pooling = node_pooling_factors(graph.num_nodes, degrees, fanouts, seeds) if config.model.use_graph else None
     dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
     if ctx.is_main:
         logger.info("sharding plan:\n%s", plan)

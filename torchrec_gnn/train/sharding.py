@@ -69,7 +69,10 @@ class ShardingConfig:
 
 
 def node_pooling_factors(
-    num_nodes: Dict[str, int], degrees: Dict[Tuple[str, str, str], float], fanouts: Sequence[int], seeds: Dict[str, int]
+    num_nodes: Dict[str, int],
+    degrees: Dict[Tuple[str, str, str], float],
+    fanouts: Dict[Tuple[str, str, str], Sequence[int]],
+    seeds: Dict[str, int],
 ) -> Dict[str, float]:
     """Expected lookups per batch in each node table, from the fanouts (planner hints).
 
@@ -80,14 +83,15 @@ def node_pooling_factors(
     Args:
         num_nodes (Dict[str, int]): node count per type.
         degrees (Dict[EdgeType, float]): mean in-degree of each relation's destinations.
-        fanouts (Sequence[int]): neighbours per hop (-1 = all).
+        fanouts (Dict[EdgeType, Sequence[int]]): neighbours per hop and relation (-1 = all).
         seeds (Dict[str, int]): seeds per batch and type (the batch's users and items).
     """
     frontier = {t: float(seeds.get(t, 0)) for t in num_nodes}
     total = dict(frontier)
-    for fanout in fanouts:
+    for hop in range(max((len(f) for f in fanouts.values()), default=0)):
         reached = {t: 0.0 for t in num_nodes}
-        for (src, _, dst), degree in degrees.items():
+        for (src, rel, dst), degree in degrees.items():
+            fanout = fanouts[(src, rel, dst)][hop]
             reached[src] += frontier[dst] * (degree if fanout < 0 else min(float(fanout), degree))
         frontier = {t: min(reached[t], float(num_nodes[t])) for t in num_nodes}
         total = {t: min(total[t] + frontier[t], float(num_nodes[t])) for t in num_nodes}
