@@ -2,6 +2,7 @@
 
     torchrec-gnn train --config configs/default.yaml [--set key=value ...]
     torchrec-gnn eval --run-dir runs/default [--split test]
+    torchrec-gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare [--variants no_graph,e2e]
     torchrec-gnn bench [sampler|loader|step] [benchmark flags]
 """
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-COMMANDS = ("train", "eval", "bench")
+COMMANDS = ("train", "eval", "compare", "bench")
 BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py"}
 
 
@@ -44,5 +45,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from torchrec_gnn.recipes.evaluate import main as eval_main
 
         eval_main(rest)
+    elif command == "compare":
+        from torchrec_gnn.recipes.compare import main as compare_main
+
+        compare_main(rest)
     else:
         _bench(rest)

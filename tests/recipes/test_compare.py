@@ -1,0 +1,134 @@
+"""The compare job through its real entry point: runs, aggregation, report, resume, errors."""
+
+import hashlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchrec_gnn.cli import main as cli_main
+from torchrec_gnn.config import ConfigError, config_to_dict, load_config
+from torchrec_gnn.recipes.compare import VARIANTS, CompareError, main, mean_std
+
+TINY = [
+    "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.eval_batch_size=512",
+    "--set", "loader.num_workers=0", "--set", "train.log_every=1", "--set", "train.plots=false",
+    "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16", "--set", "loader.num_threads=1",
+]
+# Variant -> the ablation config that must carry the same overrides.
+ABLATION_CONFIGS = {
+    "no_graph": "no_graph", "e2e_no_gfae": "no_gfae", "e2e_fixed_weights": "fixed_weights",
+    "e2e_uncertainty": "uncertainty", "e2e_input_fusion_only": "input_fusion_only",
+    "e2e_prehead_fusion_only": "prehead_fusion_only",
+}
+
+
+@pytest.mark.timeout(600)
+def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "compare"
+    base = ["--config", "configs/default.yaml", *TINY, "--output-dir", str(out)]
+    argv = [*base, "--variants", "no_graph,e2e", "--seeds", "2", "--max-steps", "3"]
+    results = main(argv)
+    printed = capsys.readouterr().out
+    assert "[1/4] no_graph seed 0 ..." in printed and "[4/4] e2e seed 1 ..." in printed
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["split"] == "test" and saved["seeds"] == [0, 1] and saved["config"] == "configs/default.yaml"
+    assert list(saved["variants"]) == list(saved["cost"]) == ["no_graph", "e2e"]
+    assert set(results) == set(saved)
+    for variant in ("no_graph", "e2e"):
+        evals = [json.loads((out / variant / f"seed_{s}" / "eval.json").read_text())["test"] for s in (0, 1)]
+        assert list(saved["variants"][variant]) == list(evals[0])  # every task
+        for task, metrics in evals[0].items():
+            for metric in ("auc", "gauc", "logloss") if "auc" in metrics else ("rmse", "mae"):
+                values = [e[task][metric] for e in evals]
+                stats = saved["variants"][variant][task][metric]
+                assert stats["n"] == 2
+                assert stats["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
+                assert stats["std"] == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-15)
+        for key in ("train_seconds", "peak_rss_mb"):
+            stats = saved["cost"][variant][key]
+            assert stats["n"] == 2 and stats["mean"] > 0 and stats["std"] >= 0
+        for seed in (0, 1):
+            config = load_config(out / variant / f"seed_{seed}" / "config.yaml")
+            assert (config.train.seed, config.data.seed) == (seed, 0)
+            assert config.model.use_graph == (variant == "e2e")
+        cost = json.loads((out / variant / "seed_0" / "cost.json").read_text())
+        assert 0 < cost["train_seconds"] < cost["process_seconds"]  # timed inside the child run
+        assert (out / variant / "seed_0" / "train.log").read_text().startswith(f"{sys.executable} -m torchrec_gnn train")
+    # Only the training seed varies: every run trained on the same graph (and data set).
+    graphs = {tuple((f.name, hashlib.sha1(f.read_bytes()).hexdigest()) for f in sorted((d / "graph").rglob("*"))
+                    if f.is_file()) for d in out.glob("*/seed_*")}
+    assert len(graphs) == 1 and len(next(iter(graphs))) > 1
+    first_losses = [json.loads((out / "e2e" / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()[0])["losses"]
+                    for s in (0, 1)]
+    assert first_losses[0] != first_losses[1]
+
+    report = (out / "results.md").read_text()
+    assert "| no_graph |" in report and "| e2e |" in report and "±" in report
+    assert all(f"## {title}" in report for title in ("AUC", "GAUC", "LogLoss", "RMSE", "Cost"))
+    assert report.strip() in printed
+    for png in ("auc_by_variant.png", "learning_curves.png"):
+        assert (out / png).stat().st_size > 1000
+
+    # Rerunning resumes: every run is skipped, eval.json files untouched, same results.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/seed_*/eval.json")}
+    assert len(mtimes) == 4
+    main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 4 and " ..." not in printed
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed_*/eval.json")} == mtimes
+    assert json.loads((out / "results.json").read_text())["variants"] == saved["variants"]
+
+    # Finished runs made with other settings are not silently reused.
+    with pytest.raises(CompareError, match=r"no_graph/seed_0 holds a finished run with other arguments; rerun it with --force"):
+        main([*base, "--variants", "no_graph", "--seeds", "1", "--max-steps", "4"])
+
+    # --force reruns (here in this process); other runs' directories are left alone.
+    forced = main([*base, "--variants", "e2e", "--seeds", "1", "--max-steps", "2", "--force", "--in-process"])
+    assert "[1/1] e2e seed 0 ..." in capsys.readouterr().out
+    assert (out / "e2e" / "seed_0" / "eval.json").stat().st_mtime_ns != mtimes[out / "e2e" / "seed_0" / "eval.json"]
+    assert (out / "no_graph" / "seed_0" / "eval.json").stat().st_mtime_ns == mtimes[out / "no_graph" / "seed_0" / "eval.json"]
+    assert list(forced["variants"]) == ["e2e"] and forced["seeds"] == [0]
+    assert forced["variants"]["e2e"]["click"]["auc"]["std"] == 0.0
+
+
+def test_unavailable_and_unknown_variants_fail_clearly(tmp_path: Path) -> None:
+    base = ["--config", "configs/default.yaml", "--output-dir", str(tmp_path / "x")]
+    with pytest.raises(CompareError, match=r"'two_stage' is not available yet .*available variants: no_graph, e2e, "):
+        main([*base, "--variants", "e2e,two_stage"])
+    with pytest.raises(CompareError, match=r"'two_stage' is not available yet"):
+        cli_main(["compare", *base, "--variants", "two_stage"])
+    with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, e2e, e2e_no_gfae"):
+        main([*base, "--variants", "e3e"])
+    with pytest.raises(CompareError, match=r"--seeds must be >= 1, got 0"):
+        main([*base, "--seeds", "0"])
+    # A config problem fails before any run starts.
+    with pytest.raises(ConfigError, match=r"model.nope: unknown key"):
+        main([*base, "--set", "model.nope=1"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_variants_match_the_ablation_configs() -> None:
+    assert set(ABLATION_CONFIGS.values()) == {p.stem for p in Path("configs/ablations").glob("*.yaml")}
+    assert set(ABLATION_CONFIGS) | {"e2e"} == set(VARIANTS) and VARIANTS["e2e"] == []
+    for variant, name in ABLATION_CONFIGS.items():
+        ablation = config_to_dict(load_config(f"configs/ablations/{name}.yaml"))
+        from_variant = config_to_dict(load_config(None, VARIANTS[variant]))
+        for section in ("model", "balancer"):
+            assert ablation[section] == from_variant[section], (variant, section)
+
+
+def test_variants_may_not_change_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(VARIANTS, "e2e_other_data", ["data.seed=1"])
+    with pytest.raises(CompareError, match=r"variant 'e2e_other_data' changes the data config \(\['data.seed=1'\]\)"):
+        main(["--variants", "e2e,e2e_other_data", "--output-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+def test_mean_std_is_the_sample_std() -> None:
+    assert mean_std([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1}
+    assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([])["n"] == 0

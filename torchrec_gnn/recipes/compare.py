@@ -1,0 +1,538 @@
+"""Compare E2E-GRec with its ablations over several seeds: train, evaluate, tabulate, plot.
+
+    python -m torchrec_gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare
+    python -m torchrec_gnn compare --config configs/default.yaml --variants no_graph,e2e --seeds 2 \\
+        --set data.preset=tiny --max-steps 50 --output-dir runs/compare_tiny
+
+Every (variant, seed) pair is one ordinary ``train`` job, run one after another, each in its own
+directory ``DIR/<variant>/seed_<s>/`` (``eval.json``, ``metrics.jsonl``, ``train.log``,
+``cost.json``, ...). A variant is a list of ``--set`` overrides applied on top of ``--config`` and
+the command's own ``--set`` overrides (:data:`VARIANTS`; the files in ``configs/ablations/`` hold the
+same overrides, and a test keeps the two in step). Seed ``s`` sets ``train.seed=s`` (model init,
+shuffling, neighbour sampling, GFAE masking). The data set follows ``data.seed``, which no seed or
+variant changes, so every run sees the same examples and graph (a variant that would change
+``data.*`` is refused).
+
+Each run is a child process ``python -m torchrec_gnn train ...`` by default: runs cannot leak
+state into each other, the child's peak resident memory is measured exactly (``os.wait4``), and
+the run's seconds are those of ``train``'s ``main`` (interpreter start and imports excluded).
+``--in-process`` calls :func:`torchrec_gnn.recipes.train.main` instead (no interpreter start,
+but the peak RSS is then this process's peak so far, which never goes down).
+
+A run whose ``eval.json`` exists is skipped, so an interrupted comparison resumes where it
+stopped; ``--force`` reruns everything. A run without ``eval.json`` is removed and rerun from
+scratch. A finished run made with other arguments (``run.json``) is an error, not a skip: one
+``DIR`` never mixes settings. ``DIR`` then receives:
+
+* ``results.json``: ``{"variants": {variant: {task: {metric: {"mean", "std", "n"}}}},
+  "cost": {variant: {"train_seconds": {...}, "peak_rss_mb": {...}}}, "split", "seeds",
+  "config", ...}`` over the seeds (sample std, ``ddof=1``; 0.0 for a single seed);
+* ``results.md``: one table per metric (AUC, GAUC, LogLoss, RMSE; rows = variants, columns =
+  tasks, cells ``mean ± std``) and a cost table; printed at the end too;
+* ``auc_by_variant.png`` (AUC per task and variant, std error bars) and ``learning_curves.png``
+  (each unweighted training loss against the step, mean over seeds, one panel per loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from torchrec_gnn.config import config_to_dict, load_config
+
+# The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).
+VARIANTS: Dict[str, List[str]] = {
+    "no_graph": ["model.use_graph=false"],
+    "e2e": [],
+    "e2e_no_gfae": ["model.use_gfae=false"],
+    "e2e_fixed_weights": ["balancer.kind=fixed"],
+    "e2e_uncertainty": ["balancer.kind=uncertainty"],
+    "e2e_input_fusion_only": ["model.ranker.prehead_fusion=none"],
+    "e2e_prehead_fusion_only": ["model.ranker.input_fusion=false"],
+}
+# Variants of the comparison that have no implementation yet: name -> what they will be.
+PLANNED_VARIANTS: Dict[str, str] = {
+    "two_stage": "the two-stage baseline (GNN pre-trained offline, frozen node embeddings fed to the ranker)",
+}
+SPLITS = ("val", "test")
+# (title in results.md, metric, True if higher is better)
+TABLES: Tuple[Tuple[str, str, bool], ...] = (
+    ("AUC", "auc", True), ("GAUC", "gauc", True), ("LogLoss", "logloss", False), ("RMSE", "rmse", False),
+)
+COST_KEYS = ("train_seconds", "peak_rss_mb")
+# torchrun's variables: a child run is always a one-process job with its own free port.
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                 "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS")
+
+Stats = Dict[str, float]
+
+
+class CompareError(ValueError):
+    """A comparison that cannot run as asked (unknown or unavailable variant, failed run)."""
+
+
+@dataclass
+class Run:
+    """One (variant, seed) training job.
+
+    Args:
+        variant (str): the variant's name (a key of :data:`VARIANTS`).
+        seed (int): its ``train.seed``.
+        run_dir (Path): its output directory, ``DIR/<variant>/seed_<seed>``.
+        argv (List[str]): the ``train`` command's arguments.
+    """
+
+    variant: str
+    seed: int
+    run_dir: Path
+    argv: List[str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``compare`` command's flags."""
+    parser = argparse.ArgumentParser(prog="torchrec-gnn compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=str, default=None, help="YAML config every variant starts from")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds: train.seed = 0 .. N-1 (default 3)")
+    parser.add_argument("--output-dir", type=Path, required=True, help="runs, results.json/.md and plots go here")
+    parser.add_argument("--variants", type=str, default=",".join(VARIANTS),
+                        help=f"comma-separated variants (default all: {','.join(VARIANTS)})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field of every run, e.g. --set data.preset=tiny (repeatable)")
+    parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps of every run")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split the results are reported on")
+    parser.add_argument("--force", action="store_true", help="rerun runs that already have an eval.json")
+    parser.add_argument("--in-process", action="store_true",
+                        help="call train.main in this process instead of one child process per run "
+                             "(faster start; peak RSS is then this process's peak so far)")
+    return parser
+
+
+def parse_variants(text: str) -> List[str]:
+    """The variant names of a ``--variants`` value, checked.
+
+    Args:
+        text (str): comma-separated names, e.g. ``"no_graph,e2e"``.
+
+    Returns:
+        List[str]: the names in the given order, duplicates dropped.
+
+    Raises:
+        CompareError: a name is planned but not implemented yet, unknown, or none is given.
+    """
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    available = ", ".join(VARIANTS)
+    if not names:
+        raise CompareError(f"--variants: no variant given; available variants: {available}")
+    for name in names:
+        if name in PLANNED_VARIANTS:
+            raise CompareError(
+                f"--variants: {name!r} is not available yet (planned: {PLANNED_VARIANTS[name]}); "
+                f"available variants: {available}"
+            )
+        if name not in VARIANTS:
+            raise CompareError(f"--variants: unknown variant {name!r}; available variants: {available}")
+    return names
+
+
+def plan_runs(args: argparse.Namespace) -> List[Run]:
+    """Every (variant, seed) run, with every variant's config checked before anything runs.
+
+    Args:
+        args (Namespace): the parsed ``compare`` flags.
+
+    Returns:
+        List[Run]: the runs in order (variant-major).
+
+    Raises:
+        CompareError: bad ``--variants`` or ``--seeds``, or a variant that changes the data.
+        ConfigError: a variant's config has problems (all of them listed).
+    """
+    variants = parse_variants(args.variants)
+    if args.seeds < 1:
+        raise CompareError(f"--seeds must be >= 1, got {args.seeds}")
+    data = config_to_dict(load_config(args.config, args.overrides).data)
+    runs = []
+    for variant in variants:
+        overrides = [*args.overrides, *VARIANTS[variant]]
+        config = load_config(args.config, overrides)  # fail now, not after hours of other runs
+        # Every run must see the same examples and graph: data.* (data.seed included) is shared.
+        if config_to_dict(config.data) != data:
+            raise CompareError(f"variant {variant!r} changes the data config ({VARIANTS[variant]}); "
+                               "variants may only change the model, the balancer or training")
+        for seed in range(args.seeds):
+            run_dir = args.output_dir / variant / f"seed_{seed}"
+            argv = ["--config", args.config] if args.config else []
+            argv += [a for o in overrides for a in ("--set", o)]
+            argv += ["--seed", str(seed), "--output-dir", str(run_dir)]
+            argv += ["--max-steps", str(args.max_steps)] if args.max_steps is not None else []
+            runs.append(Run(variant, seed, run_dir, argv))
+    return runs
+
+
+# ------------------------------------------------------------------------------------ running
+def _rss_mb(maxrss: int) -> float:
+    """``ru_maxrss`` in MiB (Linux reports KiB, macOS bytes)."""
+    return maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def timed_train(argv: Sequence[str]) -> float:
+    """Run :func:`torchrec_gnn.recipes.train.main` on ``argv``; returns its wall-clock seconds.
+
+    Args:
+        argv (Sequence[str]): the ``train`` command's arguments.
+
+    Returns:
+        float: seconds of setup, training, evaluation and export (imports not included).
+    """
+    from torchrec_gnn.recipes.train import main as train_main
+
+    start = time.perf_counter()
+    train_main(list(argv))
+    return time.perf_counter() - start
+
+
+def _child(cost_path: str, argv: Sequence[str]) -> None:
+    """Entry point of a child run: ``train`` timed from inside, the seconds written to ``cost_path``."""
+    Path(cost_path).write_text(json.dumps({"train_seconds": timed_train(argv)}))
+
+
+# A child run is `python -m torchrec_gnn train ARGV` timed from inside (no interpreter start).
+_CHILD_CODE = "import sys; from torchrec_gnn.recipes.compare import _child; _child(sys.argv[1], sys.argv[2:])"
+
+
+def run_subprocess(run: Run) -> Dict[str, float]:
+    """Run one job in a child process, with its output in ``train.log``.
+
+    The child runs ``python -m torchrec_gnn train ARGV`` (the log's first line), only timed from
+    inside so that interpreter start and imports do not count.
+
+    Args:
+        run (Run): the job.
+
+    Returns:
+        Dict[str, float]: ``train_seconds`` (wall clock of ``train``'s ``main`` in the child),
+        ``process_seconds`` (of the whole child) and ``peak_rss_mb`` (the child's peak resident
+        memory, from ``os.wait4``; with DataLoader workers, the largest single process of the run).
+
+    Raises:
+        CompareError: the job failed; the message holds the end of its log.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+    log_path, cost_path = run.run_dir / "train.log", run.run_dir / "cost.json"
+    command = [sys.executable, "-c", _CHILD_CODE, str(cost_path), *run.argv]
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        log.write(" ".join([sys.executable, "-m", "torchrec_gnn", "train", *run.argv]) + "\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, unlike RUSAGE_CHILDREN's max
+        except BaseException:  # Ctrl-C or similar: never leave a training job behind
+            proc.kill()
+            proc.wait()
+            raise
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise CompareError(f"{run.variant} seed {run.seed}: train exited with {proc.returncode}; "
+                           f"end of {log_path}:\n{tail}")
+    inside = json.loads(cost_path.read_text())
+    return {"train_seconds": inside["train_seconds"], "process_seconds": seconds, "peak_rss_mb": _rss_mb(usage.ru_maxrss)}
+
+
+def run_in_process(run: Run) -> Dict[str, float]:
+    """Run one job with :func:`torchrec_gnn.recipes.train.main` in this process.
+
+    Args:
+        run (Run): the job.
+
+    Returns:
+        Dict[str, float]: ``train_seconds`` (wall clock of ``main``) and ``peak_rss_mb`` (this
+        process's peak so far: monotone over the runs, so an upper bound for later runs).
+    """
+    seconds = timed_train(run.argv)
+    return {"train_seconds": seconds, "peak_rss_mb": _rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}
+
+
+def _signature(argv: Sequence[str]) -> List[str]:
+    """A run's ``train`` arguments without its output directory (which may be spelt differently)."""
+    i = list(argv).index("--output-dir")
+    return [*argv[:i], *argv[i + 2:]]
+
+
+def execute(runs: Sequence[Run], force: bool = False, in_process: bool = False) -> None:
+    """Run every job that has no ``eval.json`` yet (all with ``force``), one after another.
+
+    A rerun starts from an empty run directory. Each run records its arguments in ``run.json``
+    and, once finished, its cost in ``cost.json``.
+
+    Args:
+        runs (Sequence[Run]): the jobs.
+        force (bool): rerun finished jobs too. Default ``False``.
+        in_process (bool): use :func:`run_in_process` instead of :func:`run_subprocess`.
+
+    Raises:
+        CompareError: a finished run was made with other arguments (checked before any run
+            starts), or a run failed.
+    """
+    done = [run for run in runs if (run.run_dir / "eval.json").is_file() and not force]
+    for run in done:
+        record = run.run_dir / "run.json"
+        saved = json.loads(record.read_text())["argv"] if record.is_file() else None
+        if saved is not None and _signature(saved) != _signature(run.argv):
+            raise CompareError(
+                f"{run.run_dir} holds a finished run with other arguments; rerun it with --force or "
+                f"choose another --output-dir\n  finished: {' '.join(saved)}\n  asked:    {' '.join(run.argv)}"
+            )
+    for i, run in enumerate(runs, 1):
+        prefix = f"[{i}/{len(runs)}] {run.variant} seed {run.seed}"
+        if run in done:
+            print(f"{prefix}: skipped, {run.run_dir / 'eval.json'} exists", flush=True)
+            continue
+        print(f"{prefix} ...", flush=True)
+        if run.run_dir.exists():
+            shutil.rmtree(run.run_dir)  # a partial run (or --force): no stale checkpoints or metrics
+        run.run_dir.mkdir(parents=True)
+        (run.run_dir / "run.json").write_text(json.dumps({"variant": run.variant, "seed": run.seed, "argv": run.argv}))
+        cost = run_in_process(run) if in_process else run_subprocess(run)
+        (run.run_dir / "cost.json").write_text(json.dumps(cost, indent=1))
+        print(f"{prefix}: done in {cost['train_seconds']:.1f} s, peak RSS {cost['peak_rss_mb']:.0f} MB", flush=True)
+
+
+# ---------------------------------------------------------------------------------- aggregation
+def mean_std(values: Sequence[float]) -> Stats:
+    """Mean and sample standard deviation (``ddof=1``; 0.0 for one value).
+
+    Args:
+        values (Sequence[float]): one value per seed (a NaN makes both NaN).
+
+    Returns:
+        Dict[str, float]: ``{"mean", "std", "n"}``; NaN mean and std when ``values`` is empty.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    return {"mean": float(np.mean(x)), "std": std, "n": int(x.size)}
+
+
+def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
+    """Mean and std over the seeds of every variant's metrics on ``split``, and of its cost.
+
+    Args:
+        runs (Sequence[Run]): finished runs (each has ``eval.json``; ``cost.json`` if measured).
+        split (str): ``"val"`` or ``"test"``.
+
+    Returns:
+        Dict[str, Any]: ``{"variants": {variant: {task: {metric: stats}}}, "cost": {variant:
+        {"train_seconds": stats, "peak_rss_mb": stats}}}`` with :func:`mean_std` stats.
+    """
+    metrics: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+    costs: Dict[str, Dict[str, List[float]]] = {}
+    for run in runs:
+        results = json.loads((run.run_dir / "eval.json").read_text())[split]
+        per_task = metrics.setdefault(run.variant, {})
+        for task, values in results.items():
+            for metric, value in values.items():
+                per_task.setdefault(task, {}).setdefault(metric, []).append(value)
+        cost_file = run.run_dir / "cost.json"
+        cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}  # absent: not measured
+        for key in COST_KEYS:
+            if key in cost:
+                costs.setdefault(run.variant, {}).setdefault(key, []).append(cost[key])
+    return {
+        "variants": {v: {t: {m: mean_std(x) for m, x in ms.items()} for t, ms in ts.items()} for v, ts in metrics.items()},
+        "cost": {v: {k: mean_std(costs.get(v, {}).get(k, [])) for k in COST_KEYS} for v in metrics},
+    }
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: a ``mean ± std`` table per metric (best mean in bold) and a cost table.
+
+    Args:
+        results (Mapping): the ``results.json`` content.
+
+    Returns:
+        str: Markdown, ending with a newline.
+    """
+    variants: Mapping[str, Mapping[str, Mapping[str, Stats]]] = results["variants"]
+    seeds = len(results["seeds"])
+    lines = [f"# Variant comparison: {results['config'] or 'built-in defaults'}", "",
+             f"Split `{results['split']}`, mean ± sample std over {seeds} seed(s) {results['seeds']}.", ""]
+    tasks = list(dict.fromkeys(t for per_task in variants.values() for t in per_task))
+    for title, metric, higher in TABLES:
+        columns = [t for t in tasks if any(metric in variants[v].get(t, {}) for v in variants)]
+        if not columns:
+            continue
+        best = {}
+        for task in columns:
+            means = {v: variants[v][task][metric]["mean"] for v in variants if metric in variants[v].get(task, {})}
+            finite = {v: m for v, m in means.items() if np.isfinite(m)}
+            if len(finite) > 1:
+                best[task] = (max if higher else min)(finite, key=finite.get)
+        lines += [f"## {title} ({'higher' if higher else 'lower'} is better)", "",
+                  "| variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        for v in variants:
+            cells = []
+            for task in columns:
+                stats = variants[v].get(task, {}).get(metric)
+                cell = f"{stats['mean']:.4f} ± {stats['std']:.4f}" if stats else "-"
+                cells.append(f"**{cell}**" if best.get(task) == v else cell)
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Cost per run (training + evaluation)", "",
+              "| variant | seconds | peak RSS (MB) | runs measured |", "|---|---:|---:|---:|"]
+    for v, cost in results["cost"].items():
+        seconds, rss = cost["train_seconds"], cost["peak_rss_mb"]
+        lines.append(f"| {v} | {seconds['mean']:.1f} ± {seconds['std']:.1f} | {rss['mean']:.0f} ± {rss['std']:.0f} "
+                     f"| {seconds['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- plots
+def plot_auc(results: Mapping[str, Any], path: Path) -> Optional[Path]:
+    """Grouped bars: AUC per binary task (groups) and variant (bars), std as error bars.
+
+    Args:
+        results (Mapping): the ``results.json`` content.
+        path (Path): the PNG to write.
+
+    Returns:
+        Path, optional: ``path``, or ``None`` when no task has an AUC.
+    """
+    variants = results["variants"]
+    tasks = list(dict.fromkeys(t for ts in variants.values() for t, ms in ts.items() if "auc" in ms))
+    if not tasks:
+        return None
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(tasks)), 4.5))
+    for i, (variant, per_task) in enumerate(variants.items()):
+        stats = [per_task.get(t, {}).get("auc", {"mean": np.nan, "std": 0.0}) for t in tasks]
+        ax.bar([j + i * width for j in range(len(tasks))], [s["mean"] for s in stats], width,
+               yerr=[s["std"] for s in stats], capsize=3, label=variant)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
+    lowest = min((s["mean"] - s["std"] for ts in variants.values() for t in tasks
+                  for s in [ts.get(t, {}).get("auc")] if s and np.isfinite(s["mean"])), default=0.5)
+    ax.set(ylabel=f"{results['split']} AUC", ylim=(min(0.5, lowest - 0.02), 1.0),
+           title=f"AUC per task and variant (mean ± std over {len(results['seeds'])} seeds)")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def learning_curves(runs: Sequence[Run]) -> Dict[str, Dict[str, Tuple[List[int], np.ndarray]]]:
+    """Each variant's unweighted training losses per step, one row per seed.
+
+    Unweighted losses are comparable across balancers (the weighted total is not: uncertainty
+    weighting adds log-variance terms). Only steps every seed logged are kept, and losses that
+    are 0 throughout (the GFAE loss of a variant without it) are left out.
+
+    Args:
+        runs (Sequence[Run]): finished runs (each has ``metrics.jsonl``).
+
+    Returns:
+        Dict: ``{variant: {loss name: (steps, (S, len(steps)) array)}}`` for S seeds.
+    """
+    per_run: Dict[str, List[Dict[int, Dict[str, float]]]] = {}
+    for run in runs:
+        lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        per_run.setdefault(run.variant, []).append({r["step"]: r["losses"] for r in records if "losses" in r})
+    curves: Dict[str, Dict[str, Tuple[List[int], np.ndarray]]] = {}
+    for variant, seeds in per_run.items():
+        steps = sorted(set.intersection(*(set(s) for s in seeds)))
+        names = list(dict.fromkeys(n for s in seeds for step in steps for n in s[step]))
+        values = {name: np.array([[s[step].get(name, np.nan) for step in steps] for s in seeds]) for name in names}
+        # A loss the variant does not have is logged as 0 (e.g. the GFAE loss without a graph).
+        curves[variant] = {name: (steps, v) for name, v in values.items() if np.any(v != 0)}
+    return curves
+
+
+def plot_learning_curves(runs: Sequence[Run], path: Path) -> Path:
+    """One panel per training loss: mean over seeds against the step, a line per variant.
+
+    Args:
+        runs (Sequence[Run]): finished runs.
+        path (Path): the PNG to write.
+
+    Returns:
+        Path: ``path``.
+    """
+    curves = learning_curves(runs)
+    names = list(dict.fromkeys(n for per_loss in curves.values() for n in per_loss))
+    cols = min(3, max(len(names), 1))
+    rows = -(-max(len(names), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for variant, per_loss in curves.items():
+            if name in per_loss:
+                steps, values = per_loss[name]  # values: (S, len(steps))
+                mean = values.mean(axis=0)
+                (line,) = ax.plot(steps, mean, label=variant)
+                if len(values) > 1:
+                    std = values.std(axis=0, ddof=1)
+                    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.set(title=name, xlabel="step", ylabel="training loss")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Unweighted training losses (mean over seeds, band = ± std)")
+    return _save(fig, path)
+
+
+def _save(fig: "plt.Figure", path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the comparison, write ``results.json``/``results.md``/plots, print the tables.
+
+    Args:
+        argv (Sequence[str], optional): the ``compare`` flags (default: ``sys.argv[1:]``).
+
+    Returns:
+        Dict[str, Any]: the ``results.json`` content.
+
+    Raises:
+        CompareError: an unknown or unavailable variant, bad ``--seeds``, or a failed run.
+        ConfigError: a variant's config has problems.
+    """
+    args = build_parser().parse_args(argv)
+    runs = plan_runs(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    execute(runs, force=args.force, in_process=args.in_process)
+    results: Dict[str, Any] = {
+        **aggregate(runs, args.split),
+        "split": args.split,
+        "seeds": sorted({run.seed for run in runs}),
+        "config": args.config,
+        "overrides": list(args.overrides),
+        "max_steps": args.max_steps,
+        "variant_overrides": {v: VARIANTS[v] for v in dict.fromkeys(run.variant for run in runs)},
+    }
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    (args.output_dir / "results.md").write_text(table)
+    plot_auc(results, args.output_dir / "auc_by_variant.png")
+    plot_learning_curves(runs, args.output_dir / "learning_curves.png")
+    print(table)
+    return results
