@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
-import socket
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,6 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def init_distributed(device_preference: str = "auto") -> DistributedContext:
     """Join the process group torchrun set up, or create a one-process group.
 
@@ -60,9 +55,12 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            dist.init_process_group(backend, rank=0, world_size=1)
+            # One process: a file store, so no TCP port can be taken by a concurrent job
+            # between choosing it and binding it.
+            handle, path = tempfile.mkstemp(prefix="torchrec_gnn_store_")
+            os.close(handle)
+            atexit.register(lambda: os.path.exists(path) and os.remove(path))
+            dist.init_process_group(backend, store=dist.FileStore(path, 1), rank=0, world_size=1)
         else:
             # torchrun keeps one store across --max-restarts attempts; a fresh key prefix per
             # attempt keeps a restarted rank from reading the dead attempt's gloo addresses.
