@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import statistics
 import time
@@ -32,6 +31,7 @@ from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
 from torchrec_gnn.train.balancing import BalancerConfig
+from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model
 
@@ -93,9 +93,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
     args = parser.parse_args()
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    init_distributed("cpu")  # DMP needs a process group, even for one process
     dataset = make_synthetic(SyntheticConfig.preset(args.preset))
     split = time_split(dataset)
     overrides = {name: [int(v) for v in values.split(",")] for name, values in
