@@ -478,15 +478,18 @@ def plot_learning_curves(runs: Sequence[Run], path: Path) -> Path:
     cols = min(3, max(len(names), 1))
     rows = -(-max(len(names), 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    # One colour per variant across all panels (a panel may miss a variant, e.g. GFAE).
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {variant: palette[i % len(palette)] for i, variant in enumerate(curves)}
     for ax, name in zip(axes.flat, names):
         for variant, per_loss in curves.items():
             if name in per_loss:
                 steps, values = per_loss[name]  # values: (S, len(steps))
                 mean = values.mean(axis=0)
-                (line,) = ax.plot(steps, mean, label=variant)
+                ax.plot(steps, mean, label=variant, color=colors[variant])
                 if len(values) > 1:
                     std = values.std(axis=0, ddof=1)
-                    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+                    ax.fill_between(steps, mean - std, mean + std, color=colors[variant], alpha=0.15)
         ax.set(title=name, xlabel="step", ylabel="training loss")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
