@@ -18,12 +18,11 @@ import torch
 from tqdm import tqdm
 
 from torchrec_gnn.config import load_config
-from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.recipes.train import batches, score_batch
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 
 SPLITS = ("train", "val", "test")
@@ -48,19 +47,13 @@ def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, floa
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
-    data = GraphBatchDataset(
-        examples,
-        NeighborSampler(graph, fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts),
-                        replace=config.loader.replace, temporal=config.loader.temporal),
-        dataset.user_type, dataset.item_type, config.loader.eval_batch_size, graph.node_types,
-        list(dataset.sparse_cardinality), dataset.node_features if config.model.use_graph else None,
-        seed=config.train.seed,
-    )
+    # The same batches as the training job's evaluation (one process).
+    data = batches(config, graph, dataset, examples, train=False)
     evaluator = MultiTaskEvaluator(dataset.tasks)
     for i in tqdm(range(len(data)), desc=f"eval {split}"):
         batch = data[i]
         _, (_, outputs, _) = model(batch)
-        evaluator.update(outputs, batch.labels, batch.label_mask, batch.node_ids[dataset.user_type].values()[batch.user_index])
+        score_batch(evaluator, outputs, batch, dataset.user_type)
     return evaluator.compute()
 
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config, save_config
+from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
@@ -109,20 +110,28 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
 
 
 def batches(
-    config: ExperimentConfig, ctx: DistributedContext, split: TimeSplit, dataset: GraphRecDataset,
-    examples: Interactions, train: bool, batch_size: Optional[int] = None,
+    config: ExperimentConfig, graph: HeteroGraph, dataset: GraphRecDataset, examples: Interactions,
+    train: bool, ctx: Optional[DistributedContext] = None, batch_size: Optional[int] = None,
 ) -> GraphBatchDataset:
-    """The GraphBatchDataset of one split for this rank (``batch_size`` overrides the config's)."""
+    """The GraphBatchDataset of ``examples`` for this rank (one process without ``ctx``;
+    ``batch_size`` overrides the config's)."""
     loader = config.loader
-    fanouts = fanouts_by_relation(split.graph, loader.fanouts, loader.relation_fanouts)
-    sampler = NeighborSampler(split.graph, fanouts, replace=loader.replace, temporal=loader.temporal)
+    fanouts = fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts)
+    sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal)
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
-        node_types=split.graph.node_types, sparse_names=list(dataset.sparse_cardinality),
+        node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
         node_features=dataset.node_features if config.model.use_graph else None,
-        shuffle=train, drop_last=train, seed=config.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+        shuffle=train, drop_last=train, seed=config.train.seed,
+        rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1,
     )
+
+
+def score_batch(evaluator: MultiTaskEvaluator, outputs: torch.Tensor, batch: GraphBatch, user_type: str) -> None:
+    """Add one batch's outputs (B, T) to ``evaluator``, grouped by the examples' users (GAUC)."""
+    users = batch.node_ids[user_type].values()[batch.user_index]
+    evaluator.update(outputs, batch.labels, batch.label_mask, users)
 
 
 def intra_op_threads(config: ExperimentConfig, ctx: DistributedContext) -> int:
@@ -177,13 +186,12 @@ def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     world = job.ctx.world_size
     batch_size = min(job.config.loader.eval_batch_size, -(-len(examples) // world))
     examples = pad_for_ranks(examples, batch_size, world)
-    data = batches(job.config, job.ctx, job.split, job.dataset, examples, train=False, batch_size=batch_size)
+    data = batches(job.config, job.split.graph, job.dataset, examples, train=False, ctx=job.ctx, batch_size=batch_size)
     pin = job.ctx.device.type == "cuda"
     for batch in make_dataloader(data, job.config.loader.num_workers, pin_memory=pin):
         batch = batch.to(job.ctx.device, non_blocking=pin)
         _, (_, outputs, _) = model(batch)
-        users = batch.node_ids[job.dataset.user_type].values()[batch.user_index]
-        evaluator.update(outputs, batch.labels, batch.label_mask, users)
+        score_batch(evaluator, outputs, batch, job.dataset.user_type)
     model.train()
     job.pipeline.attach(model)
     return evaluator.compute()
@@ -234,7 +242,7 @@ def resume(job: Job, manager: CheckpointManager) -> Dict[str, int]:
 def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, object]]:
     """The loop; returns the logged records (also appended to ``metrics.jsonl`` on rank 0)."""
     cfg, ctx = job.config, job.ctx
-    data = batches(cfg, ctx, job.split, job.dataset, job.split.train, train=True)
+    data = batches(cfg, job.split.graph, job.dataset, job.split.train, train=True, ctx=ctx)
     total_steps = cfg.train.epochs * len(data)
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
