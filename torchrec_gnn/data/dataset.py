@@ -16,10 +16,13 @@ A dataset is two things that share node ids:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 import torch
 
+ArrayLike = Union[np.ndarray, torch.Tensor]
 NodeType = str
 EdgeType = Tuple[str, str, str]
 
@@ -84,6 +87,19 @@ class Interactions:
 
     def __len__(self) -> int:
         return self.user.numel()
+
+    @staticmethod
+    def from_arrays(
+        user: ArrayLike, item: ArrayLike, timestamp: ArrayLike, labels: ArrayLike, dense: ArrayLike,
+        sparse: Mapping[str, ArrayLike],
+    ) -> "Interactions":
+        """Build from numpy arrays or tensors: ids and times as int64, labels and dense as float32."""
+        as_long = lambda x: torch.as_tensor(x).to(torch.int64)  # noqa: E731
+        as_float = lambda x: torch.as_tensor(x).to(torch.float32)  # noqa: E731
+        return Interactions(
+            user=as_long(user), item=as_long(item), timestamp=as_long(timestamp),
+            labels=as_float(labels), dense=as_float(dense), sparse={k: as_long(v) for k, v in sparse.items()},
+        )
 
     @staticmethod
     def concat(parts: Sequence["Interactions"]) -> "Interactions":

@@ -187,12 +187,12 @@ def load_kuairand(
         user_type="user",
         item_type="video",
         num_nodes=num_nodes,
-        examples=Interactions(
-            user=torch.from_numpy(user),
-            item=torch.from_numpy(video),
-            timestamp=torch.from_numpy(timestamp),
-            labels=torch.from_numpy(labels.astype(np.float32)),
-            dense=torch.from_numpy(dense.astype(np.float32)),
+        examples=Interactions.from_arrays(
+            user=user,
+            item=video,
+            timestamp=timestamp,
+            labels=labels,
+            dense=dense,
             sparse=sparse,
         ),
         edges=edges,

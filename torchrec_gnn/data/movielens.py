@@ -347,12 +347,12 @@ def _build(t: _Tables, negatives_per_positive: int, seed: int) -> GraphRecDatase
         user_type="user",
         item_type="item",
         num_nodes=num_nodes,
-        examples=Interactions(
-            user=torch.from_numpy(ex_user),
-            item=torch.from_numpy(ex_item),
-            timestamp=torch.from_numpy(ex_time),
-            labels=torch.from_numpy(labels.astype(np.float32)),
-            dense=torch.from_numpy(dense.astype(np.float32)),
+        examples=Interactions.from_arrays(
+            user=ex_user,
+            item=ex_item,
+            timestamp=ex_time,
+            labels=labels,
+            dense=dense,
             sparse=sparse,
         ),
         edges=edges,

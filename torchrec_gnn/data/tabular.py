@@ -296,12 +296,12 @@ def load_tabular(path: str | Path) -> GraphRecDataset:
         user_type=cfg.user_type,
         item_type=cfg.item_type,
         num_nodes=num_nodes,
-        examples=Interactions(
-            user=torch.from_numpy(user),
-            item=torch.from_numpy(item),
-            timestamp=torch.from_numpy(timestamp),
-            labels=torch.from_numpy(labels.astype(np.float32)),
-            dense=torch.from_numpy(dense),
+        examples=Interactions.from_arrays(
+            user=user,
+            item=item,
+            timestamp=timestamp,
+            labels=labels,
+            dense=dense,
             sparse=sparse,
         ),
         edges=edges,
