@@ -65,3 +65,10 @@ def test_without_history_the_graph_keeps_only_past_timed_edges() -> None:
 def test_bad_fractions(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         time_split(log_dataset(), **kwargs)
+
+
+def test_a_prebuilt_graph_is_used_as_is() -> None:
+    built = time_split(log_dataset(), history_fraction=0.5)
+    reused = time_split(log_dataset(), history_fraction=0.5, graph=built.graph)
+    assert reused.graph is built.graph
+    assert torch.equal(reused.test.user, built.test.user) and reused.cutoffs == built.cutoffs

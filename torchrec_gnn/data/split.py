@@ -14,7 +14,7 @@ the interaction being predicted (or any later one) is never visible to the GNN.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -62,6 +62,7 @@ def time_split(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     add_reverse: bool = True,
+    graph: Optional[HeteroGraph] = None,
 ) -> TimeSplit:
     """Split ``dataset`` by example time and build its leak-free graph.
 
@@ -75,6 +76,8 @@ def time_split(
             validation. Default 0.1.
         test_fraction (float): share of the latest examples for testing. Default 0.1.
         add_reverse (bool): add reverse relations so messages flow both ways. Default True.
+        graph (HeteroGraph, optional): this split's graph, already built (e.g. the copy another
+            rank saved and this one memory-maps); skips building it again.
 
     Returns:
         TimeSplit: the three example splits and the graph.
@@ -104,8 +107,9 @@ def time_split(
         "val": (t >= cutoffs["val"]) & (t < cutoffs["test"]),
         "test": t >= cutoffs["test"],
     }
-    edges = {et: _edges_before(e, cutoffs["train"]) for et, e in dataset.edges.items()}
-    graph = HeteroGraph.from_edges(dataset.num_nodes, edges, add_reverse=add_reverse)
+    if graph is None:
+        edges = {et: _edges_before(e, cutoffs["train"]) for et, e in dataset.edges.items()}
+        graph = HeteroGraph.from_edges(dataset.num_nodes, edges, add_reverse=add_reverse)
     return TimeSplit(
         dataset=dataset,
         graph=graph,

@@ -40,10 +40,10 @@ def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, floa
         raise FileNotFoundError(f"{run_dir}: not a finished training run, missing {missing}")
     config = load_config(run_dir / "config.yaml")
     dataset = load_dataset(config.data)
+    graph = HeteroGraph.load(run_dir / "graph", mmap=True)  # the graph the run trained on
     examples = time_split(
-        dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
+        dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction, graph=graph
     ).split(split)
-    graph = HeteroGraph.load(run_dir / "graph", mmap=True)
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()

@@ -97,15 +97,13 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
 def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: Path) -> tuple:
     """Load the data set, split it by time and share its graph through a memory-mapped copy."""
     dataset = load_dataset(config.data)
-    split = time_split(
-        dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction
-    )
+    fractions = (config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
     graph_dir = output_dir / "graph"
-    if ctx.is_main:
-        split.graph.save(graph_dir)
+    if ctx.is_main:  # rank 0 builds the graph once and saves it
+        time_split(dataset, *fractions).graph.save(graph_dir)
     dist.barrier()
     # Every rank maps the same files: the topology is held once per host.
-    split.graph = HeteroGraph.load(graph_dir, mmap=True)
+    split = time_split(dataset, *fractions, graph=HeteroGraph.load(graph_dir, mmap=True))
     return dataset, split
 
 
