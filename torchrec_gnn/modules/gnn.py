@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv, HeteroConv, MessagePassing, SAGEConv
+from torch_geometric.nn.conv.hetero_conv import group
 from torch_geometric.utils import degree, trim_to_layer
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
@@ -208,34 +209,68 @@ class HeteroGNN(nn.Module):
             first either way.
         """
         edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
-        last = len(self.convs) - 1
         trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
         layers: List[Dict[NodeType, torch.Tensor]] = [x_dict]
-        for layer, conv in enumerate(self.convs):
+        for layer in range(self.num_layers):
             if trim:
                 x_dict, edge_index_dict, _ = trim_to_layer(
                     layer, num_sampled_nodes, num_sampled_edges, x_dict, edge_index_dict
                 )
-            if layer == last:
-                edge_index_dict = {et: e for et, e in edge_index_dict.items() if et[2] in self.out_node_types}
-            out = conv(x_dict, edge_index_dict)
-            if self.roots:
-                out = {t: h + self.roots[layer][t](x_dict[t]) for t, h in out.items()}
-            if self.config.conv == "lightgcn":
-                x_dict = out
-                layers.append(out)
-                continue
-            if layer < last:
-                if self.norms:
-                    out = {t: self.norms[layer][t](h) for t, h in out.items()}
-                out = {t: self.dropout(h.relu()) for t, h in out.items()}
-            x_dict = out
+            x_dict = self.layer_forward(layer, x_dict, edge_index_dict)
+            layers.append(x_dict)
         if self.config.conv == "lightgcn":
             # LightGCN readout: mean over the layer outputs (rows trimmed to the last layer's).
             rows = {t: x_dict[t].shape[0] for t in self.out_node_types}
-            mean = {t: torch.stack([h[: rows[t]] for h in (l[t] for l in layers)]).mean(0) for t in rows}
-            return {t: self.readout(h) for t, h in mean.items()}
+            return self.lightgcn_readout({t: [h[t][: rows[t]] for h in layers] for t in rows})
         return x_dict
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
+
+    def layer_forward(
+        self,
+        layer: int,
+        x_dict: Dict[NodeType, torch.Tensor],
+        edge_index_dict: Dict[EdgeType, torch.Tensor],
+        x_dst_dict: Optional[Dict[NodeType, torch.Tensor]] = None,
+    ) -> Dict[NodeType, torch.Tensor]:
+        """Layer ``layer`` alone: the sampled forward pass and layer-wise full-graph inference
+        (:func:`torchrec_gnn.modules.inference.full_graph_embeddings`) both run it.
+
+        Args:
+            layer (int): which layer.
+            x_dict (Dict[str, Tensor]): (N_t, D_l) source features per node type.
+            edge_index_dict (Dict[EdgeType, Tensor]): (2, E_r) edges, row indexing the source
+                features and col the destination features; relations this layer does not
+                have (the last layer only has those ending at ``out_node_types``) are ignored.
+            x_dst_dict (Dict[str, Tensor], optional): (M_t, D_l) destination features when they
+                differ from the sources (a chunk of destination nodes); default ``x_dict``.
+
+        Returns:
+            Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
+        """
+        x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
+        convs = self.convs[layer].convs
+        messages: Dict[NodeType, List[torch.Tensor]] = {}
+        for et in self.edge_types:  # the relations in a fixed order, as HeteroConv sums them
+            if et in convs and et in edge_index_dict:
+                src, _, dst = et
+                out_r = convs[et]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et])
+                messages.setdefault(dst, []).append(out_r)
+        out = {t: group(hs, "sum") for t, hs in messages.items()}
+        if self.roots:
+            out = {t: h + self.roots[layer][t](x_dst_dict[t]) for t, h in out.items()}
+        if self.config.conv != "lightgcn" and layer < self.num_layers - 1:
+            if self.norms:
+                out = {t: self.norms[layer][t](h) for t, h in out.items()}
+            out = {t: self.dropout(h.relu()) for t, h in out.items()}
+        return out
+
+    def lightgcn_readout(self, layer_outputs: Dict[NodeType, List[torch.Tensor]]) -> Dict[NodeType, torch.Tensor]:
+        """LightGCN's output: the learned readout of the mean over the input and every layer's
+        output, (N_t, D) each in ``layer_outputs[t]``; returns (N_t, H)."""
+        return {t: self.readout(torch.stack(hs).mean(0)) for t, hs in layer_outputs.items()}
 
     def __repr__(self) -> str:
         cfg = self.config
