@@ -20,6 +20,7 @@ import yaml
 
 from torchrec_gnn.models.builder import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
+from torchrec_gnn.train.pretrain import PretrainConfig
 from torchrec_gnn.train.sharding import ShardingConfig
 
 DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
@@ -133,7 +134,8 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One job: data, loader, model, loss balancing, sharding and the training loop."""
+    """One job: data, loader, model, loss balancing, sharding, the training loop, and the
+    two-stage baseline's pre-training (used only with ``model.two_stage``)."""
 
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +144,7 @@ class ExperimentConfig:
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 class ConfigError(ValueError):

@@ -88,3 +88,13 @@ def test_errors_and_repr() -> None:
         GNNConfig(conv="gat", hidden_channels=16, heads=3)
     gnn = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(hidden_channels=12))
     assert repr(gnn) == "HeteroGNN(conv=sage, 8 -> 12, num_layers=2, node_types=2, relations=2)"
+
+
+@pytest.mark.parametrize("conv", ["sage", "gat", "lightgcn"])
+def test_self_relations(conv: str) -> None:
+    # ("user", "friend", "user") gives each conv the same tensor as source and destination.
+    edge_types = EDGE_TYPES + [("user", "friend", "user")]
+    gnn = HeteroGNN(NODE_TYPES, edge_types, 8, GNNConfig(conv=conv, hidden_channels=12))
+    x, edges = random_graph()
+    edges[("user", "friend", "user")] = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    assert_permutation_invariant(gnn, x, edges)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
@@ -12,6 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
+from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
@@ -25,7 +26,10 @@ class ModelConfig:
         embedding_dim (int): D of the ranker's sparse tables (and of the dense arch output).
         node_embedding_dim (int): width of the node tables (GNN input).
         use_graph (bool): build the GNN tower (False = the no-graph ranker).
-        use_gfae (bool): add the GFAE auxiliary loss.
+        use_gfae (bool): add the GFAE auxiliary loss (to pre-training, with ``two_stage``).
+        two_stage (bool): the two-stage baseline: the GNN is pre-trained on the graph alone
+            (``torchrec_gnn.train.pretrain``) and the ranker gets its exported embeddings
+            frozen, through the same fusion (needs ``use_graph``). Default False (end to end).
         gnn (GNNConfig): message passing.
         gfae (GFAEConfig): masking and reconstruction loss.
         ranker (RankerConfig): DLRM arches and fusion switches.
@@ -36,10 +40,15 @@ class ModelConfig:
     node_embedding_dim: int = 32
     use_graph: bool = True
     use_gfae: bool = True
+    two_stage: bool = False
     gnn: GNNConfig = field(default_factory=GNNConfig)
     gfae: GFAEConfig = field(default_factory=GFAEConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     regression_loss: str = "mse_log1p"
+
+    def __post_init__(self) -> None:
+        if self.two_stage and not self.use_graph:
+            raise ValueError("ModelConfig: two_stage=True needs use_graph=True (it feeds pre-trained graph embeddings)")
 
 
 def node_table_name(node_type: str) -> str:
@@ -67,11 +76,28 @@ def build_graph_tower(
     return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
 
 
+def build_frozen_tower(
+    dataset: GraphRecDataset,
+    graph: HeteroGraph,
+    config: ModelConfig,
+    embeddings: Optional[Mapping[str, torch.Tensor]] = None,
+    device: Optional[torch.device] = None,
+) -> FrozenGraphTower:
+    """The two-stage tower: (N_t, H) embeddings of the user and item types, ``embeddings`` or
+    empty ones of the graph's node counts and the GNN's width."""
+    if embeddings is None:
+        hidden = config.gnn.hidden_channels
+        embeddings = {t: torch.empty(graph.num_nodes[t], hidden, device=device)
+                      for t in (dataset.user_type, dataset.item_type)}
+    return FrozenGraphTower(embeddings, dataset.user_type, dataset.item_type)
+
+
 def build_graph_dlrm(
     dataset: GraphRecDataset,
     graph: HeteroGraph,
     config: ModelConfig,
     device: Optional[torch.device] = None,
+    frozen_embeddings: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> GraphDLRMTrain:
     """A :class:`GraphDLRMTrain` for ``dataset``: one ranker table per sparse feature, the
     dataset's dense features, its tasks, and the tower over ``graph`` when ``use_graph``.
@@ -81,6 +107,8 @@ def build_graph_dlrm(
         graph (HeteroGraph): the graph the batches are sampled from (node counts, relations).
         config (ModelConfig): sizes and switches.
         device (torch.device, optional): where to build the tables (``"meta"`` before DMP).
+        frozen_embeddings (Mapping[str, Tensor], optional): the two-stage tower's embeddings;
+            without them it is built empty, to fill after DMP or from a state dict.
     """
     if not dataset.dense_names:
         raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no dense features; DLRM needs at least one")
@@ -93,6 +121,10 @@ def build_graph_dlrm(
         ],
         device=device,
     )
-    tower = build_graph_tower(dataset, graph, config, device) if config.use_graph else None
+    tower = None
+    if config.use_graph and config.two_stage:
+        tower = build_frozen_tower(dataset, graph, config, frozen_embeddings, device)
+    elif config.use_graph:
+        tower = build_graph_tower(dataset, graph, config, device)
     model = GraphDLRM(ebc, len(dataset.dense_names), dataset.tasks, config.ranker, tower)
     return GraphDLRMTrain(model, config.regression_loss)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -31,9 +31,13 @@ from torchrec.modules.mlp import MLP
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import TaskSpec
+from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.modules.heads import TaskHeadsArch, task_losses
+
+# The end-to-end tower, or the two-stage baseline's pre-computed embeddings behind the same interface.
+GraphTower = Union[GNNTower, FrozenGraphTower]
 
 INTERACTIONS = ("dot", "dcn")
 PREHEAD_FUSIONS = ("concat", "gated", "none")
@@ -83,7 +87,8 @@ class GraphDLRM(nn.Module):
         dense_in_features (int): F_dense, width of ``batch.dense_features``.
         tasks (Sequence[TaskSpec]): the T tasks.
         config (RankerConfig): sizes, interaction and fusion switches.
-        graph_tower (GNNTower, optional): the GNN tower; None gives the no-graph ranker.
+        graph_tower (GNNTower or FrozenGraphTower, optional): the GNN tower (end to end), or
+            frozen pre-computed embeddings (two-stage); None gives the no-graph ranker.
 
     Example::
 
@@ -98,7 +103,7 @@ class GraphDLRM(nn.Module):
         dense_in_features: int,
         tasks: Sequence[TaskSpec],
         config: RankerConfig,
-        graph_tower: Optional[GNNTower] = None,
+        graph_tower: Optional[GraphTower] = None,
     ) -> None:
         super().__init__()
         dims = {c.embedding_dim for c in embedding_bag_collection.embedding_bag_configs()}
@@ -134,7 +139,7 @@ class GraphDLRM(nn.Module):
         cls,
         dlrm: DLRM,
         tasks: Sequence[TaskSpec],
-        graph_tower: Optional[GNNTower],
+        graph_tower: Optional[GraphTower],
         config: Optional[RankerConfig] = None,
     ) -> "GraphDLRM":
         """Add a GNN tower to a stock TorchRec ``DLRM``, keeping its sparse and dense arches.
@@ -163,10 +168,10 @@ class GraphDLRM(nn.Module):
         return len(self.sparse_arch.sparse_feature_names) + (2 if self.input_fusion is not None else 0)
 
     def shared_parameters(self) -> List[nn.Parameter]:
-        """GradNorm's shared layer: the GNN's last layer, else the over arch's last layer."""
-        if self.graph_tower is not None:
-            return self.graph_tower.shared_parameters()
-        return list(self.over_arch._mlp[-1].parameters())
+        """GradNorm's shared layer: the GNN's last layer, else (no graph, or frozen embeddings)
+        the over arch's last layer."""
+        shared = self.graph_tower.shared_parameters() if self.graph_tower is not None else []
+        return shared or list(self.over_arch._mlp[-1].parameters())
 
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """

@@ -91,6 +91,16 @@ class GraphEncoder(nn.Module):
         """GradNorm's shared layer: the GNN's last weighted layer."""
         return self.gnn.shared_parameters()
 
+    def input_features(
+        self, x_dict: Mapping[NodeType, torch.Tensor], node_features: Mapping[NodeType, torch.Tensor]
+    ) -> Dict[NodeType, torch.Tensor]:
+        """The GNN's input: node-table rows (N_t, D) plus the projected side features
+        ``node_features[t]`` (N_t, F_t) of the types that have them."""
+        inputs = dict(x_dict)
+        for t, projection in self.feature_projection.items():
+            inputs[t] = inputs[t] + projection(node_features[t])
+        return inputs
+
     def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         """
         Args:
@@ -105,9 +115,7 @@ class GraphEncoder(nn.Module):
 
     def _encode(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
-        inputs = dict(x_dict)
-        for t, projection in self.feature_projection.items():
-            inputs[t] = inputs[t] + projection(batch.node_features[t])
+        inputs = self.input_features(x_dict, batch.node_features)
         use_gfae = self.gfae is not None and self.training
         if use_gfae:
             # Only rows whose final embedding is computed can be scored: the seeds when trimming.

@@ -38,7 +38,8 @@ from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
-from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower
+from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
@@ -46,7 +47,8 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, shard_model
+from torchrec_gnn.train.pretrain import EMBEDDINGS_FILE, PretrainSetup, load_embeddings, pretrain_and_export, save_result
+from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -107,6 +109,25 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
     return dataset, split
 
 
+def pretrained_embeddings(
+    config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, output_dir: Path
+) -> Dict[str, torch.Tensor]:
+    """Stage 1 of the two-stage baseline, once per run: rank 0 pre-trains the GNN tower on the
+    graph and exports every user's and item's embedding to ``output_dir/pretrain`` (kept there,
+    so a resumed run does not redo it); every rank then loads them."""
+    directory = output_dir / "pretrain"
+    if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
+        loader = config.loader
+        setup = PretrainSetup(
+            config.pretrain, fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts),
+            seed=config.train.seed, num_workers=loader.num_workers, device=ctx.device,
+        )
+        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device)
+        save_result(pretrain_and_export(tower, dataset, graph, setup), directory)
+    dist.barrier()
+    return load_embeddings(directory)
+
+
 def batches(
     config: ExperimentConfig, graph: HeteroGraph, dataset: GraphRecDataset, examples: Interactions,
     train: bool, ctx: Optional[DistributedContext] = None, batch_size: Optional[int] = None,
@@ -114,13 +135,15 @@ def batches(
     """The GraphBatchDataset of ``examples`` for this rank (one process without ``ctx``;
     ``batch_size`` overrides the config's)."""
     loader = config.loader
-    fanouts = fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts)
+    # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
+    fanouts = [] if config.model.two_stage else fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts)
     sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal)
+    end_to_end = config.model.use_graph and not config.model.two_stage
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
         node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
-        node_features=dataset.node_features if config.model.use_graph else None,
+        node_features=dataset.node_features if end_to_end else None,
         shuffle=train, drop_last=train, seed=config.train.seed,
         rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1,
     )
@@ -151,17 +174,23 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     if config.model.use_graph and config.model.gnn.num_layers != len(config.loader.fanouts):
         logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
                        config.model.gnn.num_layers, len(config.loader.fanouts))
+    frozen = pretrained_embeddings(config, dataset, split.graph, ctx, output_dir) if config.model.two_stage else None
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
-    if model.model.graph_tower is not None:
-        model.model.graph_tower.check_num_nodes(split.graph.num_nodes)
+    tower = model.model.graph_tower
+    if isinstance(tower, GNNTower):
+        tower.check_num_nodes(split.graph.num_nodes)
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
     graph = split.graph
-    degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
-    seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
-    fanouts = fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
-    pooling = node_pooling_factors(graph.num_nodes, degrees, fanouts, seeds) if config.model.use_graph else None
+    pooling = None
+    if isinstance(tower, GNNTower):
+        degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
+        seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
+        fanouts = fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
+        pooling = node_pooling_factors(graph.num_nodes, degrees, fanouts, seeds)
     dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
+    if frozen is not None:  # DMP built the frozen tables empty on every rank: fill them
+        unwrap(dmp).model.graph_tower.load_embeddings(frozen)
     if ctx.is_main:
         logger.info("sharding plan:\n%s", plan)
     extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}
