@@ -19,7 +19,7 @@ TINY = [
 ]
 # Variant -> the ablation config that must carry the same overrides.
 ABLATION_CONFIGS = {
-    "no_graph": "no_graph", "e2e_no_gfae": "no_gfae", "e2e_fixed_weights": "fixed_weights",
+    "no_graph": "no_graph", "two_stage": "two_stage", "e2e_no_gfae": "no_gfae", "e2e_fixed_weights": "fixed_weights",
     "e2e_uncertainty": "uncertainty", "e2e_input_fusion_only": "input_fusion_only",
     "e2e_prehead_fusion_only": "prehead_fusion_only",
 }
@@ -95,14 +95,12 @@ def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFi
     assert forced["variants"]["e2e"]["click"]["auc"]["std"] == 0.0
 
 
-def test_unavailable_and_unknown_variants_fail_clearly(tmp_path: Path) -> None:
+def test_unknown_variants_fail_clearly(tmp_path: Path) -> None:
     base = ["--config", "configs/default.yaml", "--output-dir", str(tmp_path / "x")]
-    with pytest.raises(CompareError, match=r"'two_stage' is not available yet .*available variants: no_graph, e2e, "):
-        main([*base, "--variants", "e2e,two_stage"])
-    with pytest.raises(CompareError, match=r"'two_stage' is not available yet"):
-        cli_main(["compare", *base, "--variants", "two_stage"])
-    with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, e2e, e2e_no_gfae"):
+    with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, two_stage, e2e, "):
         main([*base, "--variants", "e3e"])
+    with pytest.raises(CompareError, match=r"no variant given"):
+        cli_main(["compare", *base, "--variants", ","])
     with pytest.raises(CompareError, match=r"--seeds must be >= 1, got 0"):
         main([*base, "--seeds", "0"])
     # A config problem fails before any run starts.
@@ -132,3 +130,20 @@ def test_mean_std_is_the_sample_std() -> None:
     assert mean_std([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1}
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([])["n"] == 0
+
+
+@pytest.mark.timeout(600)
+def test_two_stage_cost_counts_pretraining_and_export(tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    results = main(["--config", "configs/default.yaml", *TINY, "--set", "pretrain.batch_size=256",
+                    "--variants", "two_stage", "--seeds", "1", "--max-steps", "2", "--output-dir", str(out)])
+    report = json.loads((out / "two_stage" / "seed_0" / "pretrain" / "pretrain.json").read_text())
+    cost = results["cost"]["two_stage"]
+    assert cost["pretrain_seconds"]["mean"] == report["pretrain_seconds"]
+    assert cost["export_seconds"]["mean"] == report["export_seconds"]
+    # The run's seconds include both stages.
+    assert cost["train_seconds"]["mean"] > report["pretrain_seconds"] + report["export_seconds"]
+    assert load_config(out / "two_stage" / "seed_0" / "config.yaml").model.two_stage
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| two_stage |")
+               and "±" in line and line.count("|") == 7)
+    assert f"{report['pretrain_seconds']:.1f}" in row

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+import torch
 
 from torchrec_gnn.recipes.evaluate import evaluate_run
 from torchrec_gnn.recipes.train import main
@@ -64,3 +65,33 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
 def test_eval_of_an_unfinished_run_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"not a finished training run, missing \['config.yaml', 'graph', 'model.pt'\]"):
         evaluate_run(tmp_path, "test")
+
+
+@pytest.mark.timeout(600)
+def test_two_stage_pretrains_once_and_serves_the_export(tmp_path: Path) -> None:
+    run = tmp_path / "two_stage"
+    argv = ["--config", "configs/ablations/two_stage.yaml", *TINY, "--set", "pretrain.batch_size=256",
+            "--max-steps", "3", "--output-dir", str(run)]
+    results = main(argv)
+    assert "auc" in results["test"]["click"]
+    report = json.loads((run / "pretrain" / "pretrain.json").read_text())
+    assert report["steps"] > 0 and report["pretrain_seconds"] > 0 and 0 <= report["link_auc"] <= 1
+    exported = torch.load(run / "pretrain" / "node_embeddings.pt")
+    state = torch.load(run / "model.pt")
+    # The ranker trained with the exported embeddings, unchanged (frozen), not the empty tables DMP built.
+    for node_type in ("user", "video"):
+        assert torch.equal(state[f"model.graph_tower.embeddings_{node_type}"], exported[node_type])
+    assert not any(key.startswith("model.graph_tower.node_embeddings") for key in state)
+    # Only the seeds are sampled for the ranker (the frozen table needs no neighbourhood).
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["losses"]["gfae"] == 0.0
+
+    # A resumed run reuses stage 1 rather than pre-training again.
+    stamp = (run / "pretrain" / "node_embeddings.pt").stat().st_mtime_ns
+    main([*argv[:-4], "--max-steps", "5", "--output-dir", str(run), "--resume"])
+    assert (run / "pretrain" / "node_embeddings.pt").stat().st_mtime_ns == stamp
+    assert len(losses(run)) == 5
+
+    metrics = evaluate_run(run, "test")  # the exported model.pt reproduces the run's metrics
+    final = json.loads((run / "eval.json").read_text())["test"]
+    assert metrics["click"]["auc"] == pytest.approx(final["click"]["auc"], abs=1e-5)

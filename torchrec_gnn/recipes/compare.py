@@ -26,6 +26,8 @@ scratch. A finished run made with other arguments (``run.json``) is an error, no
 
 * ``results.json``: ``{"variants": {variant: {task: {metric: {"mean", "std", "n"}}}},
   "cost": {variant: {"train_seconds": {...}, "peak_rss_mb": {...}}}, "split", "seeds",
+  ... (``two_stage`` runs add ``pretrain_seconds`` and ``export_seconds`` from their
+  ``pretrain/pretrain.json``; their ``train_seconds`` already include both)
   "config", ...}`` over the seeds (sample std, ``ddof=1``; 0.0 for a single seed);
 * ``results.md``: one table per metric (AUC, GAUC, LogLoss, RMSE; rows = variants, columns =
   tasks, cells ``mean ± std``) and a cost table; printed at the end too;
@@ -58,6 +60,7 @@ from torchrec_gnn.config import config_to_dict, load_config
 # The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).
 VARIANTS: Dict[str, List[str]] = {
     "no_graph": ["model.use_graph=false"],
+    "two_stage": ["model.two_stage=true"],
     "e2e": [],
     "e2e_no_gfae": ["model.use_gfae=false"],
     "e2e_fixed_weights": ["balancer.kind=fixed"],
@@ -65,16 +68,14 @@ VARIANTS: Dict[str, List[str]] = {
     "e2e_input_fusion_only": ["model.ranker.prehead_fusion=none"],
     "e2e_prehead_fusion_only": ["model.ranker.input_fusion=false"],
 }
-# Variants of the comparison that have no implementation yet: name -> what they will be.
-PLANNED_VARIANTS: Dict[str, str] = {
-    "two_stage": "the two-stage baseline (GNN pre-trained offline, frozen node embeddings fed to the ranker)",
-}
 SPLITS = ("val", "test")
 # (title in results.md, metric, True if higher is better)
 TABLES: Tuple[Tuple[str, str, bool], ...] = (
     ("AUC", "auc", True), ("GAUC", "gauc", True), ("LogLoss", "logloss", False), ("RMSE", "rmse", False),
 )
-COST_KEYS = ("train_seconds", "peak_rss_mb")
+# train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
+COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb")
+PRETRAIN_REPORT = Path("pretrain") / "pretrain.json"  # in a two-stage run's directory
 # torchrun's variables: a child run is always a one-process job with its own free port.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS")
@@ -132,18 +133,13 @@ def parse_variants(text: str) -> List[str]:
         List[str]: the names in the given order, duplicates dropped.
 
     Raises:
-        CompareError: a name is planned but not implemented yet, unknown, or none is given.
+        CompareError: a name is unknown, or none is given.
     """
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     available = ", ".join(VARIANTS)
     if not names:
         raise CompareError(f"--variants: no variant given; available variants: {available}")
     for name in names:
-        if name in PLANNED_VARIANTS:
-            raise CompareError(
-                f"--variants: {name!r} is not available yet (planned: {PLANNED_VARIANTS[name]}); "
-                f"available variants: {available}"
-            )
         if name not in VARIANTS:
             raise CompareError(f"--variants: unknown variant {name!r}; available variants: {available}")
     return names
@@ -341,7 +337,8 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
 
     Returns:
         Dict[str, Any]: ``{"variants": {variant: {task: {metric: stats}}}, "cost": {variant:
-        {"train_seconds": stats, "peak_rss_mb": stats}}}`` with :func:`mean_std` stats.
+        {"train_seconds": stats, "peak_rss_mb": stats, ...}}}`` with :func:`mean_std` stats
+        (``pretrain_seconds`` and ``export_seconds`` for two-stage runs).
     """
     metrics: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     costs: Dict[str, Dict[str, List[float]]] = {}
@@ -351,14 +348,16 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
         for task, values in results.items():
             for metric, value in values.items():
                 per_task.setdefault(task, {}).setdefault(metric, []).append(value)
-        cost_file = run.run_dir / "cost.json"
+        cost_file, report = run.run_dir / "cost.json", run.run_dir / PRETRAIN_REPORT
         cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}  # absent: not measured
+        if report.is_file():  # two-stage: the run's pre-training and export seconds
+            cost.update({k: v for k, v in json.loads(report.read_text()).items() if k in COST_KEYS})
         for key in COST_KEYS:
             if key in cost:
                 costs.setdefault(run.variant, {}).setdefault(key, []).append(cost[key])
     return {
         "variants": {v: {t: {m: mean_std(x) for m, x in ms.items()} for t, ms in ts.items()} for v, ts in metrics.items()},
-        "cost": {v: {k: mean_std(costs.get(v, {}).get(k, [])) for k in COST_KEYS} for v in metrics},
+        "cost": {v: {k: mean_std(x) for k, x in costs.get(v, {}).items()} for v in metrics},
     }
 
 
@@ -396,12 +395,18 @@ def markdown(results: Mapping[str, Any]) -> str:
                 cells.append(f"**{cell}**" if best.get(task) == v else cell)
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Cost per run (training + evaluation)", "",
-              "| variant | seconds | peak RSS (MB) | runs measured |", "|---|---:|---:|---:|"]
+    lines += ["## Cost per run", "",
+              "Seconds of the whole run (training, evaluation and, for two-stage, pre-training and export), "
+              "of which pre-training and export; peak resident memory of the run's main process.", "",
+              "| variant | seconds | pre-training s | export s | peak RSS (MB) | runs measured |",
+              "|---|---:|---:|---:|---:|---:|"]
     for v, cost in results["cost"].items():
-        seconds, rss = cost["train_seconds"], cost["peak_rss_mb"]
-        lines.append(f"| {v} | {seconds['mean']:.1f} ± {seconds['std']:.1f} | {rss['mean']:.0f} ± {rss['std']:.0f} "
-                     f"| {seconds['n']} |")
+        cells = [f"{cost[k]['mean']:.1f} ± {cost[k]['std']:.1f}" if k in cost else "-"
+                 for k in ("train_seconds", "pretrain_seconds", "export_seconds")]
+        rss = cost.get("peak_rss_mb")
+        rss_cell = f"{rss['mean']:.0f} ± {rss['std']:.0f}" if rss else "-"
+        runs = cost["train_seconds"]["n"] if "train_seconds" in cost else 0
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {rss_cell} | {runs} |")
     return "\n".join(lines) + "\n"
 
 
