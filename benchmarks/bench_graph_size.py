@@ -1,0 +1,199 @@
+"""How E2E and two-stage training costs grow with the graph: synthetic data at several sizes.
+
+    python benchmarks/bench_graph_size.py --json size.json --plot size.png     # tiny, default, large
+
+For each synthetic preset (tiny ~13k, default ~1.4M, large ~29M raw edges) it measures, on the
+real code paths and the same machine:
+
+* **E2E step**: a GraphDLRM + GNN tower + GradNorm step (DMP world size 1, TorchRec's train
+  pipeline) on pre-built batches of 1024 with fanouts [10, 5];
+* **two-stage pre-training step**: the link-prediction + GFAE step of
+  ``torchrec_gnn.train.pretrain`` on pre-built batches of 1024 pairs;
+* **two-stage export**: layer-wise full-graph inference over the whole graph (timed in full);
+* **two-stage ranker step**: the same ranker over frozen embeddings (seeds only, no sampling).
+
+From these it projects one epoch over the training split: E2E = steps x E2E step; two-stage =
+pre-training steps (one pass over the held-out watches, as ``configs/ablations/two_stage.yaml``)
+x pre-training step + export + steps x ranker step. Step times are medians of a few timed steps
+after warm-up; neighbour sampling runs in DataLoader workers in training and is not timed here
+(``bench_loader.py``). The projected epoch is an estimate from measured parts, said so in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from torchrec_gnn.data.loader import GraphBatchDataset  # noqa: E402
+from torchrec_gnn.data.split import time_split  # noqa: E402
+from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
+from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
+from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower, node_table_name  # noqa: E402
+from torchrec_gnn.modules.inference import full_graph_embeddings  # noqa: E402
+from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
+from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
+from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
+from torchrec_gnn.train.pretrain import (  # noqa: E402
+    LinkPredictionModel, PretrainConfig, find_link_relation, hold_out_edges, link_examples,
+)
+from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap  # noqa: E402
+
+
+def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
+    """Median wall-clock seconds of ``step`` over ``steps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pipeline_step_seconds(dataset, graph, config: ModelConfig, batches, steps: int, frozen=None) -> float:
+    """Median seconds of one GradNorm train-pipeline step over ``batches`` (cycled)."""
+    torch.manual_seed(0)
+    model = build_graph_dlrm(dataset, graph, config, device=torch.device("meta"))
+    dmp, _ = shard_model(model, torch.device("cpu"), ShardingConfig())
+    if frozen is not None:
+        unwrap(dmp).model.graph_tower.load_embeddings(frozen)
+    pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, 1e-3), BalancerConfig().build(len(model.loss_names)),
+                                     torch.device("cpu"))
+    iterator = itertools.cycle(batches)
+    return median_seconds(lambda: pipeline.progress(iterator), 2, steps)
+
+
+def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dict[str, float]:
+    """Every figure of one preset (see the module docstring)."""
+    start = time.perf_counter()
+    dataset = make_synthetic(SyntheticConfig.preset(preset))
+    split = time_split(dataset)
+    graph = split.graph
+    build_seconds = time.perf_counter() - start
+    print(f"\n== {preset}: {graph.num_edges():,} graph edges, {sum(graph.num_nodes.values()):,} nodes, "
+          f"{len(split.train):,} training examples (built in {build_seconds:.0f} s)", flush=True)
+    config = ModelConfig()
+    per_relation = fanouts_by_relation(graph, fanouts, {})
+    count = steps + 3  # distinct batches at most (cycled when the split has fewer)
+
+    def ranker_batches(sampler: NeighborSampler, features) -> list:
+        data = GraphBatchDataset(split.train, sampler, dataset.user_type, dataset.item_type, batch_size,
+                                 graph.node_types, list(dataset.sparse_cardinality), features, shuffle=True,
+                                 drop_last=True)
+        return [data[i] for i in range(min(count, len(data)))]
+
+    e2e_batches = ranker_batches(NeighborSampler(graph, per_relation), dataset.node_features)
+    sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
+    e2e_step = pipeline_step_seconds(dataset, graph, config, e2e_batches, steps)
+    print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
+
+    # Two-stage, stage 1: pre-training steps, then the full export.
+    pretrain = PretrainConfig()
+    relation = find_link_relation(graph, dataset.user_type, dataset.item_type, None)
+    message_graph, pairs = hold_out_edges(graph, relation, pretrain.supervision_fraction, seed=0)
+    train_pairs = int(pairs.shape[1] * (1 - pretrain.validation_fraction))
+    torch.manual_seed(0)
+    tower = build_graph_tower(dataset, graph, config)
+    model = LinkPredictionModel(tower, pretrain.gfae_weight)
+    optimizer = torch.optim.Adam(model.parameters(), lr=pretrain.lr)
+    link_data = GraphBatchDataset(link_examples(pairs, graph.num_nodes[dataset.item_type], 0),
+                                  NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),
+                                  dataset.user_type, dataset.item_type, pretrain.batch_size, graph.node_types, [],
+                                  dataset.node_features, shuffle=True, drop_last=True)
+    link_batches = itertools.cycle([link_data[i] for i in range(min(count, len(link_data)))])
+
+    def pretrain_step() -> None:
+        loss, _ = model(next(link_batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    pretrain_step_s = median_seconds(pretrain_step, 2, steps)
+    pretrain_steps = pretrain.epochs * (2 * train_pairs // pretrain.batch_size)
+    start = time.perf_counter()
+    tower.eval()
+    tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in graph.node_types}
+    with torch.no_grad():
+        x_dict = tower.encoder.input_features(tables, dataset.node_features)
+        exported = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, pretrain.chunk_size, progress=False)
+    export_seconds = time.perf_counter() - start
+    print(f"  pre-training step {pretrain_step_s * 1e3:.0f} ms x {pretrain_steps} steps; export {export_seconds:.1f} s "
+          f"({sum(e.shape[0] for e in exported.values()):,} embeddings)", flush=True)
+
+    # Two-stage, stage 2: the ranker over the frozen embeddings (seeds only).
+    frozen_config = ModelConfig(two_stage=True)
+    ranker_step = pipeline_step_seconds(dataset, graph, frozen_config, ranker_batches(NeighborSampler(graph, []), None),
+                                        steps, frozen=exported)
+    train_steps = len(split.train) // batch_size
+    e2e_epoch = train_steps * e2e_step
+    two_stage_epoch = pretrain_steps * pretrain_step_s + export_seconds + train_steps * ranker_step
+    print(f"  ranker step over frozen embeddings {ranker_step * 1e3:.0f} ms; projected epoch: E2E {e2e_epoch:.0f} s, "
+          f"two-stage {two_stage_epoch:.0f} s", flush=True)
+    return {
+        "preset": preset, "graph_edges": graph.num_edges(), "graph_nodes": sum(graph.num_nodes.values()),
+        "train_examples": len(split.train), "sampled_edges_per_batch": sampled_edges,
+        "e2e_step_s": e2e_step, "pretrain_step_s": pretrain_step_s, "pretrain_steps": pretrain_steps,
+        "export_s": export_seconds, "ranker_step_s": ranker_step, "train_steps": train_steps,
+        "projected_e2e_epoch_s": e2e_epoch, "projected_two_stage_epoch_s": two_stage_epoch,
+        "projected_two_stage_pretrain_s": pretrain_steps * pretrain_step_s,
+    }
+
+
+def plot(rows: List[Dict[str, float]], path: Path) -> None:
+    """Log-log: projected epoch seconds and the export's seconds against graph edges."""
+    edges = [r["graph_edges"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.loglog(edges, [r["projected_e2e_epoch_s"] for r in rows], "o-", label="E2E epoch (projected)")
+    ax.loglog(edges, [r["projected_two_stage_epoch_s"] for r in rows], "s-", label="two-stage total (projected)")
+    ax.loglog(edges, [r["export_s"] for r in rows], "^--", label="two-stage export (measured)")
+    for r in rows:
+        ax.annotate(r["preset"], (r["graph_edges"], r["projected_e2e_epoch_s"]), textcoords="offset points", xytext=(4, 6))
+    ax.set(xlabel="graph edges", ylabel="seconds", title="Training cost against graph size (2-core CPU)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "default", "large"])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
+    args = parser.parse_args()
+    init_distributed("cpu")  # DMP needs a process group, even for one process
+    rows = [measure(p, args.steps, args.batch_size, args.fanouts) for p in args.presets]
+    header = (f"{'preset':<8} {'edges':>12} {'examples':>10} {'E2E step':>9} {'pre step':>9} {'export':>8} "
+              f"{'rank step':>9} {'E2E epoch*':>11} {'2-stage*':>9}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        print(f"{r['preset']:<8} {r['graph_edges']:>12,} {r['train_examples']:>10,} {r['e2e_step_s'] * 1e3:>7.0f}ms "
+              f"{r['pretrain_step_s'] * 1e3:>7.0f}ms {r['export_s']:>7.1f}s {r['ranker_step_s'] * 1e3:>7.0f}ms "
+              f"{r['projected_e2e_epoch_s']:>10.0f}s {r['projected_two_stage_epoch_s']:>8.0f}s")
+    print("* projected from the measured step times and the epoch's step counts")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "fanouts": args.fanouts,
+                                         "batch_size": args.batch_size}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
