@@ -20,6 +20,7 @@ import yaml
 
 from torchrec_gnn.models.builder import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
+from torchrec_gnn.train.early_stopping import METRICS as EARLY_STOPPING_METRICS
 from torchrec_gnn.train.pretrain import PretrainConfig
 from torchrec_gnn.train.sharding import ShardingConfig
 
@@ -105,7 +106,13 @@ class TrainConfig:
         epochs (int): passes over the training split.
         max_steps (int, optional): stop after this many steps (all epochs counted).
         log_every (int): steps between ``metrics.jsonl`` records.
-        eval_every (int): steps between validation passes (0 = after each epoch only).
+        eval_every (int): steps between validation passes during training (0 = none; the
+            final evaluation on validation and test always runs).
+        early_stopping_patience (int): stop after this many validation passes without a better
+            ``early_stopping_metric``, then restore the best step's weights before the final
+            evaluation (0 = off; needs ``eval_every``). Only the validation split is used.
+        early_stopping_metric (str): ``"auc"`` or ``"gauc"`` (mean over binary tasks, higher is
+            better), ``"logloss"`` or ``"rmse"`` (lower is better).
         seed (int): seed of model init, shuffling, sampling and masking.
         device (str): ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         output_dir (str): where metrics, plots, eval results and the resolved config go.
@@ -119,6 +126,8 @@ class TrainConfig:
     max_steps: Optional[int] = None
     log_every: int = 20
     eval_every: int = 0
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "auc"
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs/default"
@@ -130,6 +139,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError("train.early_stopping_patience needs train.eval_every > 0 (validation passes to watch)")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ValueError(f"train.early_stopping_metric must be one of {sorted(EARLY_STOPPING_METRICS)}, "
+                             f"got {self.early_stopping_metric!r}")
 
 
 @dataclass

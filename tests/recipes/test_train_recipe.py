@@ -95,3 +95,41 @@ def test_two_stage_pretrains_once_and_serves_the_export(tmp_path: Path) -> None:
     metrics = evaluate_run(run, "test")  # the exported model.pt reproduces the run's metrics
     final = json.loads((run / "eval.json").read_text())["test"]
     assert metrics["click"]["auc"] == pytest.approx(final["click"]["auc"], abs=1e-5)
+
+
+@pytest.mark.timeout(600)
+def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchrec_gnn.recipes import train as train_recipe
+
+    # Scripted validation AUCs for the passes during training (steps 1-4): best at step 2, then
+    # two passes without improvement -> stop at step 4 (patience 2). Later calls are real.
+    scripted = iter([0.60, 0.70, 0.65, 0.64])
+    real_evaluate = train_recipe.evaluate
+
+    def evaluate(job, examples):
+        auc = next(scripted, None)
+        return {"click": {"auc": auc}} if auc is not None else real_evaluate(job, examples)
+
+    monkeypatch.setattr(train_recipe, "evaluate", evaluate)
+    stopped = tmp_path / "stopped"
+    main(["--config", "configs/default.yaml", *TINY, "--set", "train.eval_every=1",
+          "--set", "train.early_stopping_patience=2", "--max-steps", "10", "--output-dir", str(stopped)])
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "losses" in r]) == 4  # stopped after step 4 of 10
+    assert records[-1]["early_stopping"] == {"best": 0.70, "best_step": 2, "bad_evaluations": 2}
+
+    monkeypatch.setattr(train_recipe, "evaluate", real_evaluate)
+    two_steps = tmp_path / "two_steps"
+    main(["--config", "configs/default.yaml", *TINY, "--max-steps", "2", "--output-dir", str(two_steps)])
+    restored, reference = torch.load(stopped / "model.pt"), torch.load(two_steps / "model.pt")
+    assert restored.keys() == reference.keys()
+    assert all(torch.equal(restored[k], reference[k]) for k in reference)  # the step-2 weights, exactly
+
+
+def test_early_stopping_needs_validation_passes() -> None:
+    from torchrec_gnn.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="early_stopping_patience needs train.eval_every"):
+        load_config("configs/default.yaml", ["train.early_stopping_patience=3"])
+    with pytest.raises(ConfigError, match="early_stopping_metric must be one of"):
+        load_config("configs/default.yaml", ["train.early_stopping_metric=mae"])

@@ -43,6 +43,7 @@ from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
+from torchrec_gnn.train.early_stopping import EarlyStopping
 from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
@@ -248,8 +249,9 @@ def _state(job: Job) -> tuple:
     return {"model": job.model, "optimizer": job.optimizer}, {"balancer": job.balancer}
 
 
-def resume(job: Job, manager: CheckpointManager) -> Dict[str, int]:
-    """Load the latest complete checkpoint; returns ``step``, ``epoch`` and ``batch_in_epoch``."""
+def resume(job: Job, manager: CheckpointManager) -> Dict[str, object]:
+    """Load the latest complete checkpoint; returns its trainer state (``step``, ``epoch``,
+    ``batch_in_epoch`` and, with early stopping, ``early_stopping``)."""
     latest = manager.latest()
     if latest is None:
         raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
@@ -263,7 +265,7 @@ def resume(job: Job, manager: CheckpointManager) -> Dict[str, int]:
     if job.ctx.is_main:
         logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, state["step"], state["epoch"],
                     state["batch_in_epoch"])
-    return {key: int(state[key]) for key in ("step", "epoch", "batch_in_epoch")}
+    return state
 
 
 def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, object]]:
@@ -275,7 +277,13 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
         total_steps = min(total_steps, cfg.train.max_steps)
     manager = checkpoint_manager(job)
     position = resume(job, manager) if resume_from_checkpoint else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    step = position["step"]
+    step = int(position["step"])
+    stopper = None
+    if cfg.train.early_stopping_patience:
+        stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_metric)
+        if "early_stopping" in position:
+            stopper.load_state_dict(position["early_stopping"])
+    best = CheckpointManager(manager.root / "best", keep=1)  # the best validation step's weights
     records: List[Dict[str, object]] = []
     metrics_file = (job.output_dir / "metrics.jsonl").open("a" if step else "w") if ctx.is_main else None
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
@@ -306,17 +314,37 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                 progress.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
+            at_end = in_epoch == len(data)
+            trainer_state = {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch}
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 val = evaluate(job, job.split.val)
+                record = {"step": step, "eval": {"val": val}}
+                if stopper is not None:
+                    if stopper.update(step, val):
+                        best.save(step, *_state(job), trainer_state)
+                    record["early_stopping"] = stopper.state_dict()
                 if metrics_file is not None:
-                    metrics_file.write(json.dumps({"step": step, "eval": {"val": val}}) + "\n")
-            if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == total_steps:
-                at_end = in_epoch == len(data)
-                manager.save(step, *_state(job), {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch})
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+            if stopper is not None:
+                trainer_state["early_stopping"] = stopper.state_dict()
+            stop_early = stopper is not None and stopper.should_stop
+            if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == total_steps or stop_early:
+                manager.save(step, *_state(job), trainer_state)
             progress.update(1)
+            if stop_early:
+                break
+        if stopper is not None and stopper.should_stop:
+            break
     progress.close()
     if metrics_file is not None:
         metrics_file.close()
+    if stopper is not None and stopper.best_step is not None and stopper.best_step != step:
+        best.load(best.latest(), *_state(job))
+        if ctx.is_main:
+            reason = "stopped early" if stopper.should_stop else "finished"
+            logger.info("%s at step %d; restored step %d (best validation %s %.4f) for the final evaluation",
+                        reason, step, stopper.best_step, stopper.metric, stopper.best)
     return records
 
 
