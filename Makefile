@@ -37,6 +37,7 @@ bench: install
 	$(PY) benchmarks/bench_sampler.py --json runs/bench/sampler.json
 	$(PY) benchmarks/bench_loader.py --json runs/bench/loader.json
 	$(PY) benchmarks/bench_step.py --json runs/bench/step.json
+	$(PY) benchmarks/bench_graph_size.py --json runs/bench/graph_size.json --plot runs/bench/graph_size.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

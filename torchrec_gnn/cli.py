@@ -3,7 +3,7 @@
     torchrec-gnn train --config configs/default.yaml [--set key=value ...]
     torchrec-gnn eval --run-dir runs/default [--split test]
     torchrec-gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare [--variants no_graph,e2e]
-    torchrec-gnn bench [sampler|loader|step] [benchmark flags]
+    torchrec-gnn bench [sampler|loader|step|graph_size] [benchmark flags]
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 COMMANDS = ("train", "eval", "compare", "bench")
-BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py"}
+BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py",
+              "graph_size": "bench_graph_size.py"}
 
 
 def _bench(argv: List[str]) -> None:
