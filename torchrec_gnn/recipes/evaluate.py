@@ -29,8 +29,11 @@ SPLITS = ("train", "val", "test")
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, float]]:
+def evaluate_run(run_dir: Path, split: str = "test", overrides: Sequence[str] = ()) -> Dict[str, Dict[str, float]]:
     """Metrics ``{task: {metric: value}}`` of the run's exported model on ``split``.
+
+    ``overrides`` (``"loader.fanouts=[-1,-1]"``, ...) change the run's saved config for this
+    evaluation only, e.g. to score with every neighbour instead of a sample.
 
     Raises:
         FileNotFoundError: the run directory lacks ``config.yaml``, ``graph/`` or ``model.pt``.
@@ -38,7 +41,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> Dict[str, Dict[str, floa
     missing = [name for name in ("config.yaml", "graph", "model.pt") if not (run_dir / name).exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: not a finished training run, missing {missing}")
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / "config.yaml", overrides)
     dataset = load_dataset(config.data)
     graph = HeteroGraph.load(run_dir / "graph", mmap=True)  # the graph the run trained on
     examples = time_split(
@@ -63,8 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     parser.add_argument("--run-dir", type=Path, required=True, help="output directory of a training run")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the run's config for this evaluation, e.g. --set 'loader.fanouts=[-1,-1]'")
     args = parser.parse_args(argv)
-    metrics = evaluate_run(args.run_dir, args.split)
+    metrics = evaluate_run(args.run_dir, args.split, args.overrides)
     print(format_table({args.split: metrics}, title=f"{args.run_dir}: {args.split}"))
     if args.json:
         args.json.write_text(json.dumps({args.split: metrics}, indent=1))
