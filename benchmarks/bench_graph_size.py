@@ -107,7 +107,7 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
     train_pairs = int(pairs.shape[1] * (1 - pretrain.validation_fraction))
     torch.manual_seed(0)
     tower = build_graph_tower(dataset, graph, config)
-    model = LinkPredictionModel(tower, pretrain.gfae_weight)
+    model = LinkPredictionModel(tower, pretrain.link_weight, pretrain.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=pretrain.lr)
     link_data = GraphBatchDataset(link_examples(pairs, graph.num_nodes[dataset.item_type], 0),
                                   NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),

@@ -61,6 +61,8 @@ class PretrainConfig:
         supervision_fraction (float): share of that relation's edges held out of message passing
             as positives. Default 0.3.
         validation_fraction (float): share of the held-out edges kept for the link AUC. Default 0.1.
+        link_weight (float): weight of the link-prediction loss (0 = GFAE-only pre-training).
+            Default 1.0.
         gfae_weight (float): weight of the GFAE loss next to the link loss (with
             ``model.use_gfae``). Default 1.0.
         chunk_size (int): destination nodes per step of the full-graph export. Default 8192.
@@ -73,6 +75,7 @@ class PretrainConfig:
     link_relation: Optional[str] = None
     supervision_fraction: float = 0.3
     validation_fraction: float = 0.1
+    link_weight: float = 1.0
     gfae_weight: float = 1.0
     chunk_size: int = 8192
 
@@ -183,13 +186,14 @@ class LinkPredictionModel(nn.Module):
 
     Args:
         tower (GNNTower): node tables, GNN and (optional) GFAE.
+        link_weight (float): weight of the link-prediction loss.
         gfae_weight (float): weight of the GFAE loss.
     """
 
-    def __init__(self, tower: GNNTower, gfae_weight: float = 1.0) -> None:
+    def __init__(self, tower: GNNTower, link_weight: float = 1.0, gfae_weight: float = 1.0) -> None:
         super().__init__()
         self.tower = tower
-        self.gfae_weight = gfae_weight
+        self.link_weight, self.gfae_weight = link_weight, gfae_weight
 
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """
@@ -204,7 +208,7 @@ class LinkPredictionModel(nn.Module):
         # Scaled dot product: unit-variance logits at init for any width H.
         scores = (graph.user * graph.item).sum(-1) / graph.user.shape[-1] ** 0.5  # (B,)
         link = F.binary_cross_entropy_with_logits(scores, batch.labels[:, 0])
-        loss = link + self.gfae_weight * graph.gfae_loss
+        loss = self.link_weight * link + self.gfae_weight * graph.gfae_loss
         return loss, {"link": link.detach(), "gfae": graph.gfae_loss.detach(), "scores": scores.detach()}
 
 
@@ -249,7 +253,7 @@ def pretrain_and_export(
     train_pairs, val_pairs = pairs[:, order[num_val:]], pairs[:, order[:num_val]]
     logger.info("pre-training on %s: %d held-out edges (%d to train, %d to score), %d edges for message passing",
                 "__".join(relation), pairs.shape[1], train_pairs.shape[1], num_val, message_graph.num_edges())
-    model = LinkPredictionModel(tower, cfg.gfae_weight)
+    model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = NeighborSampler(message_graph, config.fanouts)
     num_items = graph.num_nodes[dataset.item_type]
