@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 40
@@ -85,3 +86,19 @@ def test_checkpoint_moves_between_world_sizes(tmp_path: Path) -> None:
     third = _train(["--output-dir", str(mid), "--resume"], ranks=2)
     assert third.returncode != 0
     assert "saved by 1 rank(s) in the middle of epoch 0" in third.stderr and "--nproc_per_node=1" in third.stderr
+
+
+@pytest.mark.timeout(600)
+def test_two_stage_under_two_ranks(tmp_path: Path) -> None:
+    # Rank 0 pre-trains and exports; both ranks wait for it, load the export into their replica
+    # of the frozen tower and train the ranker together.
+    run = _train(["--output-dir", str(tmp_path), "--set", "model.two_stage=true", "--set", "pretrain.batch_size=256",
+                  "--max-steps", "3"], ranks=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("pre-training: ") == 1  # once, on rank 0
+    exported = torch.load(tmp_path / "pretrain" / "node_embeddings.pt")
+    state = torch.load(tmp_path / "model.pt")
+    for node_type, table in exported.items():
+        assert torch.equal(state[f"model.graph_tower.embeddings_{node_type}"], table)
+    results = json.loads((tmp_path / "eval.json").read_text())["test"]
+    assert results["click"]["count"] == 314 and 0.0 <= results["click"]["auc"] <= 1.0  # every test example once
