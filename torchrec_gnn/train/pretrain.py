@@ -294,8 +294,8 @@ def pretrain_and_export(
     tower.eval()
     tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in tower.node_types}
     features = {t: x.to(config.device) for t, x in dataset.node_features.items()}
-    x_dict = tower.encoder.input_features(tables, features)
     with torch.no_grad():
+        x_dict = tower.encoder.input_features(tables, features)
         embeddings = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, cfg.chunk_size, config.progress)
     embeddings = {t: e.cpu() for t, e in embeddings.items()}
     export_seconds = time.perf_counter() - start
