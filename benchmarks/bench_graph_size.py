@@ -40,13 +40,12 @@ from torchrec_gnn.data.loader import GraphBatchDataset  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
-from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower, node_table_name  # noqa: E402
-from torchrec_gnn.modules.inference import full_graph_embeddings  # noqa: E402
+from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower  # noqa: E402
 from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
 from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
 from torchrec_gnn.train.pretrain import (  # noqa: E402
-    LinkPredictionModel, PretrainConfig, find_link_relation, hold_out_edges, link_examples,
+    LinkPredictionModel, PretrainConfig, export_tower, find_link_relation, hold_out_edges, link_batches, link_examples,
 )
 from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap  # noqa: E402
 
@@ -109,14 +108,13 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
     tower = build_graph_tower(dataset, graph, config)
     model = LinkPredictionModel(tower, pretrain.link_weight, pretrain.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=pretrain.lr)
-    link_data = GraphBatchDataset(link_examples(pairs, graph.num_nodes[dataset.item_type], 0),
-                                  NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),
-                                  dataset.user_type, dataset.item_type, pretrain.batch_size, graph.node_types, [],
-                                  dataset.node_features, shuffle=True, drop_last=True)
-    link_batches = itertools.cycle([link_data[i] for i in range(min(count, len(link_data)))])
+    link_data = link_batches(link_examples(pairs, graph.num_nodes[dataset.item_type], 0),
+                             NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),
+                             dataset, pretrain.batch_size, train=True, seed=0)
+    pairs_batches = itertools.cycle([link_data[i] for i in range(min(count, len(link_data)))])
 
     def pretrain_step() -> None:
-        loss, _ = model(next(link_batches))
+        loss, _ = model(next(pairs_batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,11 +122,7 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
     pretrain_step_s = median_seconds(pretrain_step, 2, steps)
     pretrain_steps = pretrain.epochs * (2 * train_pairs // pretrain.batch_size)
     start = time.perf_counter()
-    tower.eval()
-    tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in graph.node_types}
-    with torch.no_grad():
-        x_dict = tower.encoder.input_features(tables, dataset.node_features)
-        exported = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, pretrain.chunk_size, progress=False)
+    exported = export_tower(tower, dataset.node_features, graph, pretrain.chunk_size, progress=False)
     export_seconds = time.perf_counter() - start
     print(f"  pre-training step {pretrain_step_s * 1e3:.0f} ms x {pretrain_steps} steps; export {export_seconds:.1f} s "
           f"({sum(e.shape[0] for e in exported.values()):,} embeddings)", flush=True)

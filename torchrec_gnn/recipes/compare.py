@@ -56,6 +56,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchrec_gnn.config import config_to_dict, load_config
+from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
 
 # The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).
 VARIANTS: Dict[str, List[str]] = {
@@ -75,7 +76,7 @@ TABLES: Tuple[Tuple[str, str, bool], ...] = (
 )
 # train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
 COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb")
-PRETRAIN_REPORT = Path("pretrain") / "pretrain.json"  # in a two-stage run's directory
+PRETRAIN_REPORT = Path(PRETRAIN_DIR) / REPORT_FILE  # in a two-stage run's directory
 # torchrun's variables: a child run is always a one-process job with its own free port.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config, save_config
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
+from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
@@ -48,7 +48,9 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.train.pretrain import EMBEDDINGS_FILE, PretrainSetup, load_embeddings, pretrain_and_export, save_result
+from torchrec_gnn.train.pretrain import (
+    EMBEDDINGS_FILE, PRETRAIN_DIR, PretrainSetup, load_embeddings, pretrain_and_export, save_result,
+)
 from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
@@ -110,19 +112,21 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
     return dataset, split
 
 
+def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType, List[int]]:
+    """The per-relation fanouts of ``loader.fanouts`` and ``loader.relation_fanouts``."""
+    return fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
+
+
 def pretrained_embeddings(
     config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, output_dir: Path
 ) -> Dict[str, torch.Tensor]:
     """Stage 1 of the two-stage baseline, once per run: rank 0 pre-trains the GNN tower on the
     graph and exports every user's and item's embedding to ``output_dir/pretrain`` (kept there,
     so a resumed run does not redo it); every rank then loads them."""
-    directory = output_dir / "pretrain"
+    directory = output_dir / PRETRAIN_DIR
     if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
-        loader = config.loader
-        setup = PretrainSetup(
-            config.pretrain, fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts),
-            seed=config.train.seed, num_workers=loader.num_workers, device=ctx.device,
-        )
+        setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
+                              num_workers=config.loader.num_workers, device=ctx.device)
         tower = build_graph_tower(dataset, graph, config.model, device=ctx.device)
         save_result(pretrain_and_export(tower, dataset, graph, setup), directory)
     dist.barrier()
@@ -137,7 +141,7 @@ def batches(
     ``batch_size`` overrides the config's)."""
     loader = config.loader
     # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
-    fanouts = [] if config.model.two_stage else fanouts_by_relation(graph, loader.fanouts, loader.relation_fanouts)
+    fanouts = [] if config.model.two_stage else configured_fanouts(config, graph)
     sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal)
     end_to_end = config.model.use_graph and not config.model.two_stage
     return GraphBatchDataset(
@@ -177,18 +181,15 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
                        config.model.gnn.num_layers, len(config.loader.fanouts))
     frozen = pretrained_embeddings(config, dataset, split.graph, ctx, output_dir) if config.model.two_stage else None
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
-    tower = model.model.graph_tower
-    if isinstance(tower, GNNTower):
-        tower.check_num_nodes(split.graph.num_nodes)
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
     graph = split.graph
     pooling = None
-    if isinstance(tower, GNNTower):
+    if isinstance(model.model.graph_tower, GNNTower):  # node tables: check their size, hint the planner
+        model.model.graph_tower.check_num_nodes(graph.num_nodes)
         degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
         seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
-        fanouts = fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
-        pooling = node_pooling_factors(graph.num_nodes, degrees, fanouts, seeds)
+        pooling = node_pooling_factors(graph.num_nodes, degrees, configured_fanouts(config, graph), seeds)
     dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
     if frozen is not None:  # DMP built the frozen tables empty on every rank: fill them
         unwrap(dmp).model.graph_tower.load_embeddings(frozen)

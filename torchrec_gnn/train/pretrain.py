@@ -43,6 +43,7 @@ from torchrec_gnn.modules.inference import full_graph_embeddings
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
+PRETRAIN_DIR = "pretrain"  # in a two-stage run's output directory
 EMBEDDINGS_FILE = "node_embeddings.pt"
 REPORT_FILE = "pretrain.json"
 
@@ -259,11 +260,7 @@ def pretrain_and_export(
     num_items = graph.num_nodes[dataset.item_type]
 
     def data(examples: Interactions, train: bool, epoch: int = 0) -> GraphBatchDataset:
-        batches = GraphBatchDataset(
-            examples, sampler, dataset.user_type, dataset.item_type,
-            batch_size=min(cfg.batch_size, len(examples)), node_types=graph.node_types, sparse_names=[],
-            node_features=dataset.node_features, shuffle=train, drop_last=train, seed=seed,
-        )
+        batches = link_batches(examples, sampler, dataset, cfg.batch_size, train, seed)
         batches.set_epoch(epoch)
         return batches
 
@@ -291,13 +288,7 @@ def pretrain_and_export(
     pretrain_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    tower.eval()
-    tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in tower.node_types}
-    features = {t: x.to(config.device) for t, x in dataset.node_features.items()}
-    with torch.no_grad():
-        x_dict = tower.encoder.input_features(tables, features)
-        embeddings = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, cfg.chunk_size, config.progress)
-    embeddings = {t: e.cpu() for t, e in embeddings.items()}
+    embeddings = export_tower(tower, dataset.node_features, graph, cfg.chunk_size, config.progress)
     export_seconds = time.perf_counter() - start
     report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": link_auc,
               "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
@@ -305,6 +296,33 @@ def pretrain_and_export(
     logger.info("pre-training: %d steps, link AUC %.4f on %d held-out edges, %.1f s; export %.1f s",
                 step, link_auc, num_val, pretrain_seconds, export_seconds)
     return PretrainResult(embeddings, report)
+
+
+def link_batches(
+    examples: Interactions, sampler: NeighborSampler, dataset: GraphRecDataset, batch_size: int, train: bool, seed: int
+) -> GraphBatchDataset:
+    """GraphBatches of link examples (pairs as examples, no ranker features): shuffled whole
+    batches to train on, or every pair in order to score."""
+    return GraphBatchDataset(
+        examples, sampler, dataset.user_type, dataset.item_type, batch_size=min(batch_size, len(examples)),
+        node_types=sampler.graph.node_types, sparse_names=[], node_features=dataset.node_features,
+        shuffle=train, drop_last=train, seed=seed,
+    )
+
+
+@torch.no_grad()
+def export_tower(
+    tower: GNNTower, node_features: Dict[NodeType, torch.Tensor], graph: HeteroGraph, chunk_size: int,
+    progress: bool = True,
+) -> Dict[NodeType, torch.Tensor]:
+    """Every output node's embedding (N_t, H), on the CPU: the tower's node tables and side
+    features through its GNN by layer-wise full-graph inference (eval mode, no GFAE masking)."""
+    tower.eval()
+    tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in tower.node_types}
+    device = next(iter(tables.values())).device
+    x_dict = tower.encoder.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
+    embeddings = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, chunk_size, progress)
+    return {t: e.cpu() for t, e in embeddings.items()}
 
 
 @torch.no_grad()
