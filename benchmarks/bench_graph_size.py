@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from torchrec_gnn.data.loader import GraphBatchDataset  # noqa: E402
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
@@ -45,7 +45,7 @@ from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
 from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
 from torchrec_gnn.train.pretrain import (  # noqa: E402
-    LinkPredictionModel, PretrainConfig, export_tower, find_link_relation, hold_out_edges, link_batches, link_examples,
+    LinkPredictionModel, PretrainConfig, export_tower, hold_out_edges, link_batches,
 )
 from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap  # noqa: E402
 
@@ -102,15 +102,14 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
     # Two-stage, stage 1: pre-training steps, then the full export.
     pretrain = PretrainConfig()
     relation = find_link_relation(graph, dataset.user_type, dataset.item_type, None)
-    message_graph, pairs = hold_out_edges(graph, relation, pretrain.supervision_fraction, seed=0)
-    train_pairs = int(pairs.shape[1] * (1 - pretrain.validation_fraction))
+    message_graph, _ = hold_out_edges(graph, relation, pretrain.validation_fraction, seed=0)
+    links = LinkTargets(relation, message_graph.edge_index(relation), pretrain.batch_size // 2)
     torch.manual_seed(0)
-    tower = build_graph_tower(dataset, graph, config)
+    tower = build_graph_tower(dataset, graph, config, edge_objective=True)
     model = LinkPredictionModel(tower, pretrain.link_weight, pretrain.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=pretrain.lr)
-    link_data = link_batches(link_examples(pairs, graph.num_nodes[dataset.item_type], 0),
-                             NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),
-                             dataset, pretrain.batch_size, train=True, seed=0)
+    link_data = link_batches(links, NeighborSampler(message_graph, fanouts_by_relation(message_graph, fanouts, {})),
+                             dataset, train=True, seed=0)
     pairs_batches = itertools.cycle([link_data[i] for i in range(min(count, len(link_data)))])
 
     def pretrain_step() -> None:
@@ -120,7 +119,7 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
         optimizer.step()
 
     pretrain_step_s = median_seconds(pretrain_step, 2, steps)
-    pretrain_steps = pretrain.epochs * (2 * train_pairs // pretrain.batch_size)
+    pretrain_steps = pretrain.epochs * max(1, int(pretrain.supervision_fraction * links.num_edges) // links.per_batch)
     start = time.perf_counter()
     exported = export_tower(tower, dataset.node_features, graph, pretrain.chunk_size, progress=False)
     export_seconds = time.perf_counter() - start

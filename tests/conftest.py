@@ -7,7 +7,7 @@ import torch
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions, TaskSpec
-from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.sampler import NeighborSampler
 
@@ -49,11 +49,14 @@ def tiny_split() -> TimeSplit:
     return time_split(tiny_log_dataset(), history_fraction=0.5, val_fraction=0.1, test_fraction=0.1)
 
 
-def make_batches(split: TimeSplit, batch_size: int = 64, fanouts: List[int] = (5, 3), seed: int = 0) -> List[GraphBatch]:
+def make_batches(
+    split: TimeSplit, batch_size: int = 64, fanouts: List[int] = (5, 3), seed: int = 0, links_per_batch: int = 0
+) -> List[GraphBatch]:
     sampler = NeighborSampler(split.graph, list(fanouts))
+    links = LinkTargets.from_graph(split.graph, "user", "item", None, links_per_batch) if links_per_batch else None
     dataset = GraphBatchDataset(
         split.train, sampler, "user", "item", batch_size, split.graph.node_types,
-        ["user_id", "item_id", "genre"], shuffle=True, seed=seed,
+        ["user_id", "item_id", "genre"], shuffle=True, seed=seed, links=links,
     )
     return [dataset[i] for i in range(len(dataset))]
 
@@ -61,3 +64,9 @@ def make_batches(split: TimeSplit, batch_size: int = 64, fanouts: List[int] = (5
 @pytest.fixture(scope="session")
 def tiny_batches(tiny_split: TimeSplit) -> List[GraphBatch]:
     return make_batches(tiny_split)
+
+
+@pytest.fixture(scope="session")
+def tiny_link_batches(tiny_split: TimeSplit) -> List[GraphBatch]:
+    """The same batches, each also holding out 16 history watches (and 16 negatives) to predict."""
+    return make_batches(tiny_split, links_per_batch=16)

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_log_dataset
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
@@ -181,6 +181,47 @@ def test_same_user_and_item_type_share_one_seed_block() -> None:
     assert b.num_sampled_nodes["user"][0] == len(unique_in_order(torch.cat([user, item])))
     assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
     assert b.sparse_features.keys() == [] and b.batch_size == 5
+
+
+def test_same_type_links_ride_along_after_the_examples() -> None:
+    user, item = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 4, 0, 5])
+    examples = Interactions(user=user, item=item, timestamp=torch.zeros(4, dtype=torch.long),
+                            labels=torch.ones(4, 1), dense=torch.zeros(4, 1))
+    friend = ("user", "friend", "user")
+    graph = HeteroGraph.from_edges({"user": 6}, {friend: EdgeList(src=user, dst=item)}, add_reverse=True)
+    links = LinkTargets(friend, torch.tensor([[2], [0]]), per_batch=1)
+    b = GraphBatchDataset(examples, NeighborSampler(graph, [-1]), "user", "user", 4, ["user"], [], links=links)[0]
+    ids = b.node_ids["user"].values()
+    assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
+    assert ids[b.link_index[:, 0]].tolist() == [2, 0] and b.link_label.tolist() == [1.0, 0.0]
+    visible = {(int(ids[s]), int(ids[d])) for s, d in b.edge_index[friend].t()}
+    assert (2, 0) not in visible and (1, 4) in visible
+
+
+def test_links_ride_along_the_example_batches(tiny_split) -> None:
+    links = LinkTargets.from_graph(tiny_split.graph, "user", "item", None, per_batch=20, neg_ratio=1.0)
+    assert links.edge_type == ("user", "watches", "item")
+    data = GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
+                             tiny_split.graph.node_types, SPARSE, shuffle=True, links=links)
+    drawn = []
+    for i in range(len(data)):
+        b = data[i]
+        users, items = b.node_ids["user"].values(), b.node_ids["item"].values()
+        assert b.link_index.shape == (2, 40) and b.link_label.tolist() == [1.0] * 20 + [0.0] * 20
+        assert torch.equal(users[b.user_index], b.sparse_features["user_id"].values())  # examples unchanged
+        drawn += list(zip(users[b.link_index[0, :20]].tolist(), items[b.link_index[1, :20]].tolist()))
+        watched = b.edge_index[("user", "watches", "item")]
+        assert not set(drawn[-20:]) & set(zip(users[watched[0]].tolist(), items[watched[1]].tolist()))
+    # One epoch walks through distinct history edges (wrapping only past the end).
+    every = set(zip(*tiny_split.graph.edge_index(links.edge_type).tolist()))
+    assert set(drawn) <= every and len(set(drawn)) == min(len(drawn), len(every))
+    data.set_epoch(1)
+    assert not torch.equal(data[0].link_index, GraphBatchDataset(
+        tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
+        tiny_split.graph.node_types, SPARSE, shuffle=True, links=links)[0].link_index)
+    with pytest.raises(ValueError, match="must go from the user type"):
+        GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5]), "item", "user", 64,
+                          tiny_split.graph.node_types, SPARSE, links=links)
 
 
 # ---------------------------------------------------------------------- determinism

@@ -518,3 +518,91 @@ def test_fanouts_by_relation_names_relations_like_config_files() -> None:
     assert fanouts == {("user", "watches", "video"): [10, 5], ("video", "rev_watches", "user"): [3, 0]}
     with pytest.raises(ValueError, match=r"unknown relations \['user__likes__video'\]; the graph has \['user__watches__video', 'video__rev_watches__user'\]"):
         fanouts_by_relation(graph, [10, 5], {"user__likes__video": [1, 1]})
+
+
+# ---------------------------------------------------------------------- edge-level sampling
+def global_pairs(sub: SampledSubgraph, et) -> set:
+    src, dst = sub.node[et[0]][sub.row[et]], sub.node[et[2]][sub.col[et]]
+    return set(zip(src.tolist(), dst.tolist()))
+
+
+@pytest.mark.parametrize("fanouts", [[-1, -1], [3, 2]])
+def test_sample_from_edges_holds_the_links_out_and_labels_them(fanouts: List[int]) -> None:
+    graph = random_graph(seed=3)
+    sampler = NeighborSampler(graph, fanouts)
+    every = graph.edge_index(WATCHES)
+    links = every[:, torch.randperm(every.shape[1], generator=torch.Generator().manual_seed(0))[:12]]
+    node_seeds = {"user": torch.tensor([1, 2, 2]), "video": torch.tensor([0, 5])}
+    out = sampler.sample_from_edges(WATCHES, links, neg_ratio=2.0, node_seeds=node_seeds,
+                                    generator=torch.Generator().manual_seed(1))
+    sub = out.subgraph
+    assert out.edge_label.tolist() == [1.0] * 12 + [0.0] * 24
+    users, videos = sub.node["user"][out.edge_label_index[0]], sub.node["video"][out.edge_label_index[1]]
+    assert torch.equal(users[:12], links[0]) and torch.equal(videos[:12], links[1])
+    assert torch.equal(users[12:], links[0].repeat(2))  # each negative keeps a link's user
+    # The node seeds come first, in input order (repeats map to one row).
+    assert sub.seed_index["user"][:3].tolist() == [0, 1, 1] and sub.node["user"][:2].tolist() == [1, 2]
+    assert torch.equal(sub.node["video"][sub.seed_index["video"][:2]], node_seeds["video"])
+    # No link is readable in either direction; every other sampled edge is a real one.
+    held = set(zip(links[0].tolist(), links[1].tolist()))
+    assert not held & global_pairs(sub, WATCHES)
+    assert not held & {(u, v) for v, u in global_pairs(sub, REV_WATCHES)}
+    for et in graph.edge_types:
+        src, dst = graph.edge_index(et)
+        assert global_pairs(sub, et) <= set(zip(src.tolist(), dst.tolist()))
+        counts = sub.num_sampled_edges[et]
+        assert sum(counts) == sub.row[et].numel() and len(counts) == 2
+    if fanouts == [-1, -1]:  # all neighbours: exactly the links (and their reverses) are missing
+        seeds = set(links[1].tolist())
+        around = {(u, v) for u, v in zip(*every.tolist()) if v in seeds}
+        assert {(u, v) for u, v in global_pairs(sub, WATCHES) if v in seeds} == around - held
+
+
+def test_sample_from_edges_keeps_hop_counts_in_order() -> None:
+    graph = random_graph(seed=4)
+    sampler = NeighborSampler(graph, [-1, -1])
+    links = graph.edge_index(WATCHES)[:, :20]
+    kept = sampler.sample_from_edges(WATCHES, links, generator=torch.Generator().manual_seed(0)).subgraph
+    full = sampler.sample_from_edges(WATCHES, links, exclude_links=False, generator=torch.Generator().manual_seed(0)).subgraph
+    for et in (WATCHES, REV_WATCHES):
+        assert sum(kept.num_sampled_edges[et]) < sum(full.num_sampled_edges[et])
+        # Removing edges keeps the rest in hop order: hop h's edges are the unremoved ones of hop h.
+        bounds = np.cumsum([0, *full.num_sampled_edges[et]])
+        held = set(zip(links[0].tolist(), links[1].tolist()))
+        for hop in range(2):
+            rows = range(bounds[hop], bounds[hop + 1])
+            pairs = [(int(full.node[et[0]][full.row[et][i]]), int(full.node[et[2]][full.col[et][i]])) for i in rows]
+            expected = [p for p in pairs if (p if et == WATCHES else p[::-1]) not in held]
+            lo = sum(kept.num_sampled_edges[et][:hop])
+            got = [(int(kept.node[et[0]][kept.row[et][i]]), int(kept.node[et[2]][kept.col[et][i]]))
+                   for i in range(lo, lo + kept.num_sampled_edges[et][hop])]
+            assert got == expected
+
+
+def test_sample_from_edges_same_type_relation_and_errors() -> None:
+    graph = random_graph(seed=5)
+    follows = ("user", "follows", "user")
+    sampler = NeighborSampler(graph, [4])
+    links = graph.edge_index(follows)[:, :6]
+    out = sampler.sample_from_edges(follows, links, neg_ratio=1.0, generator=torch.Generator().manual_seed(0))
+    ids = out.subgraph.node["user"]
+    assert torch.equal(ids[out.edge_label_index[0][:6]], links[0]) and torch.equal(ids[out.edge_label_index[1][:6]], links[1])
+    assert not set(zip(*links.tolist())) & global_pairs(out.subgraph, follows)
+    with pytest.raises(ValueError, match="unknown relation"):
+        sampler.sample_from_edges(("user", "nope", "video"), links)
+    with pytest.raises(ValueError, match=r"must be a \(2, P\) integer tensor"):
+        sampler.sample_from_edges(follows, links[0])
+    with pytest.raises(ValueError, match="outside"):
+        sampler.sample_from_edges(WATCHES, torch.tensor([[0], [99]]))
+    temporal = NeighborSampler(random_graph(seed=5, timed=True), [4], temporal=True)
+    with pytest.raises(ValueError, match="needs edge_label_time"):
+        temporal.sample_from_edges(follows, links)
+
+
+def test_sample_from_edges_is_deterministic_for_a_generator_seed() -> None:
+    graph = random_graph(seed=6)
+    sampler = NeighborSampler(graph, [3, 2])
+    links = graph.edge_index(WATCHES)[:, :10]
+    a, b = (sampler.sample_from_edges(WATCHES, links, generator=torch.Generator().manual_seed(7)) for _ in range(2))
+    assert torch.equal(a.edge_label_index, b.edge_label_index)
+    assert all(torch.equal(a.subgraph.row[et], b.subgraph.row[et]) for et in graph.edge_types)

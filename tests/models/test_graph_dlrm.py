@@ -6,6 +6,7 @@ import torch
 from conftest import tiny_log_dataset
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
 from torchrec_gnn.models.graph_dlrm import GraphDLRMTrain, RankerConfig
+from torchrec_gnn.modules.gfae import GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig
 
 CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=12),
@@ -84,3 +85,32 @@ def test_node_tables_must_cover_the_graph(tiny_split) -> None:
     tower.check_num_nodes(tiny_split.graph.num_nodes)
     with pytest.raises(ValueError, match=r"'user': \"table 'node_user' has 40 rows, the graph 41 nodes\""):
         tower.check_num_nodes({**tiny_split.graph.num_nodes, "user": 41})
+
+
+EDGE = GFAEConfig(edge_objective=True)
+
+
+def test_edge_objective_adds_its_own_loss(tiny_split, tiny_link_batches, tiny_batches) -> None:
+    model = build(tiny_split, gfae=EDGE)
+    assert model.loss_names == ["click", "stay", "gfae", "edge"]
+    losses, _ = model(tiny_link_batches[0])
+    assert losses.shape == (4,) and losses[-1] > 0
+    # The scaled dot product of an untrained tower scores links near chance: BCE near log 2.
+    assert 0.3 < losses[-1].item() < 1.5
+    assert model(tiny_batches[0])[0][-1].item() == 0.0  # a batch without links (evaluation)
+    assert build(tiny_split, gfae=GFAEConfig(edge_objective=True, edge_decoder="mlp"))(tiny_link_batches[0])[0].shape == (4,)
+
+
+def test_edge_loss_reaches_the_gnn_and_only_the_sampled_node_rows(tiny_split, tiny_link_batches) -> None:
+    model = build(tiny_split, gfae=EDGE, use_gfae=False)
+    batch = tiny_link_batches[0]
+    losses, _ = model(batch)
+    losses[-1].backward()
+    tower = model.model.graph_tower
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.shared_parameters())
+    for node_type in ("user", "item"):
+        weight = tower.node_embeddings.embeddings[f"node_{node_type}"].weight
+        rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
+        assert rows_with_grad and rows_with_grad <= set(batch.node_ids[node_type].values().tolist())
+    # The ranker's own parameters get nothing from the edge loss.
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.model.task_heads.parameters())

@@ -72,5 +72,7 @@ def test_bad_inputs_fail_clearly() -> None:
         FrozenGraphTower({"user": torch.zeros(3, 4)}, "user", "item")
     with pytest.raises(ValueError, match="one H"):
         FrozenGraphTower({"user": torch.zeros(3, 4), "item": torch.zeros(3, 5)}, "user", "item")
-    with pytest.raises(ValueError, match="two_stage=True needs use_graph=True"):
+    with pytest.raises(ValueError, match="two_stage and warm_start need use_graph=True"):
         dataclasses.replace(CONFIG, use_graph=False)
+    with pytest.raises(ValueError, match="choose two_stage .* or warm_start"):
+        dataclasses.replace(CONFIG, warm_start=True)

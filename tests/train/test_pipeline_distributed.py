@@ -14,14 +14,15 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest in ranks
 from conftest import tiny_log_dataset  # noqa: E402
 
-from torchrec_gnn.data.loader import GraphBatchDataset  # noqa: E402
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler  # noqa: E402
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm  # noqa: E402
+from torchrec_gnn.modules.gfae import GFAEConfig  # noqa: E402
 from torchrec_gnn.modules.gnn import GNNConfig  # noqa: E402
 from torchrec_gnn.train.balancing import FixedWeights, GradNorm  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
-from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model  # noqa: E402
+from torchrec_gnn.train.sharding import ShardingConfig, copy_into_sharded, make_optimizer, shard_model  # noqa: E402
 
 EPOCHS = 3
 
@@ -32,14 +33,16 @@ def _same_on_every_rank(tensor: torch.Tensor) -> bool:
     return all(torch.equal(gathered[0], t) for t in gathered[1:])
 
 
-def _train_two_ranks(rank: int, world_size: int, sharding_type: str) -> None:
+def _train_two_ranks(rank: int, world_size: int, sharding_type: str, edge_objective: bool = False) -> None:
     torch.set_num_threads(1)  # two ranks on two cores: more threads only spin against each other
     with MultiProcessContext(rank, world_size, "gloo"):
         dataset = tiny_log_dataset()
         split = time_split(dataset, history_fraction=0.3)
         torch.manual_seed(0)
-        config = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=16))
+        config = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=16),
+                             gfae=GFAEConfig(edge_objective=edge_objective))
         model = build_graph_dlrm(dataset, split.graph, config, device=torch.device("meta"))
+        assert model.loss_names[-1] == ("edge" if edge_objective else "gfae")
         dmp, plan = shard_model(model, torch.device("cpu"), ShardingConfig(node_sharding_types=[sharding_type]))
         node_plan = plan.plan["model.graph_tower.node_embeddings"]
         assert {p.sharding_type for p in node_plan.values()} == {sharding_type}
@@ -49,6 +52,7 @@ def _train_two_ranks(rank: int, world_size: int, sharding_type: str) -> None:
         batches = GraphBatchDataset(
             split.train, NeighborSampler(split.graph, [5, 3]), "user", "item", 32, split.graph.node_types,
             ["user_id", "item_id", "genre"], shuffle=True, drop_last=True, rank=rank, world_size=world_size,
+            links=LinkTargets.from_graph(split.graph, "user", "item", None, per_batch=16) if edge_objective else None,
         )
         epochs = []
         for epoch in range(EPOCHS):
@@ -66,8 +70,11 @@ def _train_two_ranks(rank: int, world_size: int, sharding_type: str) -> None:
         dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
         differing = [name for name, p in dense.items() if not _same_on_every_rank(p.detach())]
         assert bool(torch.isfinite(totals).all()), totals
-        first, last = totals[:4, :-1].sum(1).mean(), totals[-4:, :-1].sum(1).mean()
-        assert last < first, f"task losses did not fall: {totals[:, :-1].sum(1).tolist()}"
+        tasks = len(dataset.tasks)
+        first, last = totals[:4, :tasks].sum(1).mean(), totals[-4:, :tasks].sum(1).mean()
+        assert last < first, f"task losses did not fall: {totals[:, :tasks].sum(1).tolist()}"
+        if edge_objective:  # every batch scored its held-out links
+            assert bool((totals[:, -1] > 0).all()), totals[:, -1]
         assert not torch.allclose(balancer.weights(), torch.ones(len(model.loss_names))), "GradNorm never moved"
         assert weights_synced, "GradNorm weights differ across ranks"
         assert len(dense) > 20
@@ -83,21 +90,13 @@ class PipelineDistributedTest(MultiProcessTestBase):
     def test_two_ranks_row_wise(self) -> None:
         self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="row_wise")
 
+    @pytest.mark.timeout(300)
+    def test_two_ranks_edge_objective(self) -> None:
+        self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="row_wise",
+                                     edge_objective=True)
+
 
 GLOBAL_BATCH, COMPARE_STEPS = 64, 4
-
-
-def copy_into_shards(local: dict, full: dict) -> None:
-    """Copy full tensors into this rank's shards (or plain tensors) of ``local``."""
-    with torch.no_grad():
-        for name, tensor in local.items():
-            if isinstance(tensor, ShardedTensor):
-                for shard in tensor.local_shards():
-                    rows, cols = shard.metadata.shard_offsets
-                    height, width = shard.tensor.shape
-                    shard.tensor.copy_(full[name][rows : rows + height, cols : cols + width])
-            else:
-                tensor.copy_(full[name])
 
 
 def _losses_over_global_batches(rank: int, world_size: int, out_file: str) -> None:
@@ -120,7 +119,7 @@ def _losses_over_global_batches(rank: int, world_size: int, out_file: str) -> No
         # start both runs from one unsharded initialisation instead.
         torch.manual_seed(1)
         reference = build_graph_dlrm(dataset, split.graph, config, device=torch.device("cpu"))
-        copy_into_shards(dmp.state_dict(), reference.state_dict())
+        copy_into_sharded(dmp, reference.state_dict())
         pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, sharding.dense_lr), FixedWeights(3), torch.device("cpu"))
         batches = GraphBatchDataset(
             split.train, NeighborSampler(split.graph, [-1, -1]), "user", "item", GLOBAL_BATCH // world_size,

@@ -10,9 +10,11 @@ from torchrec_gnn.graph.sampler import fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.modules.gnn import GNNConfig
 from torchrec_gnn.modules.inference import full_graph_embeddings
+from torchrec_gnn.data.loader import LinkTargets, find_link_relation
+from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.train.pretrain import (
-    EMBEDDINGS_FILE, PretrainConfig, PretrainSetup, find_link_relation, hold_out_edges, link_examples,
-    load_embeddings, pretrain_and_export, save_result,
+    EMBEDDINGS_FILE, TOWER_FILE, PretrainConfig, PretrainSetup, hold_out_edges, link_batches, load_pretrained,
+    pretrain_and_export, save_result,
 )
 
 USERS, ITEMS, GENRES = 200, 80, 4
@@ -64,11 +66,29 @@ def test_hold_out_removes_the_pairs_from_both_directions() -> None:
     assert torch.equal(held, held_again) and not torch.equal(held, hold_out_edges(graph, WATCHES, 0.3, seed=1)[1])
 
 
-def test_link_examples_pair_every_positive_with_a_negative() -> None:
-    pairs = torch.tensor([[0, 1, 2], [5, 6, 7]])
-    ex = link_examples(pairs, num_items=10, seed=0)
-    assert len(ex) == 6 and ex.labels[:, 0].tolist() == [1, 1, 1, 0, 0, 0]
-    assert torch.equal(ex.user, torch.tensor([0, 1, 2, 0, 1, 2])) and bool((ex.item[3:] < 10).all())
+def test_link_batches_hold_each_batch_links_out_of_its_message_passing() -> None:
+    dataset = taste_dataset()
+    graph = taste_graph(dataset)
+    links = LinkTargets(WATCHES, graph.edge_index(WATCHES), per_batch=40)
+    data = link_batches(links, NeighborSampler(graph, [-1, -1]), dataset, train=False, seed=0)
+    assert len(data) == -(-links.num_edges // 40)  # every edge once, in order, the last batch shorter
+    seen = []
+    for i in (0, len(data) - 1):
+        batch = data[i]
+        users, items = batch.node_ids["user"].values(), batch.node_ids["item"].values()
+        label = batch.link_label
+        pairs = list(zip(users[batch.link_index[0]].tolist(), items[batch.link_index[1]].tolist()))
+        positives = {p for p, y in zip(pairs, label.tolist()) if y == 1}
+        assert len(positives) == int(label.sum()) == len(label) // 2 and batch.batch_size == 0
+        ei = batch.edge_index[WATCHES]
+        visible = set(zip(users[ei[0]].tolist(), items[ei[1]].tolist()))
+        rev = batch.edge_index[("item", "rev_watches", "user")]
+        visible_rev = set(zip(users[rev[1]].tolist(), items[rev[0]].tolist()))
+        assert not positives & visible and not positives & visible_rev
+        # With fanout -1 every other watch of these users is still there.
+        assert len(visible) > 0
+        seen += sorted(positives)
+    assert set(seen) <= pairs_of(graph, WATCHES)
 
 
 def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Path) -> None:
@@ -76,12 +96,13 @@ def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Pa
     graph = taste_graph(dataset)
     torch.manual_seed(0)
     config = ModelConfig(node_embedding_dim=8, gnn=GNNConfig(hidden_channels=8, dropout=0.0))
-    tower = build_graph_tower(dataset, graph, config)
-    setup = PretrainSetup(PretrainConfig(epochs=10, batch_size=64, lr=0.02),
+    tower = build_graph_tower(dataset, graph, config, edge_objective=True)
+    setup = PretrainSetup(PretrainConfig(epochs=10, patience=3, batch_size=64, lr=0.02),
                           fanouts_by_relation(graph, [5, 5], {}), seed=0, progress=False)
     result = pretrain_and_export(tower, dataset, graph, setup)
     report = result.report
     assert report["relation"] == "user__watches__item" and report["steps"] > 50
+    assert report["link_auc"] == max(report["link_auc_by_epoch"]) == report["link_auc_by_epoch"][report["kept_epoch"]]
     # Uniform negatives of the same genre are indistinguishable: about 0.875 is the ceiling.
     # A model at chance has AUC 0.5 +- 0.05 on these 72 held-out pairs.
     assert report["link_auc"] > 0.7, report
@@ -93,16 +114,19 @@ def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Pa
     torch.testing.assert_close(result.embeddings["user"], expected["user"])
 
     save_result(result, tmp_path)
-    loaded = load_embeddings(tmp_path)
+    loaded = load_pretrained(tmp_path)
     assert torch.equal(loaded["item"], result.embeddings["item"])
+    state = load_pretrained(tmp_path, TOWER_FILE)
+    assert state.keys() == tower.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in tower.state_dict().items())  # the kept epoch's tower
     (tmp_path / EMBEDDINGS_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=f"{EMBEDDINGS_FILE}: cannot load the pre-trained node embeddings"):
-        load_embeddings(tmp_path)
+    with pytest.raises(ValueError, match=f"{EMBEDDINGS_FILE}: cannot load the pre-training output"):
+        load_pretrained(tmp_path)
 
 
 def test_config_checks() -> None:
     with pytest.raises(ValueError, match="supervision_fraction must be in"):
-        PretrainConfig(supervision_fraction=1.0)
+        PretrainConfig(supervision_fraction=0.0)
     with pytest.raises(ValueError, match="even number"):
         PretrainConfig(batch_size=7)
-    assert np.isclose(PretrainConfig().validation_fraction, 0.1)
+    assert np.isclose(PretrainConfig().validation_fraction, 0.03)

@@ -16,6 +16,8 @@ Layout for B=3 examples whose users are (7, 2, 7) and items (5, 5, 9), one relat
     user_index = [0, 1, 0]   row of each example's user in node_ids["user"]
     item_index = [0, 1, 0]   row of each example's item in node_ids["video"]
     num_sampled_nodes["user"] = [2, 1]   per hop (hop 0 = seeds), for layer-wise trimming
+    link_index = [[0, 0], [1, 2]]   optional links to score (user row; item row), here user 7 ->
+    link_label = [1., 0.]           video 9 (a history edge, absent from edge_index) and a negative
 
 Built in DataLoader workers (:class:`torchrec_gnn.data.loader.GraphBatchDataset`), never in a
 model's forward: the TorchRec train pipeline can then copy it to the device and start the node
@@ -53,6 +55,9 @@ class GraphBatch(Batch):
         num_sampled_edges (Dict[EdgeType, List[int]]): edges added per hop.
         node_features (Dict[str, Tensor]): (N_t, F_t) dense side features of the sampled
             nodes of each type that has them (empty dict when none).
+        link_index (Tensor): (2, L) int64 local ``[user row; item row]`` pairs for the edge
+            objective (edge-level sampling; held out of ``edge_index``), (2, 0) when none.
+        link_label (Tensor): (L,) float32, 1 for a held-out edge, 0 for a negative.
     """
 
     label_mask: torch.Tensor
@@ -63,6 +68,8 @@ class GraphBatch(Batch):
     num_sampled_nodes: Dict[NodeType, List[int]] = field(default_factory=dict)
     num_sampled_edges: Dict[EdgeType, List[int]] = field(default_factory=dict)
     node_features: Dict[NodeType, torch.Tensor] = field(default_factory=dict)
+    link_index: torch.Tensor = field(default_factory=lambda: torch.empty(2, 0, dtype=torch.int64))
+    link_label: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     def __post_init__(self) -> None:
         b = self.dense_features.shape[0]
@@ -76,6 +83,9 @@ class GraphBatch(Batch):
         bad = {k: v for k, v in fields.items() if v != b}
         if bad:
             raise ValueError(f"GraphBatch: B={b} from dense_features, but these fields disagree: {bad}")
+        if self.link_index.dim() != 2 or self.link_index.shape[0] != 2 or self.link_index.shape[1] != self.link_label.numel():
+            raise ValueError(f"GraphBatch: link_index must be (2, L) with L = len(link_label), got "
+                             f"{tuple(self.link_index.shape)} and {self.link_label.numel()} labels")
         if self.node_ids.stride() != 1:
             raise ValueError(f"GraphBatch: node_ids must have one row per key, got stride {self.node_ids.stride()}")
 
@@ -102,6 +112,8 @@ class GraphBatch(Batch):
             num_sampled_nodes=self.num_sampled_nodes,
             num_sampled_edges=self.num_sampled_edges,
             node_features={t: fn_tensor(x) for t, x in self.node_features.items()},
+            link_index=fn_tensor(self.link_index),
+            link_label=fn_tensor(self.link_label),
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "GraphBatch":
@@ -113,7 +125,8 @@ class GraphBatch(Batch):
         return self._map(pin, pin)
 
     def record_stream(self, stream: torch.Stream) -> None:
-        for tensor in (self.dense_features, self.labels, self.label_mask, self.user_index, self.item_index):
+        for tensor in (self.dense_features, self.labels, self.label_mask, self.user_index, self.item_index,
+                       self.link_index, self.link_label):
             tensor.record_stream(stream)
         self.sparse_features.record_stream(stream)
         self.node_ids.record_stream(stream)

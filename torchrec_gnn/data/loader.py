@@ -9,6 +9,7 @@ on how many workers built them or in which order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import Interactions, NodeType
+from torchrec_gnn.data.dataset import EdgeType, Interactions, NodeType
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 
 
@@ -26,6 +28,67 @@ def _generator(*key: int) -> torch.Generator:
     """A torch.Generator seeded from an integer key (stable across processes)."""
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def find_link_relation(graph: HeteroGraph, user_type: NodeType, item_type: NodeType, name: Optional[str]) -> EdgeType:
+    """The relation whose edges are predicted: ``name`` (``"src__rel__dst"``), else the largest
+    user -> item one.
+
+    Raises:
+        ValueError: ``name`` is not a user -> item relation of the graph, or there is none.
+    """
+    candidates = {"__".join(et): et for et in graph.edge_types if et[0] == user_type and et[2] == item_type}
+    if name is not None:
+        if name not in candidates:
+            raise ValueError(f"link relation: {name!r} is not a {user_type} -> {item_type} relation of the "
+                             f"graph; candidates: {sorted(candidates)}")
+        return candidates[name]
+    if not candidates:
+        raise ValueError(f"link relation: the graph has no {user_type} -> {item_type} relation to predict; "
+                         f"relations: {graph.edge_types}")
+    return max(candidates.values(), key=graph.num_edges)
+
+
+@dataclass
+class LinkTargets:
+    """Edges every batch also learns to predict: the edge objective's edge-level sampling.
+
+    Each epoch shuffles ``edges``; batch ``g`` takes the next ``per_batch`` of them (wrapping
+    around), holds them out of its subgraph's message passing and pairs each with ``neg_ratio``
+    negatives (:meth:`NeighborSampler.sample_from_edges`). The links land in the batch as
+    ``link_index`` / ``link_label``.
+
+    Args:
+        edge_type (EdgeType): ``(user_type, rel, item_type)``, the relation of the edges.
+        edges (Tensor): (2, E) int64 global ``[user; item]`` ids to draw the links from.
+        per_batch (int): links per batch (P).
+        neg_ratio (float): negatives per link. Default 1.
+    """
+
+    edge_type: EdgeType
+    edges: torch.Tensor
+    per_batch: int
+    neg_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.edges.dim() != 2 or self.edges.shape[0] != 2 or self.edges.shape[1] == 0:
+            raise ValueError(f"LinkTargets: edges of {self.edge_type} must be a non-empty (2, E) tensor, "
+                             f"got shape {tuple(self.edges.shape)}")
+        if self.per_batch <= 0:
+            raise ValueError(f"LinkTargets: per_batch must be positive, got {self.per_batch}")
+
+    @classmethod
+    def from_graph(
+        cls, graph: HeteroGraph, user_type: NodeType, item_type: NodeType, relation: Optional[str],
+        per_batch: int, neg_ratio: float = 1.0,
+    ) -> "LinkTargets":
+        """Every edge of ``relation`` (default: the largest user -> item one) of ``graph``."""
+        edge_type = find_link_relation(graph, user_type, item_type, relation)
+        return cls(edge_type, graph.edge_index(edge_type), per_batch, neg_ratio)
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[1])
 
 
 class GraphBatchDataset(Dataset):
@@ -48,6 +111,9 @@ class GraphBatchDataset(Dataset):
         rank (int): this process's rank; batches ``rank, rank + world_size, ...`` are its own.
         world_size (int): number of ranks. Every rank gets the same number of batches (up to
             ``world_size - 1`` trailing batches are left out), so collectives never hang.
+        links (LinkTargets, optional): edges each batch also predicts (the edge objective, or
+            link-prediction pre-training). With no examples at all, the links alone make the
+            batches (``per_batch`` each).
     """
 
     def __init__(
@@ -65,6 +131,7 @@ class GraphBatchDataset(Dataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        links: Optional[LinkTargets] = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"GraphBatchDataset: batch_size must be positive, got {batch_size}")
@@ -85,6 +152,9 @@ class GraphBatchDataset(Dataset):
         for t in (user_type, item_type):
             if t not in node_types:
                 raise ValueError(f"GraphBatchDataset: node type {t!r} is not in node_types {list(node_types)}")
+        if links is not None and (links.edge_type[0], links.edge_type[2]) != (user_type, item_type):
+            raise ValueError(f"GraphBatchDataset: links of {links.edge_type} must go from the user type "
+                             f"{user_type!r} to the item type {item_type!r}")
         self.examples = examples
         self.sampler = sampler
         self.user_type, self.item_type = user_type, item_type
@@ -94,20 +164,26 @@ class GraphBatchDataset(Dataset):
         self.node_features = dict(node_features or {})
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
+        self.links = links
         self.epoch = 0
         self._order: Optional[torch.Tensor] = None
-        total = len(examples) // batch_size if drop_last else -(-len(examples) // batch_size)
+        self._link_order: Optional[torch.Tensor] = None
+        count, size, what = len(examples), batch_size, "examples"
+        if count == 0 and links is not None:
+            count, size, what = links.num_edges, links.per_batch, "links"
+        total = count // size if drop_last else -(-count // size)
         self.num_batches = total // world_size
         if self.num_batches == 0:
             raise ValueError(
-                f"GraphBatchDataset: {len(examples)} examples make {total} batches of {batch_size}, "
-                f"fewer than world_size={world_size} ranks; lower batch_size or add data"
+                f"GraphBatchDataset: {count} {what} make {total} batches of {size}, "
+                f"fewer than world_size={world_size} ranks; lower the batch size or add data"
             )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler)."""
         self.epoch = epoch
         self._order = None
+        self._link_order = None
 
     def __len__(self) -> int:
         return self.num_batches
@@ -120,34 +196,63 @@ class GraphBatchDataset(Dataset):
             )
         return self._order
 
+    def _batch_links(self, global_index: int) -> Optional[torch.Tensor]:
+        """(2, P) global ``[user; item]`` links of batch ``global_index`` (None without links)."""
+        if self.links is None:
+            return None
+        count = self.links.num_edges
+        if self._link_order is None:
+            shuffled = self.shuffle or len(self.examples) > 0  # links ride along shuffled example batches
+            generator = _generator(self.seed, self.epoch, 2)
+            self._link_order = torch.randperm(count, generator=generator) if shuffled else torch.arange(count)
+        start = global_index * self.links.per_batch
+        end = start + self.links.per_batch
+        if len(self.examples) == 0:  # the links make the batches: the last one ends with them
+            end = min(end, count)
+        return self.links.edges[:, self._link_order[torch.arange(start, end) % count]]
+
     def __getitem__(self, index: int) -> GraphBatch:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"GraphBatchDataset: batch {index} outside [0, {self.num_batches})")
         global_index = index * self.world_size + self.rank
         rows = self._example_order()[global_index * self.batch_size : (global_index + 1) * self.batch_size]
-        return self.build_batch(self.examples.subset(rows), _generator(self.seed, self.epoch, global_index, 1))
+        generator = _generator(self.seed, self.epoch, global_index, 1)
+        return self.build_batch(self.examples.subset(rows), generator, self._batch_links(global_index))
 
-    def build_batch(self, ex: Interactions, generator: torch.Generator) -> GraphBatch:
-        """Sample the subgraph of the examples ``ex`` and assemble their :class:`GraphBatch`."""
+    def build_batch(
+        self, ex: Interactions, generator: torch.Generator, links: Optional[torch.Tensor] = None
+    ) -> GraphBatch:
+        """Sample the subgraph of the examples ``ex`` (and of the (2, P) ``links``, held out of
+        it) and assemble their :class:`GraphBatch`."""
         b = len(ex)
         same_type = self.user_type == self.item_type
         if same_type:
             seeds = {self.user_type: torch.cat([ex.user, ex.item])}
         else:
             seeds = {self.user_type: ex.user, self.item_type: ex.item}
-        seed_time = None
+        seed_time = link_time = None
         if self.sampler.temporal:
             # One subgraph serves the whole batch and a GNN mixes it across examples, so every
             # seed gets the batch's earliest time: no example can see an edge from its future
             # through another example's seed. Time-ordered batches (shuffle=False) lose least.
-            earliest = ex.timestamp.min()
-            seed_time = {t: torch.full_like(s, int(earliest)) for t, s in seeds.items()}
+            earliest = int(ex.timestamp.min())
+            seed_time = {t: torch.full_like(s, earliest) for t, s in seeds.items()}
+            if links is not None:
+                link_time = torch.full((links.shape[1],), earliest, dtype=torch.int64)
+        link_index, link_label = torch.empty(2, 0, dtype=torch.int64), torch.empty(0)
         with record_function("## sample ##"):
-            out = self.sampler.sample(seeds, seed_time=seed_time, generator=generator)
+            if links is None:
+                out = self.sampler.sample(seeds, seed_time=seed_time, generator=generator)
+            else:
+                sampled = self.sampler.sample_from_edges(
+                    self.links.edge_type, links, self.links.neg_ratio, node_seeds=seeds, seed_time=seed_time,
+                    edge_label_time=link_time, generator=generator,
+                )
+                out, link_index, link_label = sampled.subgraph, sampled.edge_label_index, sampled.edge_label
         if same_type:
-            user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.user_type][b:]
+            user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.user_type][b : 2 * b]
         else:
-            user_index, item_index = out.seed_index[self.user_type], out.seed_index[self.item_type]
+            user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.item_type][:b]
 
         empty = torch.empty(0, dtype=torch.int64)
         nodes = [out.node.get(t, empty) for t in self.node_types]
@@ -177,6 +282,8 @@ class GraphBatchDataset(Dataset):
             num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in self.node_types},
             num_sampled_edges={et: list(c) for et, c in out.num_sampled_edges.items()},
             node_features={t: x[out.node.get(t, empty)] for t, x in self.node_features.items()},
+            link_index=link_index,
+            link_label=link_label,
         )
 
 

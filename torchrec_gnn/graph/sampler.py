@@ -139,6 +139,35 @@ class SampledSubgraph:
         return f"{self.__class__.__name__}(nodes: {nodes}; edges: {edges})"
 
 
+@dataclass
+class SampledLinks:
+    """An edge-level sample: the subgraph around a batch of links and the links to score.
+
+    What PyG's ``LinkNeighborLoader`` gives in binary negative-sampling mode, in our layout. For
+    links ``(user 5 -> video 7), (user 9 -> video 3)`` of ``("user", "watches", "video")`` with one
+    negative per link (user 5 -> video 4, user 9 -> video 7)::
+
+        edge_label_index = [[0, 1, 0, 1],     local rows of node["user"]   (5, 9, 5, 9)
+                            [0, 1, 2, 0]]     local rows of node["video"]  (7, 3, 4, 7)
+        edge_label       = [1, 1, 0, 0]
+
+    With ``exclude_links`` the positive links (and the same pairs in every relation from the
+    destination type back to the source type, such as ``rev_watches``) are absent from
+    ``subgraph``: the model must predict an edge it cannot read.
+
+    Args:
+        subgraph (SampledSubgraph): the sampled neighbourhood; ``seed_index`` covers the node
+            seeds given alongside the links (see :meth:`NeighborSampler.sample_from_edges`).
+        edge_label_index (Tensor): (2, P + N) int64 local ``[source; destination]`` rows of the
+            P links then the N negatives.
+        edge_label (Tensor): (P + N,) float32, 1 for a link, 0 for a negative.
+    """
+
+    subgraph: SampledSubgraph
+    edge_label_index: Tensor
+    edge_label: Tensor
+
+
 class NeighborSampler:
     """Uniform / weighted / temporal multi-hop neighbour sampler over a :class:`HeteroGraph`.
 
@@ -285,6 +314,86 @@ class NeighborSampler:
         except BaseException:
             self._scratch = None  # the maps may be half-filled: start clean next time
             raise
+
+    def sample_from_edges(
+        self,
+        edge_type: EdgeType,
+        edge_label_index: Tensor,
+        neg_ratio: float = 1.0,
+        node_seeds: Optional[Mapping[NodeType, Tensor]] = None,
+        seed_time: Optional[Mapping[NodeType, Tensor]] = None,
+        edge_label_time: Optional[Tensor] = None,
+        exclude_links: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> SampledLinks:
+        """Sample the subgraph around a batch of links (edge-level sampling).
+
+        The links' endpoints, ``round(neg_ratio * P)`` negatives (each keeps a link's source and
+        takes a uniformly drawn destination, cycling over the links) and any ``node_seeds`` are
+        the seeds of one :meth:`sample` call; ``node_seeds`` come first in every type's seed list,
+        so ``subgraph.seed_index[t][:len(node_seeds[t])]`` are their rows.
+
+        Args:
+            edge_type (EdgeType): ``(src, rel, dst)``, the relation of the links.
+            edge_label_index (Tensor): (2, P) global ``[source; destination]`` ids of the links.
+            neg_ratio (float): negatives per link (0 = none). Default 1.
+            node_seeds (Dict[str, Tensor], optional): (S_t,) further node seeds, e.g. the users and
+                items of a ranking batch sampled in the same subgraph.
+            seed_time (Dict[str, Tensor], optional): (S_t,) times of ``node_seeds`` (temporal mode).
+            edge_label_time (Tensor, optional): (P,) time of each link (temporal mode): its
+                endpoints and its negatives only see edges strictly older than it.
+            exclude_links (bool): drop the links from message passing. Default True.
+            generator (torch.Generator, optional): source of the negatives and of the sample.
+
+        Returns:
+            SampledLinks: subgraph, (2, P + N) local ``edge_label_index``, (P + N,) ``edge_label``.
+        """
+        if tuple(edge_type) not in set(self.graph.edge_types):
+            raise ValueError(f"NeighborSampler.sample_from_edges: unknown relation {edge_type}; "
+                             f"relations: {self.graph.edge_types}")
+        src_t, _, dst_t = edge_type = tuple(edge_type)
+        links = torch.as_tensor(edge_label_index)
+        if links.dim() != 2 or links.shape[0] != 2 or links.dtype in (torch.float32, torch.float64, torch.bool):
+            raise ValueError(f"NeighborSampler.sample_from_edges: edge_label_index must be a (2, P) integer "
+                             f"tensor, got shape {tuple(links.shape)} dtype {links.dtype}")
+        if neg_ratio < 0:
+            raise ValueError(f"NeighborSampler.sample_from_edges: neg_ratio must be >= 0, got {neg_ratio}")
+        links = links.long()
+        p = links.shape[1]
+        n = int(round(neg_ratio * p)) if p else 0
+        cycle = torch.arange(n) % max(p, 1)
+        neg_dst = torch.randint(0, self.graph.num_nodes[dst_t], (n,), generator=generator)
+        label_src, label_dst = torch.cat([links[0], links[0][cycle]]), torch.cat([links[1], neg_dst])
+        node_seeds = dict(node_seeds or {})
+        seeds = {t: torch.as_tensor(s).long() for t, s in node_seeds.items()}
+        offset = {t: int(s.numel()) for t, s in seeds.items()}
+        times = None
+        if self.temporal:
+            if edge_label_time is None:
+                raise ValueError("NeighborSampler.sample_from_edges: temporal=True needs edge_label_time (one time per link)")
+            link_time = torch.as_tensor(edge_label_time).long()
+            if link_time.shape != (p,):
+                raise ValueError(f"NeighborSampler.sample_from_edges: edge_label_time has shape "
+                                 f"{tuple(link_time.shape)}, expected ({p},)")
+            label_time = torch.cat([link_time, link_time[cycle]])
+            times = {t: torch.as_tensor(x).long() for t, x in (seed_time or {}).items()}
+        # Append the link endpoints to the node seeds (source first, so same-type links work).
+        for t, ids in ((src_t, label_src), (dst_t, label_dst)):
+            offset.setdefault(t, 0)
+            seeds[t] = torch.cat([seeds.get(t, torch.empty(0, dtype=torch.long)), ids])
+            if times is not None:
+                times[t] = torch.cat([times.get(t, torch.empty(0, dtype=torch.long)), label_time])
+        sub = self.sample(seeds, seed_time=times, generator=generator)
+        src_rows = sub.seed_index[src_t][offset[src_t] : offset[src_t] + p + n]
+        dst_start = offset[dst_t] + (p + n if src_t == dst_t else 0)
+        dst_rows = sub.seed_index[dst_t][dst_start : dst_start + p + n]
+        if exclude_links and p:
+            _drop_pairs(sub, self.graph, edge_type, links)
+        return SampledLinks(
+            subgraph=sub,
+            edge_label_index=torch.stack([src_rows, dst_rows]),
+            edge_label=torch.cat([torch.ones(p), torch.zeros(n)]),
+        )
 
     def _sample(
         self,
@@ -447,6 +556,30 @@ class _Scratch:
         self.times = {
             t: np.empty(_INITIAL_CAPACITY if temporal else 0, np.int64) for t in graph.num_nodes
         }
+
+
+def _drop_pairs(sub: SampledSubgraph, graph: HeteroGraph, edge_type: EdgeType, pairs: Tensor) -> None:
+    """Remove the (2, P) global ``[src; dst]`` ``pairs`` of ``edge_type``, and the same pairs
+    reversed in every relation from ``dst`` back to ``src``, from ``sub`` in place (hop counts
+    follow)."""
+    src_t, _, dst_t = edge_type
+    width = graph.num_nodes[dst_t]
+    keys = np.unique(pairs[0].numpy() * width + pairs[1].numpy())
+    for et in graph.edge_types:
+        if et != edge_type and not (et[0] == dst_t and et[2] == src_t):
+            continue
+        if sub.row[et].numel() == 0:
+            continue
+        src_ids, dst_ids = sub.node[et[0]][sub.row[et]], sub.node[et[2]][sub.col[et]]
+        users, items = (src_ids, dst_ids) if et == edge_type else (dst_ids, src_ids)
+        keep = torch.from_numpy(~np.isin(users.numpy() * width + items.numpy(), keys))
+        if bool(keep.all()):
+            continue
+        bounds = np.cumsum([0, *sub.num_sampled_edges[et]])
+        kept = keep.long().cumsum(0)
+        kept = torch.cat([torch.zeros(1, dtype=torch.long), kept])
+        sub.num_sampled_edges[et] = [int(kept[b] - kept[a]) for a, b in zip(bounds[:-1], bounds[1:])]
+        sub.row[et], sub.col[et], sub.edge[et] = sub.row[et][keep], sub.col[et][keep], sub.edge[et][keep]
 
 
 def fanouts_by_relation(

@@ -13,7 +13,7 @@ from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
-from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
+from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 
@@ -26,10 +26,14 @@ class ModelConfig:
         embedding_dim (int): D of the ranker's sparse tables (and of the dense arch output).
         node_embedding_dim (int): width of the node tables (GNN input).
         use_graph (bool): build the GNN tower (False = the no-graph ranker).
-        use_gfae (bool): add the GFAE auxiliary loss (to pre-training, with ``two_stage``).
+        use_gfae (bool): add the GFAE's feature-reconstruction loss (to pre-training, with
+            ``two_stage``); its edge part is ``gfae.edge_objective``.
         two_stage (bool): the two-stage baseline: the GNN is pre-trained on the graph alone
             (``torchrec_gnn.train.pretrain``) and the ranker gets its exported embeddings
             frozen, through the same fusion (needs ``use_graph``). Default False (end to end).
+        warm_start (bool): pre-train the tower exactly as the two-stage baseline does, then
+            train the whole model end to end from those weights (the tower is not frozen).
+            Default False.
         gnn (GNNConfig): message passing.
         gfae (GFAEConfig): masking and reconstruction loss.
         ranker (RankerConfig): DLRM arches and fusion switches.
@@ -41,14 +45,18 @@ class ModelConfig:
     use_graph: bool = True
     use_gfae: bool = True
     two_stage: bool = False
+    warm_start: bool = False
     gnn: GNNConfig = field(default_factory=GNNConfig)
     gfae: GFAEConfig = field(default_factory=GFAEConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     regression_loss: str = "mse_log1p"
 
     def __post_init__(self) -> None:
-        if self.two_stage and not self.use_graph:
-            raise ValueError("ModelConfig: two_stage=True needs use_graph=True (it feeds pre-trained graph embeddings)")
+        if (self.two_stage or self.warm_start) and not self.use_graph:
+            raise ValueError("ModelConfig: two_stage and warm_start need use_graph=True (they pre-train the GNN tower)")
+        if self.two_stage and self.warm_start:
+            raise ValueError("ModelConfig: choose two_stage (frozen pre-trained embeddings) or warm_start "
+                             "(end-to-end from the pre-trained tower), not both")
 
 
 def node_table_name(node_type: str) -> str:
@@ -57,9 +65,15 @@ def node_table_name(node_type: str) -> str:
 
 
 def build_graph_tower(
-    dataset: GraphRecDataset, graph: HeteroGraph, config: ModelConfig, device: Optional[torch.device] = None
+    dataset: GraphRecDataset,
+    graph: HeteroGraph,
+    config: ModelConfig,
+    device: Optional[torch.device] = None,
+    edge_objective: Optional[bool] = None,
 ) -> GNNTower:
-    """The GNN tower: one node table per node type, the GNN and (optionally) the GFAE."""
+    """The GNN tower: one node table per node type, the GNN and (optionally) the GFAE's feature
+    part and its edge decoder (``edge_objective``; default ``config.gfae.edge_objective``, always
+    on for link-prediction pre-training)."""
     dim = config.node_embedding_dim
     tables = [
         EmbeddingConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
@@ -72,7 +86,10 @@ def build_graph_tower(
     if config.use_gfae:
         targets = {t: feature_channels.get(t, dim) for t in seed_types}
         gfae = GFAE(dim, gnn.out_channels, targets, config.gfae)
-    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
+    edge_decoder = None
+    if config.gfae.edge_objective if edge_objective is None else edge_objective:
+        edge_decoder = EdgeDecoder(gnn.out_channels, config.gfae.edge_decoder, config.gfae.decoder_hidden)
+    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels, edge_decoder)
     return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
 
 

@@ -94,7 +94,7 @@ class GraphDLRM(nn.Module):
 
         model = GraphDLRM(ebc, dense_in_features=4, tasks=tasks, config=RankerConfig(),
                           graph_tower=tower)
-        outputs, gfae_loss = model(batch)   # (B, T), ()
+        outputs, aux_losses = model(batch)   # (B, T), (A,): gfae [, edge]
     """
 
     def __init__(
@@ -163,6 +163,13 @@ class GraphDLRM(nn.Module):
         return model
 
     @property
+    def aux_loss_names(self) -> List[str]:
+        """The auxiliary losses after the task losses: ``"gfae"`` (0 without a feature GFAE),
+        then ``"edge"`` when the tower has an edge decoder (the masked-edge objective)."""
+        encoder = getattr(self.graph_tower, "encoder", None)
+        return ["gfae"] + (["edge"] if getattr(encoder, "edge_decoder", None) is not None else [])
+
+    @property
     def interaction_features(self) -> int:
         """Features entering the interaction: F sparse features (+2 with input fusion)."""
         return len(self.sparse_arch.sparse_feature_names) + (2 if self.input_fusion is not None else 0)
@@ -180,20 +187,22 @@ class GraphDLRM(nn.Module):
 
         Returns:
             Tuple[Tensor, Tensor]: per-task outputs (B, T) (logits for binary tasks,
-            ``log1p`` predictions for regression) and the GFAE loss ().
+            ``log1p`` predictions for regression) and the auxiliary losses (A,), one per
+            :attr:`aux_loss_names`.
         """
         dense = self.dense_arch(batch.dense_features)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
-        gfae_loss = dense.sum() * 0.0
+        zero = dense.sum() * 0.0
+        aux = [zero, zero][: len(self.aux_loss_names)]
         if self.graph_tower is not None:
             graph = self.graph_tower(batch)
-            gfae_loss = graph.gfae_loss
+            aux = [graph.gfae_loss, graph.edge_loss][: len(self.aux_loss_names)]
             if self.input_fusion is not None:
                 sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
         representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
         if self.prehead_fusion is not None:
             representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
-        return self.task_heads(representation), gfae_loss
+        return self.task_heads(representation), torch.stack(aux)
 
 
 class GraphDLRMTrain(nn.Module):
@@ -204,7 +213,8 @@ class GraphDLRMTrain(nn.Module):
         regression_loss (str): ``"mse_log1p"`` (default) or ``"huber_log1p"``.
 
     ``forward(batch)`` returns ``(losses, (losses.detach(), outputs.detach(), labels))`` with
-    ``labels`` NaN where missing and ``losses`` of shape (T + 1,): the T task losses, then the GFAE loss (0 without GFAE).
+    ``labels`` NaN where missing and ``losses`` of shape (T + A,): the T task losses, then the
+    auxiliary ones (:attr:`GraphDLRM.aux_loss_names`: the GFAE loss, 0 without GFAE, and the edge loss).
     TorchRec's train pipeline backprops ``losses.sum()``; a
     :class:`~torchrec_gnn.train.balancing.LossBalancer` weighs them instead.
     """
@@ -216,7 +226,7 @@ class GraphDLRMTrain(nn.Module):
 
     @property
     def loss_names(self) -> List[str]:
-        return [t.name for t in self.model.tasks] + ["gfae"]
+        return [t.name for t in self.model.tasks] + self.model.aux_loss_names
 
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """
@@ -224,11 +234,11 @@ class GraphDLRMTrain(nn.Module):
             batch (GraphBatch): features, labels with their mask, and the subgraph.
 
         Returns:
-            Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: losses (T + 1,) and, detached, the
-            losses (T + 1,), the outputs (B, T) and the labels (B, T) with NaN where missing.
+            Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: losses (T + A,) and, detached, the
+            losses (T + A,), the outputs (B, T) and the labels (B, T) with NaN where missing.
         """
-        outputs, gfae_loss = self.model(batch)
+        outputs, aux_losses = self.model(batch)
         losses = task_losses(outputs, batch.labels, batch.label_mask, self.model.tasks, self.regression_loss)
-        losses = torch.cat([losses, gfae_loss.reshape(1)])  # (T + 1,)
+        losses = torch.cat([losses, aux_losses])  # (T + A,)
         labels = batch.labels.masked_fill(~batch.label_mask, float("nan"))
         return losses, (losses.detach(), outputs.detach(), labels)

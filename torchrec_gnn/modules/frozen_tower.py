@@ -92,12 +92,14 @@ class FrozenGraphTower(nn.Module):
             batch (GraphBatch): needs ``node_ids`` and ``user_index``/``item_index``.
 
         Returns:
-            GraphEmbeddings: user and item embeddings (B, H) and a zero GFAE loss.
+            GraphEmbeddings: user and item embeddings (B, H) and zero auxiliary losses.
         """
         users = batch.node_ids[self.user_type].values()[batch.user_index]
         items = batch.node_ids[self.item_type].values()[batch.item_index]
         user = self.table(self.user_type)[users]
-        return GraphEmbeddings(user=user, item=self.table(self.item_type)[items], gfae_loss=user.sum() * 0.0)
+        zero = user.sum() * 0.0
+        return GraphEmbeddings(user=user, item=self.table(self.item_type)[items], gfae_loss=zero, edge_loss=zero,
+                               link_logits=zero.reshape(1)[:0])
 
     def __repr__(self) -> str:
         shapes: Dict[str, tuple] = {t: tuple(self.table(t).shape) for t in self.node_types}

@@ -1,4 +1,4 @@
-"""Graph Feature Auto-Encoder: masked node-feature reconstruction as an auxiliary loss.
+"""Graph Feature Auto-Encoder: masked node-feature and masked-edge reconstruction as auxiliary losses.
 
 Follows GraphMAE (Hou et al. 2022, https://arxiv.org/abs/2205.10803): replace the input of a
 random share of nodes by a learnable mask token, encode with the GNN, decode the masked nodes
@@ -10,6 +10,13 @@ this loss (stop-gradient), the masked node's own input is hidden (so the encoder
 neighbours), and the ID tables keep learning from the ranker's task losses, which a constant
 embedding would fail; the cosine error is scale-free, so shrinking the embeddings does not help
 either.
+
+The edge part follows MaskGAE (Li et al. 2023, https://arxiv.org/abs/2211.08972): a batch's
+links (history edges of the user -> item relation, drawn by edge-level sampling and held out of
+its message passing, see :meth:`~torchrec_gnn.graph.sampler.NeighborSampler.sample_from_edges`)
+are scored against negatives from the GNN's output embeddings by :class:`EdgeDecoder`, with
+binary cross-entropy. It gives the joint model the supervision a link-prediction pre-training
+gives the two-stage pipeline: the history edges as targets, not only as structure.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch import nn
 from torchrec_gnn.data.dataset import NodeType
 
 GFAE_LOSSES = ("sce", "mse")
+EDGE_DECODERS = ("dot", "mlp")
 
 
 @dataclass
@@ -35,14 +43,33 @@ class GFAEConfig:
         loss (str): ``"sce"`` (scaled cosine error, default) or ``"mse"``.
         gamma (float): exponent of the scaled cosine error (>= 1). Default 2.
         decoder_hidden (int): hidden width of the MLP decoder. Default 64.
+        edge_objective (bool): add the masked-edge loss (its own task, ``"edge"``, next to the
+            feature loss ``"gfae"``) to end-to-end training. Default False.
+        edge_relation (str, optional): the relation whose edges are held out and predicted,
+            ``"src__rel__dst"`` from the user to the item type; default: the largest one.
+        edge_links_per_batch (int): held-out edges per training batch (each rank). Default 512.
+        edge_neg_ratio (float): uniformly drawn negative items per held-out edge. Default 1.
+        edge_decoder (str): ``"dot"`` (scaled dot product, no parameters; default) or ``"mlp"``
+            (an MLP on the element-wise product).
     """
 
     mask_rate: float = 0.3
     loss: str = "sce"
     gamma: float = 2.0
     decoder_hidden: int = 64
+    edge_objective: bool = False
+    edge_relation: Optional[str] = None
+    edge_links_per_batch: int = 512
+    edge_neg_ratio: float = 1.0
+    edge_decoder: str = "dot"
 
     def __post_init__(self) -> None:
+        if self.edge_links_per_batch <= 0:
+            raise ValueError(f"GFAEConfig.edge_links_per_batch must be positive, got {self.edge_links_per_batch}")
+        if self.edge_neg_ratio <= 0:
+            raise ValueError(f"GFAEConfig.edge_neg_ratio must be positive, got {self.edge_neg_ratio}")
+        if self.edge_decoder not in EDGE_DECODERS:
+            raise ValueError(f"GFAEConfig.edge_decoder must be one of {EDGE_DECODERS}, got {self.edge_decoder!r}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"GFAEConfig.mask_rate must be in (0, 1), got {self.mask_rate}")
         if self.loss not in GFAE_LOSSES:
@@ -165,3 +192,52 @@ class GFAE(nn.Module):
             f"{self.__class__.__name__}({self.in_channels} -> {self.out_channels}, targets={self.target_channels}, "
             f"mask_rate={self.config.mask_rate}, loss={self.config.loss})"
         )
+
+
+class EdgeDecoder(nn.Module):
+    """Scores user-item pairs from their GNN output embeddings: the edge part of the GFAE.
+
+    ``"dot"``: ``<h_u, h_v> / sqrt(H)`` (unit-variance logits at init for any width; the same
+    geometry the ranker's dot interaction reads). ``"mlp"``: ``MLP(h_u * h_v)`` to one logit.
+
+    Args:
+        channels (int): H, width of the GNN output.
+        kind (str): ``"dot"`` or ``"mlp"``. Default ``"dot"``.
+        hidden (int): hidden width of the ``"mlp"`` decoder. Default 64.
+
+    Example::
+
+        decoder = EdgeDecoder(64)
+        logits = decoder(h_user[link_index[0]], h_item[link_index[1]])   # (L,)
+        loss = decoder.loss(logits, link_label)
+    """
+
+    def __init__(self, channels: int, kind: str = "dot", hidden: int = 64) -> None:
+        super().__init__()
+        if kind not in EDGE_DECODERS:
+            raise ValueError(f"EdgeDecoder: kind must be one of {EDGE_DECODERS}, got {kind!r}")
+        self.channels, self.kind = channels, kind
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.PReLU(), nn.Linear(hidden, 1)) if kind == "mlp" else None
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            source (Tensor): (L, H) user embeddings of the pairs.
+            target (Tensor): (L, H) item embeddings of the pairs.
+
+        Returns:
+            Tensor: (L,) logits.
+        """
+        if self.mlp is None:
+            return (source * target).sum(-1) / self.channels**0.5
+        return self.mlp(source * target).squeeze(-1)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean binary cross-entropy of (L,) logits against (L,) 0/1 labels (0 when L = 0)."""
+        if logits.numel() == 0:
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(channels={self.channels}, kind={self.kind!r})"

@@ -21,7 +21,7 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
-from torchrec_gnn.modules.gfae import GFAE
+from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.modules.gnn import HeteroGNN
 
 
@@ -32,11 +32,16 @@ class GraphEmbeddings(NamedTuple):
         user (Tensor): (B, H) graph embedding of each example's user.
         item (Tensor): (B, H) graph embedding of each example's item.
         gfae_loss (Tensor): scalar GFAE reconstruction loss (0 in eval mode or without GFAE).
+        edge_loss (Tensor): scalar masked-edge loss over the batch's links (0 without links or
+            without an edge decoder).
+        link_logits (Tensor): (L,) scores of the batch's links (empty when none).
     """
 
     user: torch.Tensor
     item: torch.Tensor
     gfae_loss: torch.Tensor
+    edge_loss: torch.Tensor
+    link_logits: torch.Tensor
 
 
 class GraphEncoder(nn.Module):
@@ -50,6 +55,8 @@ class GraphEncoder(nn.Module):
         feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
             side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
             through a linear projection. They are also that type's GFAE target.
+        edge_decoder (EdgeDecoder, optional): scores the batch's links (``batch.link_index``,
+            held-out edges and negatives) for the masked-edge loss.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class GraphEncoder(nn.Module):
         item_type: NodeType,
         gfae: Optional[GFAE] = None,
         feature_channels: Optional[Mapping[NodeType, int]] = None,
+        edge_decoder: Optional[EdgeDecoder] = None,
     ) -> None:
         super().__init__()
         for t in (user_type, item_type):
@@ -74,6 +82,7 @@ class GraphEncoder(nn.Module):
         self.gnn = gnn
         self.user_type, self.item_type = user_type, item_type
         self.gfae = gfae
+        self.edge_decoder = edge_decoder
         self.feature_projection = nn.ModuleDict(
             {t: nn.Linear(f, gnn.in_channels) for t, f in (feature_channels or {}).items()}
         )
@@ -108,7 +117,8 @@ class GraphEncoder(nn.Module):
             batch (GraphBatch): edges, per-hop counts, side features and seed rows.
 
         Returns:
-            GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
+            GraphEmbeddings: user and item embeddings (B, H), the GFAE and edge losses and the
+            link logits (L,).
         """
         with record_function("## gnn_tower ##"):
             return self._encode(x_dict, batch)
@@ -125,11 +135,19 @@ class GraphEncoder(nn.Module):
                 candidates = {t: x.shape[0] for t, x in inputs.items()}
             inputs, masked = self.gfae.mask(inputs, candidates)
         h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges)
-        gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else h_dict[self.user_type].sum() * 0.0
+        zero = h_dict[self.user_type].sum() * 0.0
+        gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
+        link_logits, edge_loss = zero.reshape(1)[:0], zero
+        if self.edge_decoder is not None and batch.link_label.numel() > 0:
+            users, items = batch.link_index
+            link_logits = self.edge_decoder(h_dict[self.user_type][users], h_dict[self.item_type][items])  # (L,)
+            edge_loss = self.edge_decoder.loss(link_logits, batch.link_label)
         return GraphEmbeddings(
             user=h_dict[self.user_type][batch.user_index],
             item=h_dict[self.item_type][batch.item_index],
             gfae_loss=gfae_loss,
+            edge_loss=edge_loss,
+            link_logits=link_logits,
         )
 
 

@@ -26,8 +26,8 @@ scratch. A finished run made with other arguments (``run.json``) is an error, no
 
 * ``results.json``: ``{"variants": {variant: {task: {metric: {"mean", "std", "n"}}}},
   "cost": {variant: {"train_seconds": {...}, "peak_rss_mb": {...}}}, "split", "seeds",
-  ... (``two_stage`` runs add ``pretrain_seconds`` and ``export_seconds`` from their
-  ``pretrain/pretrain.json``; their ``train_seconds`` already include both)
+  ... (``two_stage`` and warm-start runs add ``pretrain_seconds`` and ``export_seconds`` from
+  their ``pretrain/pretrain.json``; their ``train_seconds`` already include both)
   "config", ...}`` over the seeds (sample std, ``ddof=1``; 0.0 for a single seed);
 * ``results.md``: one table per metric (AUC, GAUC, LogLoss, RMSE; rows = variants, columns =
   tasks, cells ``mean ± std``) and a cost table; printed at the end too;
@@ -63,6 +63,9 @@ VARIANTS: Dict[str, List[str]] = {
     "no_graph": ["model.use_graph=false"],
     "two_stage": ["model.two_stage=true"],
     "e2e": [],
+    "e2e_edge": ["model.gfae.edge_objective=true"],
+    "e2e_warm": ["model.warm_start=true"],
+    "e2e_warm_edge": ["model.warm_start=true", "model.gfae.edge_objective=true"],
     "e2e_no_gfae": ["model.use_gfae=false"],
     "e2e_fixed_weights": ["balancer.kind=fixed"],
     "e2e_uncertainty": ["balancer.kind=uncertainty"],

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from torchrec_gnn.config import ExperimentConfig, load_config, save_config
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -48,10 +48,11 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
+from torchrec_gnn.modules.heads import initial_output_bias
 from torchrec_gnn.train.pretrain import (
-    EMBEDDINGS_FILE, PRETRAIN_DIR, PretrainSetup, load_embeddings, pretrain_and_export, save_result,
+    EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
-from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, shard_model, unwrap
+from torchrec_gnn.train.sharding import copy_into_sharded, make_optimizer, node_pooling_factors, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -117,20 +118,33 @@ def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[Edg
     return fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
 
 
-def pretrained_embeddings(
+def pretrain_stage(
     config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, output_dir: Path
-) -> Dict[str, torch.Tensor]:
-    """Stage 1 of the two-stage baseline, once per run: rank 0 pre-trains the GNN tower on the
-    graph and exports every user's and item's embedding to ``output_dir/pretrain`` (kept there,
-    so a resumed run does not redo it); every rank then loads them."""
+) -> Path:
+    """Stage 1 of the two-stage baseline and of warm start, once per run: rank 0 pre-trains the
+    GNN tower on the graph by link prediction and writes the tower and (two-stage) every user's
+    and item's exported embedding to ``output_dir/pretrain`` (kept there, so a resumed run does
+    not redo it). Returns that directory once every rank can read it."""
     directory = output_dir / PRETRAIN_DIR
     if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
-                              num_workers=config.loader.num_workers, device=ctx.device)
-        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device)
+                              num_workers=config.loader.num_workers, device=ctx.device,
+                              export=config.model.two_stage)
+        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True)
         save_result(pretrain_and_export(tower, dataset, graph, setup), directory)
     dist.barrier()
-    return load_embeddings(directory)
+    return directory
+
+
+def warm_start(model: torch.nn.Module, directory: Path, ctx: DistributedContext) -> None:
+    """Copy the pre-trained tower (``directory/tower.pt``) into the sharded model's tower: node
+    tables shard by shard, GNN and GFAE wholesale (an edge decoder the model lacks is left out)."""
+    state = load_pretrained(directory, TOWER_FILE)
+    own = unwrap(model).model.graph_tower.state_dict()
+    copy_into_sharded(model, {k: v for k, v in state.items() if k in own or not k.startswith("encoder.edge_decoder.")},
+                      prefix="model.graph_tower.")
+    if ctx.is_main:
+        logger.info("warm start: the tower starts from the pre-trained one in %s (%d tensors)", directory, len(state))
 
 
 def batches(
@@ -139,18 +153,22 @@ def batches(
 ) -> GraphBatchDataset:
     """The GraphBatchDataset of ``examples`` for this rank (one process without ``ctx``;
     ``batch_size`` overrides the config's)."""
-    loader = config.loader
+    loader, model = config.loader, config.model
     # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
-    fanouts = [] if config.model.two_stage else configured_fanouts(config, graph)
+    fanouts = [] if model.two_stage else configured_fanouts(config, graph)
     sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal)
-    end_to_end = config.model.use_graph and not config.model.two_stage
+    end_to_end = model.use_graph and not model.two_stage
+    links = None
+    if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
+        links = LinkTargets.from_graph(graph, dataset.user_type, dataset.item_type, model.gfae.edge_relation,
+                                       model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio)
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
         node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
         node_features=dataset.node_features if end_to_end else None,
         shuffle=train, drop_last=train, seed=config.train.seed,
-        rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1,
+        rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1, links=links,
     )
 
 
@@ -179,7 +197,9 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     if config.model.use_graph and config.model.gnn.num_layers != len(config.loader.fanouts):
         logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
                        config.model.gnn.num_layers, len(config.loader.fanouts))
-    frozen = pretrained_embeddings(config, dataset, split.graph, ctx, output_dir) if config.model.two_stage else None
+    pretrained = None
+    if config.model.two_stage or config.model.warm_start:
+        pretrained = pretrain_stage(config, dataset, split.graph, ctx, output_dir)
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
@@ -191,8 +211,14 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
         seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
         pooling = node_pooling_factors(graph.num_nodes, degrees, configured_fanouts(config, graph), seeds)
     dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
-    if frozen is not None:  # DMP built the frozen tables empty on every rank: fill them
-        unwrap(dmp).model.graph_tower.load_embeddings(frozen)
+    if config.model.two_stage:  # DMP built the frozen tables empty on every rank: fill them
+        unwrap(dmp).model.graph_tower.load_embeddings(load_pretrained(pretrained))
+    elif config.model.warm_start:
+        warm_start(dmp, pretrained, ctx)
+    # Every head starts from its training labels' constant best (mean log1p, log-odds), the same on every rank.
+    train_labels = split.train.labels
+    bias = initial_output_bias(train_labels.nan_to_num(0.0), ~train_labels.isnan(), dataset.tasks)
+    unwrap(dmp).model.task_heads.init_output_bias(bias.to(ctx.device))
     if ctx.is_main:
         logger.info("sharding plan:\n%s", plan)
     extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}

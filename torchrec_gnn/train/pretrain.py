@@ -1,40 +1,44 @@
-"""Stage 1 of the two-stage baseline: pre-train the GNN on the graph alone, export embeddings.
+"""Stage 1 of the two-stage baseline (and of warm start): pre-train the GNN on the graph alone.
 
 What industrial pipelines do before end-to-end training, and what E2E-GRec is compared with:
 
 1. **Pre-train** the same GNN tower (node tables, message passing, GFAE) on the graph alone,
    with no ranking label: link prediction on the user -> item relation plus the GFAE loss. A
-   share of that relation's edges (and their reverses) is held out of message passing and
-   serves as positives, each paired with a uniformly drawn item as negative, so the model
-   cannot read an edge it is asked to predict. A small part of the held-out edges scores the
-   pre-training (link AUC).
+   small share of that relation's edges (and their reverses) is held out of the graph for good
+   and scores the pre-training (link AUC). Each epoch the other edges serve as links to predict
+   through the same edge-level sampling and edge decoder as the end-to-end edge objective
+   (:class:`~torchrec_gnn.data.loader.LinkTargets`): a batch's links are absent from its own
+   message passing and each is paired with a uniformly drawn item as negative.
 2. **Export** every user's and item's embedding by layer-wise full-graph inference over the
    whole graph (:func:`~torchrec_gnn.modules.inference.full_graph_embeddings`).
 3. The ranker then trains with those embeddings frozen
-   (:class:`~torchrec_gnn.modules.frozen_tower.FrozenGraphTower`), through the same fusion.
+   (:class:`~torchrec_gnn.modules.frozen_tower.FrozenGraphTower`), through the same fusion, or,
+   with ``model.warm_start``, starts end-to-end training from the pre-trained tower.
 
-Both stages are timed; ``pretrain.json`` holds the seconds, the losses and the link AUC.
+Pre-training runs until the held-out link AUC stops improving (``patience``) or ``epochs`` ends,
+and keeps the best epoch's tower. Both stages are timed; ``pretrain.json`` holds the seconds,
+the losses and the link AUC per epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 from tqdm import tqdm
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, NodeType
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
@@ -43,25 +47,31 @@ from torchrec_gnn.modules.inference import full_graph_embeddings
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
-PRETRAIN_DIR = "pretrain"  # in a two-stage run's output directory
+PRETRAIN_DIR = "pretrain"  # in a two-stage or warm-start run's output directory
 EMBEDDINGS_FILE = "node_embeddings.pt"
+TOWER_FILE = "tower.pt"
 REPORT_FILE = "pretrain.json"
 
 
 @dataclass
 class PretrainConfig:
-    """Stage 1 of the two-stage baseline (``model.two_stage: true``).
+    """Stage 1 of the two-stage baseline (``model.two_stage: true``) and of warm start
+    (``model.warm_start: true``).
 
     Args:
-        epochs (int): passes over the supervision edges. Default 1.
+        epochs (int): at most this many epochs. Default 1.
+        patience (int): stop after this many epochs without a better held-out link AUC and
+            keep the best epoch's tower (0 = run every epoch, keep the last). Default 0.
         max_steps (int, optional): stop after this many steps.
-        batch_size (int): examples per batch: half positives, half negatives. Default 1024.
+        batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
         lr (float): Adam learning rate of the whole tower. Default 0.005.
         link_relation (str, optional): the relation to predict, ``"src__rel__dst"`` from the user
             to the item type; default: the user -> item relation with the most edges.
-        supervision_fraction (float): share of that relation's edges held out of message passing
-            as positives. Default 0.3.
-        validation_fraction (float): share of the held-out edges kept for the link AUC. Default 0.1.
+        supervision_fraction (float): share of that relation's edges predicted per epoch (a fresh
+            random share each epoch; each held out of its own batch's message passing).
+            Default 0.3.
+        validation_fraction (float): share of its edges held out of the graph for good to score
+            the link AUC. Default 0.03.
         link_weight (float): weight of the link-prediction loss (0 = GFAE-only pre-training).
             Default 1.0.
         gfae_weight (float): weight of the GFAE loss next to the link loss (with
@@ -70,23 +80,26 @@ class PretrainConfig:
     """
 
     epochs: int = 1
+    patience: int = 0
     max_steps: Optional[int] = None
     batch_size: int = 1024
     lr: float = 0.005
     link_relation: Optional[str] = None
     supervision_fraction: float = 0.3
-    validation_fraction: float = 0.1
+    validation_fraction: float = 0.03
     link_weight: float = 1.0
     gfae_weight: float = 1.0
     chunk_size: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("supervision_fraction", "validation_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"pretrain.{name} must be in (0, 1), got {value}")
+        if not 0.0 < self.supervision_fraction <= 1.0:
+            raise ValueError(f"pretrain.supervision_fraction must be in (0, 1], got {self.supervision_fraction}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"pretrain.validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size < 2 or self.batch_size % 2:
-            raise ValueError(f"pretrain.batch_size must be an even number >= 2 (positives + negatives), got {self.batch_size}")
+            raise ValueError(f"pretrain.batch_size must be an even number >= 2 (links + negatives), got {self.batch_size}")
+        if self.epochs < 1 or self.patience < 0:
+            raise ValueError(f"pretrain.epochs must be >= 1 and pretrain.patience >= 0, got {self.epochs}, {self.patience}")
 
 
 @dataclass
@@ -100,6 +113,7 @@ class PretrainSetup:
         num_workers (int): DataLoader workers.
         progress (bool): show progress bars.
         device (torch.device): where the tower trains and the export runs.
+        export (bool): export the embeddings (two-stage); warm start only needs the tower.
     """
 
     pretrain: PretrainConfig
@@ -108,24 +122,7 @@ class PretrainSetup:
     num_workers: int = 0
     progress: bool = True
     device: torch.device = torch.device("cpu")
-
-
-def find_link_relation(graph: HeteroGraph, user_type: NodeType, item_type: NodeType, name: Optional[str]) -> EdgeType:
-    """The relation to predict: ``name`` (``"src__rel__dst"``), else the largest user -> item one.
-
-    Raises:
-        ValueError: ``name`` is not a user -> item relation of the graph, or there is none.
-    """
-    candidates = {"__".join(et): et for et in graph.edge_types if et[0] == user_type and et[2] == item_type}
-    if name is not None:
-        if name not in candidates:
-            raise ValueError(f"pretrain.link_relation: {name!r} is not a {user_type} -> {item_type} relation of the "
-                             f"graph; candidates: {sorted(candidates)}")
-        return candidates[name]
-    if not candidates:
-        raise ValueError(f"pretrain: the graph has no {user_type} -> {item_type} relation to predict; relations: "
-                         f"{graph.edge_types}")
-    return max(candidates.values(), key=graph.num_edges)
+    export: bool = True
 
 
 def _edge_list(graph: HeteroGraph, edge_type: EdgeType) -> EdgeList:
@@ -148,7 +145,7 @@ def hold_out_edges(
         seed (int): seed of the draw.
 
     Returns:
-        Tuple[HeteroGraph, Tensor]: the message-passing graph and the held-out (2, P) pairs
+        Tuple[HeteroGraph, Tensor]: the remaining graph and the held-out (2, P) pairs
         ``[user; item]``.
     """
     src_t, _, dst_t = relation
@@ -167,50 +164,35 @@ def hold_out_edges(
     return HeteroGraph.from_edges(graph.num_nodes, edges), pairs
 
 
-def link_examples(pairs: torch.Tensor, num_items: int, seed: int) -> Interactions:
-    """Positives ``pairs`` (2, P) plus one uniform negative item per positive, as 2P examples
-    with the label in column 0 (no ranker features)."""
-    generator = torch.Generator().manual_seed(seed)
-    negatives = torch.randint(0, num_items, (pairs.shape[1],), generator=generator)
-    p = pairs.shape[1]
-    return Interactions(
-        user=torch.cat([pairs[0], pairs[0]]),
-        item=torch.cat([pairs[1], negatives]),
-        timestamp=torch.zeros(2 * p, dtype=torch.int64),
-        labels=torch.cat([torch.ones(p, 1), torch.zeros(p, 1)]),
-        dense=torch.zeros(2 * p, 0),
-    )
-
-
 class LinkPredictionModel(nn.Module):
-    """The tower scoring user-item pairs by the dot product of their graph embeddings.
+    """The tower on its own: its edge decoder scores each batch's links (``batch.link_index``).
 
     Args:
-        tower (GNNTower): node tables, GNN and (optional) GFAE.
-        link_weight (float): weight of the link-prediction loss.
+        tower (GNNTower): node tables, GNN, (optional) GFAE and an edge decoder.
+        link_weight (float): weight of the link-prediction (edge) loss.
         gfae_weight (float): weight of the GFAE loss.
     """
 
     def __init__(self, tower: GNNTower, link_weight: float = 1.0, gfae_weight: float = 1.0) -> None:
         super().__init__()
+        if tower.encoder.edge_decoder is None:
+            raise ValueError("LinkPredictionModel: the tower has no edge decoder; build it with edge_objective=True")
         self.tower = tower
         self.link_weight, self.gfae_weight = link_weight, gfae_weight
 
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """
         Args:
-            batch (GraphBatch): pairs as examples, label (B, 1) = 1 for an edge.
+            batch (GraphBatch): links to score (``link_index``, ``link_label`` (L,)).
 
         Returns:
             Tuple[Tensor, Dict[str, Tensor]]: the weighted loss () and, detached, ``link``,
-            ``gfae`` and the scores (B,).
+            ``gfae`` and the link logits ``scores`` (L,).
         """
         graph = self.tower(batch)
-        # Scaled dot product: unit-variance logits at init for any width H.
-        scores = (graph.user * graph.item).sum(-1) / graph.user.shape[-1] ** 0.5  # (B,)
-        link = F.binary_cross_entropy_with_logits(scores, batch.labels[:, 0])
-        loss = self.link_weight * link + self.gfae_weight * graph.gfae_loss
-        return loss, {"link": link.detach(), "gfae": graph.gfae_loss.detach(), "scores": scores.detach()}
+        loss = self.link_weight * graph.edge_loss + self.gfae_weight * graph.gfae_loss
+        return loss, {"link": graph.edge_loss.detach(), "gfae": graph.gfae_loss.detach(),
+                      "scores": graph.link_logits.detach()}
 
 
 @dataclass
@@ -218,61 +200,63 @@ class PretrainResult:
     """What stage 1 produced.
 
     Attributes:
-        embeddings (Dict[str, Tensor]): (N_t, H) for the user and item types.
-        report (Dict[str, float]): seconds (``pretrain_seconds``, ``export_seconds``), steps,
-            final losses, link AUC on held-out edges.
+        tower_state (Dict[str, Tensor]): the pre-trained tower's state dict (best epoch).
+        embeddings (Dict[str, Tensor]): (N_t, H) for the user and item types (empty without
+            export).
+        report (Dict[str, Any]): seconds (``pretrain_seconds``, ``export_seconds``), steps,
+            final losses, link AUC on held-out edges per epoch and of the kept epoch.
     """
 
+    tower_state: Dict[str, torch.Tensor]
     embeddings: Dict[NodeType, torch.Tensor]
-    report: Dict[str, float]
+    report: Dict[str, Any]
 
 
 def pretrain_and_export(
     tower: GNNTower, dataset: GraphRecDataset, graph: HeteroGraph, config: PretrainSetup
 ) -> PretrainResult:
-    """Pre-train ``tower`` by link prediction (+ GFAE) on ``graph``, then export by layer-wise
-    full-graph inference over all of ``graph``.
+    """Pre-train ``tower`` by link prediction (+ GFAE) on ``graph``, then (with
+    ``config.export``) export by layer-wise full-graph inference over all of ``graph``.
 
     Args:
-        tower (GNNTower): a freshly initialised tower for ``graph`` (eager, one process).
+        tower (GNNTower): a freshly initialised tower for ``graph`` with an edge decoder (eager,
+            one process).
         dataset (GraphRecDataset): node types and side features.
         graph (HeteroGraph): the training split's graph (the past only).
         config (PretrainSetup): the stage's settings.
 
     Returns:
-        PretrainResult: the embeddings and the report.
+        PretrainResult: the tower, the embeddings and the report.
     """
     cfg, seed = config.pretrain, config.seed
     start = time.perf_counter()
     relation = find_link_relation(graph, dataset.user_type, dataset.item_type, cfg.link_relation)
-    message_graph, pairs = hold_out_edges(graph, relation, cfg.supervision_fraction, seed)
-    if pairs.shape[1] < 2:
-        raise ValueError(f"pretrain: relation {relation} has {graph.num_edges(relation)} edges; holding out "
-                         f"{cfg.supervision_fraction} of them leaves {pairs.shape[1]} to learn from")
-    order = torch.randperm(pairs.shape[1], generator=torch.Generator().manual_seed(seed))
-    num_val = max(1, int(cfg.validation_fraction * pairs.shape[1]))
-    train_pairs, val_pairs = pairs[:, order[num_val:]], pairs[:, order[:num_val]]
-    logger.info("pre-training on %s: %d held-out edges (%d to train, %d to score), %d edges for message passing",
-                "__".join(relation), pairs.shape[1], train_pairs.shape[1], num_val, message_graph.num_edges())
+    message_graph, val_pairs = hold_out_edges(graph, relation, cfg.validation_fraction, seed)
+    train_edges = message_graph.edge_index(relation)
+    if val_pairs.shape[1] < 1 or train_edges.shape[1] < 2:
+        raise ValueError(f"pretrain: relation {relation} has {graph.num_edges(relation)} edges, too few to hold "
+                         f"out {cfg.validation_fraction} of them for the link AUC and learn from the rest")
+    per_batch = cfg.batch_size // 2
+    steps_per_epoch = max(1, min(int(cfg.supervision_fraction * train_edges.shape[1]), train_edges.shape[1]) // per_batch)
+    logger.info("pre-training on %s: %d edges to predict (%d per epoch), %d held out for the link AUC",
+                "__".join(relation), train_edges.shape[1], steps_per_epoch * per_batch, val_pairs.shape[1])
     model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = NeighborSampler(message_graph, config.fanouts)
-    num_items = graph.num_nodes[dataset.item_type]
+    train_data = link_batches(LinkTargets(relation, train_edges, per_batch), sampler, dataset, train=True, seed=seed)
+    val_data = link_batches(LinkTargets(relation, val_pairs, per_batch), sampler, dataset, train=False, seed=seed + 1)
 
-    def data(examples: Interactions, train: bool, epoch: int = 0) -> GraphBatchDataset:
-        batches = link_batches(examples, sampler, dataset, cfg.batch_size, train, seed)
-        batches.set_epoch(epoch)
-        return batches
-
-    steps_per_epoch = len(data(link_examples(train_pairs, num_items, seed), train=True))
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     progress = tqdm(total=total, desc="pre-train", dynamic_ncols=True, disable=not config.progress)
-    step, last = 0, {}
+    step, last, aucs = 0, {}, []
+    best_auc, best_epoch, best_state = -1.0, -1, None
     model.train()
     for epoch in range(cfg.epochs):
-        examples = link_examples(train_pairs, num_items, seed * 1_000_003 + epoch)  # fresh negatives
-        for batch in make_dataloader(data(examples, train=True, epoch=epoch), config.num_workers):
-            if step >= total:
+        if step >= total:
+            break
+        train_data.set_epoch(epoch)  # a fresh share of the edges and fresh negatives
+        for in_epoch, batch in enumerate(make_dataloader(train_data, config.num_workers)):
+            if step >= total or in_epoch >= steps_per_epoch:
                 break
             loss, parts = model(batch.to(config.device))
             optimizer.zero_grad(set_to_none=True)
@@ -282,31 +266,44 @@ def pretrain_and_export(
             last = {"link_loss": float(parts["link"]), "gfae_loss": float(parts["gfae"])}
             progress.set_postfix(link=f"{last['link_loss']:.4f}", gfae=f"{last['gfae_loss']:.4f}")
             progress.update(1)
+        aucs.append(_link_auc(model, val_data, config.num_workers, config.device))
+        logger.info("pre-training epoch %d: link AUC %.4f on held-out edges", epoch, aucs[-1])
+        if aucs[-1] > best_auc:
+            best_auc, best_epoch = aucs[-1], epoch
+            best_state = copy.deepcopy(tower.state_dict()) if cfg.patience else None
+        elif cfg.patience and epoch - best_epoch >= cfg.patience:
+            break
     progress.close()
-    val_data = data(link_examples(val_pairs, num_items, seed + 1), train=False)
-    link_auc = _link_auc(model, val_data, config.num_workers, config.device)
+    if best_state is not None:
+        tower.load_state_dict(best_state)
+    kept = best_epoch if cfg.patience else len(aucs) - 1
     pretrain_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = export_tower(tower, dataset.node_features, graph, cfg.chunk_size, config.progress)
+    embeddings = export_tower(tower, dataset.node_features, graph, cfg.chunk_size, config.progress) if config.export else {}
     export_seconds = time.perf_counter() - start
-    report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": link_auc,
-              "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
+    report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
+              "kept_epoch": kept, "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
               "exported_nodes": sum(int(e.shape[0]) for e in embeddings.values())}
-    logger.info("pre-training: %d steps, link AUC %.4f on %d held-out edges, %.1f s; export %.1f s",
-                step, link_auc, num_val, pretrain_seconds, export_seconds)
-    return PretrainResult(embeddings, report)
+    logger.info("pre-training: %d steps, kept epoch %d (link AUC %.4f on %d held-out edges), %.1f s; export %.1f s",
+                step, kept, aucs[kept], val_pairs.shape[1], pretrain_seconds, export_seconds)
+    tower_state = {k: v.detach().cpu().clone() for k, v in tower.state_dict().items()}
+    return PretrainResult(tower_state, embeddings, report)
 
 
 def link_batches(
-    examples: Interactions, sampler: NeighborSampler, dataset: GraphRecDataset, batch_size: int, train: bool, seed: int
+    links: LinkTargets, sampler: NeighborSampler, dataset: GraphRecDataset, train: bool, seed: int
 ) -> GraphBatchDataset:
-    """GraphBatches of link examples (pairs as examples, no ranker features): shuffled whole
-    batches to train on, or every pair in order to score."""
+    """GraphBatches of links alone (no ranking examples): a shuffled share to train on, or
+    every link in order to score."""
+    no_examples = Interactions(
+        user=torch.empty(0, dtype=torch.int64), item=torch.empty(0, dtype=torch.int64),
+        timestamp=torch.empty(0, dtype=torch.int64), labels=torch.empty(0, 0), dense=torch.empty(0, 0),
+    )
     return GraphBatchDataset(
-        examples, sampler, dataset.user_type, dataset.item_type, batch_size=min(batch_size, len(examples)),
+        no_examples, sampler, dataset.user_type, dataset.item_type, batch_size=1,
         node_types=sampler.graph.node_types, sparse_names=[], node_features=dataset.node_features,
-        shuffle=train, drop_last=train, seed=seed,
+        shuffle=train, drop_last=train, seed=seed, links=links,
     )
 
 
@@ -332,32 +329,36 @@ def _link_auc(model: LinkPredictionModel, data: GraphBatchDataset, num_workers: 
     for batch in make_dataloader(data, num_workers):
         _, parts = model(batch.to(device))
         scores.append(parts["scores"])
-        labels.append(batch.labels[:, 0].to(device))
+        labels.append(batch.link_label.to(device))
     model.train()
     return float(binary_auroc(torch.cat(scores), torch.cat(labels).long()))
 
 
 def save_result(result: PretrainResult, directory: Path) -> None:
-    """Write ``node_embeddings.pt`` and ``pretrain.json`` into ``directory`` (atomically)."""
+    """Write ``tower.pt``, ``pretrain.json`` and, last (it marks the stage as done),
+    ``node_embeddings.pt`` into ``directory``, each atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (EMBEDDINGS_FILE + ".tmp")
-    torch.save(result.embeddings, tmp)
-    tmp.replace(directory / EMBEDDINGS_FILE)
-    (directory / REPORT_FILE).write_text(json.dumps(result.report, indent=1))
+    for name, value in ((TOWER_FILE, result.tower_state), (EMBEDDINGS_FILE, result.embeddings)):
+        if name == EMBEDDINGS_FILE:
+            (directory / REPORT_FILE).write_text(json.dumps(result.report, indent=1))
+        tmp = directory / (name + ".tmp")
+        torch.save(value, tmp)
+        tmp.replace(directory / name)
 
 
-def load_embeddings(directory: Path) -> Dict[NodeType, torch.Tensor]:
-    """The embeddings :func:`save_result` wrote.
+def load_pretrained(directory: Path, name: str = EMBEDDINGS_FILE) -> Dict[str, torch.Tensor]:
+    """What :func:`save_result` wrote: ``node_embeddings.pt`` (node type -> (N_t, H)) or
+    ``tower.pt`` (the tower's state dict).
 
     Raises:
         ValueError: the file is missing or unreadable (names it).
     """
-    path = directory / EMBEDDINGS_FILE
+    path = directory / name
     try:
-        embeddings = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"{path}: cannot load the pre-trained node embeddings ({err}); delete "
+        raise ValueError(f"{path}: cannot load the pre-training output ({err}); delete "
                          f"{directory} to pre-train again") from err
-    if not isinstance(embeddings, dict) or not all(isinstance(v, torch.Tensor) for v in embeddings.values()):
-        raise ValueError(f"{path}: expected a dict of node type -> (N_t, H) tensors")
-    return embeddings
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise ValueError(f"{path}: expected a dict of name -> tensor")
+    return tensors

@@ -8,12 +8,13 @@ node table is pinned to the fused kernel and to sharding types the device can do
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torchrec
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
@@ -219,3 +220,31 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(model, (DistributedModelParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     return model
+
+
+@torch.no_grad()
+def copy_into_sharded(model: nn.Module, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    """Copy unsharded tensors into a DMP model in place: ``state`` (e.g. a submodule's state
+    dict, its keys under ``prefix`` in the model's) goes wholesale into replicated tensors and
+    shard by shard into ``ShardedTensor`` tables (each rank fills its own local shards, which
+    are views of the fused kernels' weights). Every rank calls it with the same ``state``.
+
+    Raises:
+        ValueError: a key of ``state`` has no entry in the model, or a shape differs.
+    """
+    target = model.state_dict()
+    missing = [prefix + k for k in state if prefix + k not in target]
+    if missing:
+        raise ValueError(f"copy_into_sharded: the model has no {missing[:5]} ({len(missing)} keys missing)")
+    for key, value in state.items():
+        destination = target[prefix + key]
+        if tuple(destination.shape) != tuple(value.shape):
+            raise ValueError(f"copy_into_sharded: {prefix + key} has shape {tuple(destination.shape)}, "
+                             f"the source {tuple(value.shape)}")
+        if isinstance(destination, ShardedTensor):
+            for shard in destination.local_shards():
+                meta = shard.metadata
+                rows = tuple(slice(o, o + n) for o, n in zip(meta.shard_offsets, meta.shard_sizes))
+                shard.tensor.copy_(value[rows])
+        else:
+            destination.copy_(value)
