@@ -146,7 +146,7 @@ def test_two_stage_cost_counts_pretraining_and_export(tmp_path: Path) -> None:
     assert cost["train_seconds"]["mean"] > report["pretrain_seconds"] + report["export_seconds"]
     assert load_config(out / "two_stage" / "seed_0" / "config.yaml").model.two_stage
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| two_stage |")
-               and "±" in line and line.count("|") == 7)
+               and "±" in line and line.count("|") == 8)
     assert f"{report['pretrain_seconds']:.1f}" in row
 
 

@@ -98,6 +98,41 @@ def test_two_stage_pretrains_once_and_serves_the_export(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) -> None:
+    run = tmp_path / "warm"
+    argv = ["--config", "configs/ablations/warm_start_edge.yaml", *TINY, "--set", "pretrain.batch_size=256",
+            "--set", "model.gfae.edge_links_per_batch=64", "--output-dir", str(run)]
+    main([*argv, "--max-steps", "0"])
+    pretrained = torch.load(run / "pretrain" / "tower.pt")
+    state = torch.load(run / "model.pt")
+    # Before any ranker step the model's tower is the pre-trained one, tables and GNN alike.
+    assert len(pretrained) > 10
+    for key, value in pretrained.items():
+        assert torch.equal(state[f"model.graph_tower.{key}"], value), key
+    assert json.loads((run / "pretrain" / "pretrain.json").read_text())["exported_nodes"] == 0  # no export needed
+    # Every head starts from its training labels' constant best: log-odds, mean log1p.
+    from torchrec_gnn.config import load_config
+    from torchrec_gnn.data.registry import load_dataset
+    from torchrec_gnn.data.split import time_split
+    from torchrec_gnn.modules.heads import initial_output_bias
+    config = load_config(run / "config.yaml")
+    dataset = load_dataset(config.data)
+    labels = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction).train.labels
+    expected = initial_output_bias(labels.nan_to_num(0.0), ~labels.isnan(), dataset.tasks)
+    biases = torch.cat([state[f"model.task_heads.heads.{t}.1.bias"] for t in range(len(dataset.tasks))])
+    torch.testing.assert_close(biases, expected)
+
+    # Then the tower trains (it is not frozen), with the edge loss as its own task.
+    trained = tmp_path / "trained"
+    main([*argv[:-1], str(trained), "--max-steps", "2"])
+    state = torch.load(trained / "model.pt")
+    assert not torch.equal(state["model.graph_tower.node_embeddings.embeddings.node_user.weight"],
+                           pretrained["node_embeddings.embeddings.node_user.weight"])
+    record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
+    assert list(record["losses"])[-2:] == ["gfae", "edge"] and record["losses"]["edge"] > 0
+
+
+@pytest.mark.timeout(600)
 def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchrec_gnn.recipes import train as train_recipe
 

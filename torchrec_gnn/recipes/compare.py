@@ -56,6 +56,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchrec_gnn.config import config_to_dict, load_config
+from torchrec_gnn.recipes.train import TRAINING_FILE
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
 
 # The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).
@@ -78,7 +79,7 @@ TABLES: Tuple[Tuple[str, str, bool], ...] = (
     ("AUC", "auc", True), ("GAUC", "gauc", True), ("LogLoss", "logloss", False), ("RMSE", "rmse", False),
 )
 # train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
-COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb")
+COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb", "kept_step")
 PRETRAIN_REPORT = Path(PRETRAIN_DIR) / REPORT_FILE  # in a two-stage run's directory
 # torchrun's variables: a child run is always a one-process job with its own free port.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
@@ -354,8 +355,9 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
                 per_task.setdefault(task, {}).setdefault(metric, []).append(value)
         cost_file, report = run.run_dir / "cost.json", run.run_dir / PRETRAIN_REPORT
         cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}  # absent: not measured
-        if report.is_file():  # two-stage: the run's pre-training and export seconds
-            cost.update({k: v for k, v in json.loads(report.read_text()).items() if k in COST_KEYS})
+        for extra in (report, run.run_dir / TRAINING_FILE):  # pre-training seconds; the step evaluated
+            if extra.is_file():
+                cost.update({k: v for k, v in json.loads(extra.read_text()).items() if k in COST_KEYS})
         for key in COST_KEYS:
             if key in cost:
                 costs.setdefault(run.variant, {}).setdefault(key, []).append(cost[key])
@@ -400,17 +402,17 @@ def markdown(results: Mapping[str, Any]) -> str:
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Cost per run", "",
-              "Seconds of the whole run (training, evaluation and, for two-stage, pre-training and export), "
-              "of which pre-training and export; peak resident memory of the run's main process.", "",
-              "| variant | seconds | pre-training s | export s | peak RSS (MB) | runs measured |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "Seconds of the whole run (training, evaluation and, for two-stage and warm start, pre-training "
+              "and export), of which pre-training and export; peak resident memory of the run's main process; "
+              "the training step the final evaluation scored (the best validation step with early stopping).", "",
+              "| variant | seconds | pre-training s | export s | peak RSS (MB) | step evaluated | runs measured |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for v, cost in results["cost"].items():
         cells = [f"{cost[k]['mean']:.1f} ± {cost[k]['std']:.1f}" if k in cost else "-"
                  for k in ("train_seconds", "pretrain_seconds", "export_seconds")]
-        rss = cost.get("peak_rss_mb")
-        rss_cell = f"{rss['mean']:.0f} ± {rss['std']:.0f}" if rss else "-"
+        cells += [f"{cost[k]['mean']:.0f} ± {cost[k]['std']:.0f}" if k in cost else "-" for k in ("peak_rss_mb", "kept_step")]
         runs = cost["train_seconds"]["n"] if "train_seconds" in cost else 0
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {rss_cell} | {runs} |")
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {runs} |")
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,8 @@ from torchrec_gnn.train.sharding import copy_into_sharded, make_optimizer, node_
 
 logger = logging.getLogger("torchrec_gnn.train")
 
+TRAINING_FILE = "training.json"  # steps trained and the step the final evaluation scores
+
 
 @dataclass
 class Job:
@@ -366,12 +368,17 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     progress.close()
     if metrics_file is not None:
         metrics_file.close()
+    kept = step
     if stopper is not None and stopper.best_step is not None and stopper.best_step != step:
         best.load(best.latest(), *_state(job))
+        kept = stopper.best_step
         if ctx.is_main:
             reason = "stopped early" if stopper.should_stop else "finished"
             logger.info("%s at step %d; restored step %d (best validation %s %.4f) for the final evaluation",
                         reason, step, stopper.best_step, stopper.metric, stopper.best)
+    if ctx.is_main:  # which step the final evaluation scores (compare reports it per run)
+        summary = {"steps": step, "kept_step": kept, "stopped_early": bool(stopper is not None and stopper.should_stop)}
+        (job.output_dir / TRAINING_FILE).write_text(json.dumps(summary))
     return records
 
 
