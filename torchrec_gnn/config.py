@@ -26,6 +26,7 @@ from torchrec_gnn.train.sharding import ShardingConfig
 
 DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
 DEVICES = ("auto", "cpu", "cuda")
+PROTOCOLS = ("static", "streaming")
 
 
 @dataclass
@@ -120,6 +121,11 @@ class TrainConfig:
         checkpoint_every (int): steps between checkpoints (0 = only at the end).
         keep_checkpoints (int): how many recent checkpoints to keep.
         plots (bool): write PNG plots at the end.
+        protocol (str): ``"static"`` (train on the training split over a graph frozen before
+            it, score validation and test; default) or ``"streaming"`` (the labelled window in
+            ``periods`` time-ordered parts, each scored before the model trains on it, over a
+            graph that grows with time; see ``torchrec_gnn.recipes.stream``).
+        periods (int): parts of the labelled window under the streaming protocol. Default 5.
     """
 
     epochs: int = 1
@@ -135,12 +141,21 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     plots: bool = True
+    protocol: str = "static"
+    periods: int = 5
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
         if self.early_stopping_patience and not self.eval_every:
             raise ValueError("train.early_stopping_patience needs train.eval_every > 0 (validation passes to watch)")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"train.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "streaming" and (self.max_steps is not None or self.epochs != 1):
+            raise ValueError("train.max_steps and train.epochs do not apply to the streaming protocol "
+                             "(one chronological pass over every period)")
+        if self.periods < 2:
+            raise ValueError(f"train.periods must be >= 2 (the first period is only trained on), got {self.periods}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"train.early_stopping_metric must be one of {sorted(EARLY_STOPPING_METRICS)}, "
                              f"got {self.early_stopping_metric!r}")

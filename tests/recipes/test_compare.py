@@ -6,6 +6,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torchrec_gnn.cli import main as cli_main
@@ -22,7 +23,7 @@ ABLATION_CONFIGS = {
     "no_graph": "no_graph", "two_stage": "two_stage", "e2e_no_gfae": "no_gfae", "e2e_fixed_weights": "fixed_weights",
     "e2e_uncertainty": "uncertainty", "e2e_input_fusion_only": "input_fusion_only",
     "e2e_prehead_fusion_only": "prehead_fusion_only", "e2e_edge": "edge_objective", "e2e_warm": "warm_start",
-    "e2e_warm_edge": "warm_start_edge",
+    "e2e_warm_edge": "warm_start_edge", "two_stage_refresh": "two_stage_refresh",
 }
 
 
@@ -98,7 +99,7 @@ def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_unknown_variants_fail_clearly(tmp_path: Path) -> None:
     base = ["--config", "configs/default.yaml", "--output-dir", str(tmp_path / "x")]
-    with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, two_stage, e2e, "):
+    with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, two_stage, two_stage_refresh, e2e, "):
         main([*base, "--variants", "e3e"])
     with pytest.raises(CompareError, match=r"no variant given"):
         cli_main(["compare", *base, "--variants", ","])
@@ -116,7 +117,7 @@ def test_variants_match_the_ablation_configs() -> None:
     for variant, name in ABLATION_CONFIGS.items():
         ablation = config_to_dict(load_config(f"configs/ablations/{name}.yaml"))
         from_variant = config_to_dict(load_config(None, VARIANTS[variant]))
-        for section in ("model", "balancer"):
+        for section in ("model", "balancer", "pretrain"):
             assert ablation[section] == from_variant[section], (variant, section)
 
 
@@ -190,3 +191,26 @@ def test_compare_on_a_bring_your_own_dataset(tmp_path: Path) -> None:
         assert 0.0 <= per_task["click"]["auc"]["mean"] <= 1.0, variant
     report = json.loads((tmp_path / "compare" / "two_stage" / "seed_0" / "pretrain" / "pretrain.json").read_text())
     assert report["relation"] == "user__interacts__item"
+
+
+@pytest.mark.timeout(600)
+def test_streaming_protocol_reports_periods_and_cumulative_cost(tmp_path: Path) -> None:
+    out = tmp_path / "stream"
+    results = main(["--config", "configs/default.yaml", *TINY, "--set", "pretrain.batch_size=256",
+                    "--set", "train.periods=3", "--protocol", "streaming", "--variants", "two_stage,e2e",
+                    "--seeds", "1", "--output-dir", str(out)])
+    assert results["protocol"] == "streaming" and results["split"] == "stream"
+    for variant in ("two_stage", "e2e"):
+        stream = json.loads((out / variant / "seed_0" / "streaming.json").read_text())
+        periods = results["periods"][variant]
+        assert periods["auc"]["click"][0] is None  # period 1 is only trained on
+        assert periods["auc"]["click"][2]["mean"] == stream["periods"][2]["metrics"]["click"]["auc"]
+        assert [c["mean"] for c in periods["cumulative_seconds"]] == [p["cumulative_seconds"] for p in stream["periods"]]
+        assert results["variants"][variant]["click"]["auc"]["mean"] == pytest.approx(
+            np.mean([p["metrics"]["click"]["auc"] for p in stream["periods"][1:]]))
+    table = (out / "results.md").read_text()
+    assert "## click AUC per period (scored before training on it)" in table and "| e2e | " in table
+    assert (out / "streaming.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match="do not apply to the streaming protocol"):
+        main(["--config", "configs/default.yaml", *TINY, "--protocol", "streaming", "--max-steps", "2",
+              "--output-dir", str(tmp_path / "bad")])

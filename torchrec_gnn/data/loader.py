@@ -80,11 +80,16 @@ class LinkTargets:
     @classmethod
     def from_graph(
         cls, graph: HeteroGraph, user_type: NodeType, item_type: NodeType, relation: Optional[str],
-        per_batch: int, neg_ratio: float = 1.0,
+        per_batch: int, neg_ratio: float = 1.0, before: Optional[int] = None,
     ) -> "LinkTargets":
-        """Every edge of ``relation`` (default: the largest user -> item one) of ``graph``."""
+        """Every edge of ``relation`` (default: the largest user -> item one) of ``graph``, or
+        only those strictly older than ``before`` (a streaming graph also holds later edges)."""
         edge_type = find_link_relation(graph, user_type, item_type, relation)
-        return cls(edge_type, graph.edge_index(edge_type), per_batch, neg_ratio)
+        edges = graph.edge_index(edge_type)
+        time = graph.csc(edge_type).time
+        if before is not None and time is not None:
+            edges = edges[:, torch.from_numpy(np.asarray(time) < before)]
+        return cls(edge_type, edges, per_batch, neg_ratio)
 
     @property
     def num_edges(self) -> int:

@@ -14,7 +14,7 @@ the interaction being predicted (or any later one) is never visible to the GNN.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -108,14 +108,48 @@ def time_split(
         "test": t >= cutoffs["test"],
     }
     if graph is None:
-        edges = {et: _edges_before(e, cutoffs["train"]) for et, e in dataset.edges.items()}
-        graph = HeteroGraph.from_edges(dataset.num_nodes, edges, add_reverse=add_reverse)
+        graph = graph_before(dataset, cutoffs["train"], add_reverse)
     return TimeSplit(
         dataset=dataset,
         graph=graph,
         cutoffs=cutoffs,
         **{name: examples.subset(mask) for name, mask in splits.items()},
     )
+
+
+# Time given to static edges (no timestamp) in a streaming graph: older than any event, so
+# temporal sampling always sees them.
+STATIC_TIME = -(2**62)
+
+
+def graph_before(dataset: GraphRecDataset, cutoff: int, add_reverse: bool = True) -> HeteroGraph:
+    """The graph a model could have built at time ``cutoff``: static edges plus timed edges
+    strictly older than it (what a two-stage refresh pre-trains and exports on)."""
+    edges = {et: _edges_before(e, cutoff) for et, e in dataset.edges.items()}
+    return HeteroGraph.from_edges(dataset.num_nodes, edges, add_reverse=add_reverse)
+
+
+def streaming_graph(dataset: GraphRecDataset, add_reverse: bool = True) -> HeteroGraph:
+    """Every edge of ``dataset``, those inside the labelled window included, each with a time
+    (static edges at :data:`STATIC_TIME`), for temporal sampling: an example at time t then
+    sees exactly the edges older than t (new videos' first watches, new follows)."""
+    edges = {}
+    for et, e in dataset.edges.items():
+        time = e.time if e.time is not None else torch.full((e.src.numel(),), STATIC_TIME, dtype=torch.int64)
+        edges[et] = EdgeList(src=e.src, dst=e.dst, time=time, weight=e.weight)
+    return HeteroGraph.from_edges(dataset.num_nodes, edges, add_reverse=add_reverse)
+
+
+def stream_periods(examples: Interactions, periods: int) -> List[Interactions]:
+    """``examples`` in time order, cut into ``periods`` consecutive parts of (nearly) equal size.
+
+    Raises:
+        ValueError: ``periods`` < 1 or more periods than examples.
+    """
+    if not 1 <= periods <= len(examples):
+        raise ValueError(f"stream_periods: periods must be in [1, {len(examples)}] (one example each at least), got {periods}")
+    order = torch.sort(examples.timestamp, stable=True).indices
+    return [examples.subset(part) for part in torch.tensor_split(order, periods)]
 
 
 def _edges_before(edges: EdgeList, cutoff: int) -> EdgeList:

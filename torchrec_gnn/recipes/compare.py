@@ -55,7 +55,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchrec_gnn.config import config_to_dict, load_config
+from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config
+from torchrec_gnn.recipes.stream import STREAM_SPLIT, load_stream
 from torchrec_gnn.recipes.train import TRAINING_FILE
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
 
@@ -63,6 +64,8 @@ from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
 VARIANTS: Dict[str, List[str]] = {
     "no_graph": ["model.use_graph=false"],
     "two_stage": ["model.two_stage=true"],
+    # Under --protocol streaming: pre-train and export again every period (static: = two_stage).
+    "two_stage_refresh": ["model.two_stage=true", "pretrain.refresh_every=1"],
     "e2e": [],
     "e2e_edge": ["model.gfae.edge_objective=true"],
     "e2e_warm": ["model.warm_start=true"],
@@ -120,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field of every run, e.g. --set data.preset=tiny (repeatable)")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps of every run")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="split the results are reported on")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split the results are reported on "
+                        "(static protocol; streaming reports the mean over the scored periods)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="static",
+                        help="static: train, then score validation and test; streaming: test-then-train over "
+                             "time periods with a graph that grows (train.protocol, torchrec_gnn.recipes.stream)")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have an eval.json")
     parser.add_argument("--in-process", action="store_true",
                         help="call train.main in this process instead of one child process per run "
@@ -170,7 +177,8 @@ def plan_runs(args: argparse.Namespace) -> List[Run]:
     runs = []
     for variant in variants:
         overrides = [*args.overrides, *VARIANTS[variant]]
-        config = load_config(args.config, overrides)  # fail now, not after hours of other runs
+        max_steps = [f"train.max_steps={args.max_steps}"] if args.max_steps is not None else []
+        config = load_config(args.config, overrides + max_steps)  # fail now, not after hours of other runs
         # Every run must see the same examples and graph: data.* (data.seed included) is shared.
         if config_to_dict(config.data) != data:
             raise CompareError(f"variant {variant!r} changes the data config ({VARIANTS[variant]}); "
@@ -367,6 +375,55 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
     }
 
 
+def aggregate_periods(runs: Sequence[Run]) -> Dict[str, Any]:
+    """Streaming runs: per variant, each binary task's AUC per scored period and the cumulative
+    seconds after each period, mean and std over the seeds.
+
+    Returns:
+        Dict: ``{variant: {"auc": {task: [stats per period]}, "cumulative_seconds": [stats per
+        period], "refresh_seconds": stats of the sum}}`` (period 0 is trained on, never scored).
+    """
+    per_variant: Dict[str, List[Dict[str, Any]]] = {}
+    for run in runs:
+        per_variant.setdefault(run.variant, []).append(load_stream(run.run_dir))
+    out: Dict[str, Any] = {}
+    for variant, streams in per_variant.items():
+        num = len(streams[0]["periods"])
+        tasks = [t for t, m in streams[0]["periods"][1]["metrics"].items() if "auc" in m]
+        out[variant] = {
+            "auc": {t: [None] + [mean_std([s["periods"][p]["metrics"][t]["auc"] for s in streams]) for p in range(1, num)]
+                    for t in tasks},
+            "cumulative_seconds": [mean_std([s["periods"][p]["cumulative_seconds"] for s in streams]) for p in range(num)],
+            "refresh_seconds": mean_std([sum(r["refresh_seconds"] for r in s["periods"]) for s in streams]),
+        }
+    return out
+
+
+def plot_periods(results: Mapping[str, Any], path: Path) -> Path:
+    """Streaming: AUC per scored period (one panel per binary task) and cumulative seconds per
+    variant, mean over seeds with ± std bands."""
+    periods = results["periods"]
+    tasks = list(dict.fromkeys(t for v in periods.values() for t in v["auc"]))
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.0 * (len(tasks) + 1), 3.4), squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (variant, data) in enumerate(periods.items()):
+        color = palette[i % len(palette)]
+        for ax, task in zip(axes[0], tasks):
+            stats = data["auc"].get(task, [])[1:]
+            x = np.arange(2, len(stats) + 2)
+            mean, std = np.array([s["mean"] for s in stats]), np.array([s["std"] for s in stats])
+            ax.plot(x, mean, marker="o", label=variant, color=color)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+            ax.set(title=f"{task} AUC, scored before training", xlabel="period", ylabel="AUC", xticks=x)
+        cost = data["cumulative_seconds"]
+        x = np.arange(1, len(cost) + 1)
+        axes[0][-1].plot(x, [c["mean"] for c in cost], marker="o", label=variant, color=color)
+        axes[0][-1].set(title="cumulative seconds", xlabel="period", ylabel="seconds", xticks=x)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Streaming protocol (mean over seeds, band = ± std)")
+    return _save(fig, path)
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: a ``mean ± std`` table per metric (best mean in bold) and a cost table.
 
@@ -413,7 +470,30 @@ def markdown(results: Mapping[str, Any]) -> str:
         cells += [f"{cost[k]['mean']:.0f} ± {cost[k]['std']:.0f}" if k in cost else "-" for k in ("peak_rss_mb", "kept_step")]
         runs = cost["train_seconds"]["n"] if "train_seconds" in cost else 0
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {runs} |")
+    if "periods" in results:
+        lines += _period_tables(results["periods"])
     return "\n".join(lines) + "\n"
+
+
+def _period_tables(periods: Mapping[str, Any]) -> List[str]:
+    """Streaming: AUC per scored period per binary task, then cumulative seconds per period."""
+    lines: List[str] = []
+    tasks = list(dict.fromkeys(t for v in periods.values() for t in v["auc"]))
+    count = max(len(v["cumulative_seconds"]) for v in periods.values())
+    for task in tasks:
+        lines += ["", f"## {task} AUC per period (scored before training on it)", "",
+                  "| variant | " + " | ".join(f"period {p + 1}" for p in range(1, count)) + " |",
+                  "|---|" + "---:|" * (count - 1)]
+        for v, data in periods.items():
+            cells = [f"{st['mean']:.4f} ± {st['std']:.4f}" for st in data["auc"].get(task, [None])[1:]]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += ["", "## Cumulative seconds after each period (setup and pre-training included; refreshes too)", "",
+              "| variant | " + " | ".join(f"period {p + 1}" for p in range(count)) + " | of which refreshes |",
+              "|---|" + "---:|" * (count + 1)]
+    for v, data in periods.items():
+        cells = [f"{st['mean']:.0f}" for st in data["cumulative_seconds"]]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {data['refresh_seconds']['mean']:.0f} |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -531,11 +611,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         ConfigError: a variant's config has problems.
     """
     args = build_parser().parse_args(argv)
+    streaming = args.protocol == "streaming"
+    if streaming:
+        args.overrides = [*args.overrides, "train.protocol=streaming"]
+        args.split = STREAM_SPLIT
     runs = plan_runs(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     execute(runs, force=args.force, in_process=args.in_process)
     results: Dict[str, Any] = {
         **aggregate(runs, args.split),
+        **({"periods": aggregate_periods(runs)} if streaming else {}),
+        "protocol": args.protocol,
         "split": args.split,
         "seeds": sorted({run.seed for run in runs}),
         "config": args.config,
@@ -547,6 +633,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     table = markdown(results)
     (args.output_dir / "results.md").write_text(table)
     plot_auc(results, args.output_dir / "auc_by_variant.png")
-    plot_learning_curves(runs, args.output_dir / "learning_curves.png")
+    if streaming:
+        plot_periods(results, args.output_dir / "streaming.png")
+    else:
+        plot_learning_curves(runs, args.output_dir / "learning_curves.png")
     print(table)
     return results

@@ -35,7 +35,7 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
-from torchrec_gnn.data.split import TimeSplit, time_split
+from torchrec_gnn.data.split import TimeSplit, graph_before, streaming_graph, time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower
@@ -49,6 +49,7 @@ from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
 from torchrec_gnn.modules.heads import initial_output_bias
+from torchrec_gnn.recipes.stream import run_stream
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
@@ -108,7 +109,9 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
     fractions = (config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
     graph_dir = output_dir / "graph"
     if ctx.is_main:  # rank 0 builds the graph once and saves it
-        time_split(dataset, *fractions).graph.save(graph_dir)
+        # Streaming: every edge with its time (temporal sampling shows each batch its past only).
+        streaming = config.train.protocol == "streaming"
+        (streaming_graph(dataset) if streaming else time_split(dataset, *fractions).graph).save(graph_dir)
     dist.barrier()
     # Every rank maps the same files: the topology is held once per host.
     split = time_split(dataset, *fractions, graph=HeteroGraph.load(graph_dir, mmap=True))
@@ -121,18 +124,21 @@ def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[Edg
 
 
 def pretrain_stage(
-    config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, output_dir: Path
+    config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, directory: Path,
+    initial_tower: Optional[Path] = None,
 ) -> Path:
-    """Stage 1 of the two-stage baseline and of warm start, once per run: rank 0 pre-trains the
-    GNN tower on the graph by link prediction and writes the tower and (two-stage) every user's
-    and item's exported embedding to ``output_dir/pretrain`` (kept there, so a resumed run does
-    not redo it). Returns that directory once every rank can read it."""
-    directory = output_dir / PRETRAIN_DIR
+    """Stage 1 of the two-stage baseline and of warm start: rank 0 pre-trains the GNN tower on
+    ``graph`` by link prediction (from the tower saved in ``initial_tower``, for a refresh) and
+    writes the tower and (two-stage) every user's and item's exported embedding to ``directory``
+    (kept there, so a resumed run does not redo it). Returns ``directory`` once every rank can
+    read it."""
     if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
                               export=config.model.two_stage)
         tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True)
+        if initial_tower is not None:
+            tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
         save_result(pretrain_and_export(tower, dataset, graph, setup), directory)
     dist.barrier()
     return directory
@@ -152,9 +158,12 @@ def warm_start(model: torch.nn.Module, directory: Path, ctx: DistributedContext)
 def batches(
     config: ExperimentConfig, graph: HeteroGraph, dataset: GraphRecDataset, examples: Interactions,
     train: bool, ctx: Optional[DistributedContext] = None, batch_size: Optional[int] = None,
+    links_before: Optional[int] = None,
 ) -> GraphBatchDataset:
     """The GraphBatchDataset of ``examples`` for this rank (one process without ``ctx``;
-    ``batch_size`` overrides the config's)."""
+    ``batch_size`` overrides the config's). Training batches are shuffled, except under the
+    streaming protocol (time order, as a streaming trainer reads them); the edge objective's
+    links are the graph's edges older than ``links_before`` when given."""
     loader, model = config.loader, config.model
     # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
     fanouts = [] if model.two_stage else configured_fanouts(config, graph)
@@ -163,13 +172,13 @@ def batches(
     links = None
     if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
         links = LinkTargets.from_graph(graph, dataset.user_type, dataset.item_type, model.gfae.edge_relation,
-                                       model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio)
+                                       model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio, links_before)
     return GraphBatchDataset(
         examples, sampler, dataset.user_type, dataset.item_type,
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
         node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
         node_features=dataset.node_features if end_to_end else None,
-        shuffle=train, drop_last=train, seed=config.train.seed,
+        shuffle=train and config.train.protocol == "static", drop_last=train, seed=config.train.seed,
         rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1, links=links,
     )
 
@@ -201,7 +210,9 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
                        config.model.gnn.num_layers, len(config.loader.fanouts))
     pretrained = None
     if config.model.two_stage or config.model.warm_start:
-        pretrained = pretrain_stage(config, dataset, split.graph, ctx, output_dir)
+        # Pre-training sees the graph as it stands when the labelled window opens.
+        history = split.graph if config.train.protocol == "static" else graph_before(dataset, split.cutoffs["train"])
+        pretrained = pretrain_stage(config, dataset, history, ctx, output_dir / PRETRAIN_DIR)
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
@@ -398,11 +409,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
     _configure_logging()
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
+    streaming = config.train.protocol == "streaming"
+    if streaming:
+        if args.resume:
+            raise CheckpointError("--resume: a streaming run keeps no checkpoints between periods; run it again")
+        config.loader.temporal = True  # each batch sees only the graph's past
     ctx = init_distributed(config.train.device)
     try:
+        start = time.perf_counter()
         job = setup(config, ctx)
         if ctx.is_main:
             logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
+        if streaming:
+            results = run_stream(job, setup_seconds=time.perf_counter() - start)
+            if ctx.is_main:
+                (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
+                print(format_table(results, title=f"{config.name}: streaming, mean over periods 2-{config.train.periods}"))
+            return results
         # torchrun --max-restarts N restarts every worker after a failure: pick up where the
         # latest complete checkpoint left off (or from scratch if none was written yet).
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

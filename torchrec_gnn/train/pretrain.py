@@ -77,6 +77,9 @@ class PretrainConfig:
         gfae_weight (float): weight of the GFAE loss next to the link loss (with
             ``model.use_gfae``). Default 1.0.
         chunk_size (int): destination nodes per step of the full-graph export. Default 8192.
+        refresh_every (int): under the streaming protocol, the two-stage baseline pre-trains
+            again (from the previous tower) and re-exports on the graph as it stands every this
+            many periods (0 = never refresh). Default 0.
     """
 
     epochs: int = 1
@@ -90,8 +93,11 @@ class PretrainConfig:
     link_weight: float = 1.0
     gfae_weight: float = 1.0
     chunk_size: int = 8192
+    refresh_every: int = 0
 
     def __post_init__(self) -> None:
+        if self.refresh_every < 0:
+            raise ValueError(f"pretrain.refresh_every must be >= 0 (0 = never), got {self.refresh_every}")
         if not 0.0 < self.supervision_fraction <= 1.0:
             raise ValueError(f"pretrain.supervision_fraction must be in (0, 1], got {self.supervision_fraction}")
         if not 0.0 < self.validation_fraction < 1.0:
