@@ -65,4 +65,8 @@ def test_config_errors_and_repr() -> None:
     with pytest.raises(ValueError, match="loss must be one of"):
         GFAEConfig(loss="l1")
     gfae = GFAE(4, 8, {"user": 3}, GFAEConfig())
-    assert repr(gfae) == "GFAE(4 -> 8, targets={'user': 3}, mask_rate=0.3, loss=sce)"
+    assert repr(gfae) == "GFAE(4 -> 8, targets={'user': 3}, mask_rate=0.3, loss=sce, edge_decoder=None)"
+    with_edges = GFAE(4, 8, {}, GFAEConfig(edge_objective=True))
+    assert not with_edges.reconstructs_features and repr(with_edges.edge_decoder) == "EdgeDecoder(channels=8, kind='dot')"
+    with pytest.raises(ValueError, match="edge_decoder must be one of"):
+        GFAEConfig(edge_decoder="cosine")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 import torch
@@ -13,7 +14,7 @@ from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
-from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder, GFAEConfig
+from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 
@@ -82,14 +83,12 @@ def build_graph_tower(
     seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])
     gnn = HeteroGNN(graph.node_types, graph.edge_types, dim, config.gnn, out_node_types=seed_types)
     feature_channels = {t: int(x.shape[1]) for t, x in dataset.node_features.items()}
+    edges = config.gfae.edge_objective if edge_objective is None else edge_objective
     gfae = None
-    if config.use_gfae:
-        targets = {t: feature_channels.get(t, dim) for t in seed_types}
-        gfae = GFAE(dim, gnn.out_channels, targets, config.gfae)
-    edge_decoder = None
-    if config.gfae.edge_objective if edge_objective is None else edge_objective:
-        edge_decoder = EdgeDecoder(gnn.out_channels, config.gfae.edge_decoder, config.gfae.decoder_hidden)
-    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels, edge_decoder)
+    if config.use_gfae or edges:
+        targets = {t: feature_channels.get(t, dim) for t in seed_types} if config.use_gfae else {}
+        gfae = GFAE(dim, gnn.out_channels, targets, replace(config.gfae, edge_objective=edges))
+    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
     return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
 
 

@@ -79,14 +79,15 @@ class GFAEConfig:
 
 
 class GFAE(nn.Module):
-    """Mask tokens, per-type MLP decoders and the reconstruction loss.
+    """The graph auto-encoder's two parts: masked features (mask tokens, per-type MLP decoders,
+    reconstruction loss) and masked edges (:class:`EdgeDecoder`, with ``config.edge_objective``).
 
     Args:
         in_channels (int): D, width of the encoder input (mask token size).
         out_channels (int): H, width of the encoder output.
         target_channels (Mapping[str, int]): node type -> F_t, width of its reconstruction
-            target (D for ID-only types).
-        config (GFAEConfig): mask rate and loss.
+            target (D for ID-only types); empty switches the feature part off.
+        config (GFAEConfig): mask rate and loss; ``edge_objective`` adds the edge part.
 
     Example::
 
@@ -115,6 +116,7 @@ class GFAE(nn.Module):
                 for t, f in self.target_channels.items()
             }
         )
+        self.edge_decoder = EdgeDecoder(out_channels, config.edge_decoder, config.decoder_hidden) if config.edge_objective else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -124,6 +126,8 @@ class GFAE(nn.Module):
             for layer in decoder:
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
+        if self.edge_decoder is not None:
+            self.edge_decoder.reset_parameters()
 
     def mask(
         self,
@@ -187,10 +191,15 @@ class GFAE(nn.Module):
             return next(iter(h_dict.values())).sum() * 0.0
         return torch.cat(errors).mean()
 
+    @property
+    def reconstructs_features(self) -> bool:
+        """Whether the feature part is on (it has targets)."""
+        return bool(self.target_channels)
+
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels} -> {self.out_channels}, targets={self.target_channels}, "
-            f"mask_rate={self.config.mask_rate}, loss={self.config.loss})"
+            f"mask_rate={self.config.mask_rate}, loss={self.config.loss}, edge_decoder={self.edge_decoder})"
         )
 
 
@@ -218,6 +227,11 @@ class EdgeDecoder(nn.Module):
             raise ValueError(f"EdgeDecoder: kind must be one of {EDGE_DECODERS}, got {kind!r}")
         self.channels, self.kind = channels, kind
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.PReLU(), nn.Linear(hidden, 1)) if kind == "mlp" else None
+
+    def reset_parameters(self) -> None:
+        for layer in self.mlp or []:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """

@@ -51,12 +51,12 @@ class GraphEncoder(nn.Module):
         gnn (HeteroGNN): the message-passing stack.
         user_type (str): node type of the examples' users.
         item_type (str): node type of the examples' items.
-        gfae (GFAE, optional): masked feature auto-encoder; active in training mode only.
+        gfae (GFAE, optional): the graph auto-encoder: masked features (active in training mode
+            only) and, with its edge decoder, the masked-edge loss over the batch's links
+            (``batch.link_index``: held-out edges and negatives).
         feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
             side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
             through a linear projection. They are also that type's GFAE target.
-        edge_decoder (EdgeDecoder, optional): scores the batch's links (``batch.link_index``,
-            held-out edges and negatives) for the masked-edge loss.
     """
 
     def __init__(
@@ -66,7 +66,6 @@ class GraphEncoder(nn.Module):
         item_type: NodeType,
         gfae: Optional[GFAE] = None,
         feature_channels: Optional[Mapping[NodeType, int]] = None,
-        edge_decoder: Optional[EdgeDecoder] = None,
     ) -> None:
         super().__init__()
         for t in (user_type, item_type):
@@ -82,7 +81,6 @@ class GraphEncoder(nn.Module):
         self.gnn = gnn
         self.user_type, self.item_type = user_type, item_type
         self.gfae = gfae
-        self.edge_decoder = edge_decoder
         self.feature_projection = nn.ModuleDict(
             {t: nn.Linear(f, gnn.in_channels) for t, f in (feature_channels or {}).items()}
         )
@@ -95,6 +93,11 @@ class GraphEncoder(nn.Module):
     @property
     def out_channels(self) -> int:
         return self.gnn.out_channels
+
+    @property
+    def edge_decoder(self) -> Optional[EdgeDecoder]:
+        """The GFAE's edge part, if on (it scores the batch's links)."""
+        return None if self.gfae is None else self.gfae.edge_decoder
 
     def shared_parameters(self) -> List[nn.Parameter]:
         """GradNorm's shared layer: the GNN's last weighted layer."""
@@ -126,7 +129,7 @@ class GraphEncoder(nn.Module):
     def _encode(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
         inputs = self.input_features(x_dict, batch.node_features)
-        use_gfae = self.gfae is not None and self.training
+        use_gfae = self.gfae is not None and self.gfae.reconstructs_features and self.training
         if use_gfae:
             # Only rows whose final embedding is computed can be scored: the seeds when trimming.
             if self.gnn.config.trim:
@@ -138,10 +141,11 @@ class GraphEncoder(nn.Module):
         zero = h_dict[self.user_type].sum() * 0.0
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero
-        if self.edge_decoder is not None and batch.link_label.numel() > 0:
+        decoder = self.edge_decoder
+        if decoder is not None and batch.link_label.numel() > 0:
             users, items = batch.link_index
-            link_logits = self.edge_decoder(h_dict[self.user_type][users], h_dict[self.item_type][items])  # (L,)
-            edge_loss = self.edge_decoder.loss(link_logits, batch.link_label)
+            link_logits = decoder(h_dict[self.user_type][users], h_dict[self.item_type][items])  # (L,)
+            edge_loss = decoder.loss(link_logits, batch.link_label)
         return GraphEmbeddings(
             user=h_dict[self.user_type][batch.user_index],
             item=h_dict[self.item_type][batch.item_index],

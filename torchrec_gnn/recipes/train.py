@@ -149,7 +149,7 @@ def warm_start(model: torch.nn.Module, directory: Path, ctx: DistributedContext)
     tables shard by shard, GNN and GFAE wholesale (an edge decoder the model lacks is left out)."""
     state = load_pretrained(directory, TOWER_FILE)
     own = unwrap(model).model.graph_tower.state_dict()
-    copy_into_sharded(model, {k: v for k, v in state.items() if k in own or not k.startswith("encoder.edge_decoder.")},
+    copy_into_sharded(model, {k: v for k, v in state.items() if k in own or not k.startswith("encoder.gfae.edge_decoder.")},
                       prefix="model.graph_tower.")
     if ctx.is_main:
         logger.info("warm start: the tower starts from the pre-trained one in %s (%d tensors)", directory, len(state))
