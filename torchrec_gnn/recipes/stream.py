@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from torchrec_gnn.data.split import graph_before, stream_periods
 from torchrec_gnn.modules.heads import initial_output_bias
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
 from torchrec_gnn.train.sharding import unwrap
+
+if TYPE_CHECKING:  # the train recipe imports this module
+    from torchrec_gnn.recipes.train import Job
 
 logger = logging.getLogger("torchrec_gnn.stream")
 
@@ -66,7 +69,7 @@ def mean_over_periods(per_period: List[Dict[str, Dict[str, float]]]) -> Dict[str
     return means
 
 
-def _train_period(job: Any, examples: Interactions, period: int) -> int:
+def _train_period(job: "Job", examples: Interactions, period: int) -> int:
     """One chronological pass over ``examples``; returns the steps taken. The edge objective
     (if on) predicts only edges older than the period."""
     from torchrec_gnn.recipes.train import batches  # the recipe module imports this one
@@ -86,7 +89,7 @@ def _train_period(job: Any, examples: Interactions, period: int) -> int:
             raise FloatingPointError(f"period {period}, step {steps}: loss is {float(out.total)}")
 
 
-def _refresh(job: Any, cutoff: int, period: int, previous: Path) -> Path:
+def _refresh(job: "Job", cutoff: int, period: int, previous: Path) -> Path:
     """Two-stage refresh: pre-train again from the tower in ``previous`` on the graph as it
     stands at ``cutoff``, export, and load the new embeddings into the frozen tower (every
     rank). Returns the refresh's directory."""
@@ -99,7 +102,7 @@ def _refresh(job: Any, cutoff: int, period: int, previous: Path) -> Path:
     return directory
 
 
-def run_stream(job: Any, setup_seconds: float) -> Dict[str, Dict[str, Dict[str, float]]]:
+def run_stream(job: "Job", setup_seconds: float) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Test-then-train over the labelled window's periods (see the module docstring).
 
     Args:
