@@ -360,12 +360,11 @@ class NeighborSampler:
             raise ValueError(f"NeighborSampler.sample_from_edges: neg_ratio must be >= 0, got {neg_ratio}")
         links = links.long()
         p = links.shape[1]
-        n = int(round(neg_ratio * p)) if p else 0
+        n = round(neg_ratio * p)
         cycle = torch.arange(n) % max(p, 1)
         neg_dst = torch.randint(0, self.graph.num_nodes[dst_t], (n,), generator=generator)
         label_src, label_dst = torch.cat([links[0], links[0][cycle]]), torch.cat([links[1], neg_dst])
-        node_seeds = dict(node_seeds or {})
-        seeds = {t: torch.as_tensor(s).long() for t, s in node_seeds.items()}
+        seeds = {t: torch.as_tensor(s).long() for t, s in (node_seeds or {}).items()}
         offset = {t: int(s.numel()) for t, s in seeds.items()}
         times = None
         if self.temporal:
@@ -388,7 +387,7 @@ class NeighborSampler:
         dst_start = offset[dst_t] + (p + n if src_t == dst_t else 0)
         dst_rows = sub.seed_index[dst_t][dst_start : dst_start + p + n]
         if exclude_links and p:
-            _drop_pairs(sub, self.graph, edge_type, links)
+            _drop_pairs(sub, HeldOutPairs(edge_type, self.graph.num_nodes[dst_t], links))
         return SampledLinks(
             subgraph=sub,
             edge_label_index=torch.stack([src_rows, dst_rows]),
@@ -558,26 +557,41 @@ class _Scratch:
         }
 
 
-def _drop_pairs(sub: SampledSubgraph, graph: HeteroGraph, edge_type: EdgeType, pairs: Tensor) -> None:
-    """Remove the (2, P) global ``[src; dst]`` ``pairs`` of ``edge_type``, and the same pairs
-    reversed in every relation from ``dst`` back to ``src``, from ``sub`` in place (hop counts
-    follow)."""
-    src_t, _, dst_t = edge_type
-    width = graph.num_nodes[dst_t]
-    keys = np.unique(pairs[0].numpy() * width + pairs[1].numpy())
-    for et in graph.edge_types:
-        if et != edge_type and not (et[0] == dst_t and et[2] == src_t):
+class HeldOutPairs:
+    """``(src, dst)`` pairs of one relation held out of message passing: matched in that relation
+    and, reversed, in every relation from ``dst`` back to ``src`` (e.g. ``rev_watches``).
+
+    Args:
+        edge_type (EdgeType): ``(src, rel, dst)``.
+        num_dst (int): node count of the ``dst`` type (to key a pair as one integer).
+        pairs (Tensor): (2, P) global ``[src; dst]`` ids.
+    """
+
+    def __init__(self, edge_type: EdgeType, num_dst: int, pairs: Tensor) -> None:
+        self.edge_type, self.num_dst = tuple(edge_type), num_dst
+        self.keys = np.unique(pairs[0].numpy() * num_dst + pairs[1].numpy())
+
+    def applies_to(self, edge_type: EdgeType) -> bool:
+        """Whether ``edge_type`` is the pairs' relation or one of its reverses."""
+        src_t, _, dst_t = self.edge_type
+        return edge_type == self.edge_type or (edge_type[0] == dst_t and edge_type[2] == src_t)
+
+    def matches(self, edge_type: EdgeType, src: Tensor, dst: Tensor) -> Tensor:
+        """(E,) bool: which edges ``src[i] -> dst[i]`` (global ids) of ``edge_type`` are held out."""
+        users, items = (src, dst) if edge_type == self.edge_type else (dst, src)
+        return torch.from_numpy(np.isin(users.numpy() * self.num_dst + items.numpy(), self.keys))
+
+
+def _drop_pairs(sub: SampledSubgraph, held: HeldOutPairs) -> None:
+    """Remove the ``held`` pairs from ``sub`` in place, hop counts following."""
+    for et in sub.row:
+        if not held.applies_to(et) or sub.row[et].numel() == 0:
             continue
-        if sub.row[et].numel() == 0:
-            continue
-        src_ids, dst_ids = sub.node[et[0]][sub.row[et]], sub.node[et[2]][sub.col[et]]
-        users, items = (src_ids, dst_ids) if et == edge_type else (dst_ids, src_ids)
-        keep = torch.from_numpy(~np.isin(users.numpy() * width + items.numpy(), keys))
+        keep = ~held.matches(et, sub.node[et[0]][sub.row[et]], sub.node[et[2]][sub.col[et]])
         if bool(keep.all()):
             continue
+        kept = np.concatenate([[0], np.cumsum(keep.numpy())])  # kept edges before each position
         bounds = np.cumsum([0, *sub.num_sampled_edges[et]])
-        kept = keep.long().cumsum(0)
-        kept = torch.cat([torch.zeros(1, dtype=torch.long), kept])
         sub.num_sampled_edges[et] = [int(kept[b] - kept[a]) for a, b in zip(bounds[:-1], bounds[1:])]
         sub.row[et], sub.col[et], sub.edge[et] = sub.row[et][keep], sub.col[et][keep], sub.edge[et][keep]
 

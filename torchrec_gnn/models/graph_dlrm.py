@@ -116,6 +116,10 @@ class GraphDLRM(nn.Module):
         self.dense_arch = DenseArch(dense_in_features, [*config.dense_arch_hidden_sizes, embedding_dim])
         self.graph_tower = graph_tower
         use_graph = graph_tower is not None
+        # The auxiliary losses after the task losses: "gfae" (0 without a feature GFAE), then
+        # "edge" when the tower has an edge decoder (the masked-edge objective).
+        has_edges = getattr(graph_tower, "edge_decoder", None) is not None
+        self.aux_loss_names: List[str] = ["gfae"] + (["edge"] if has_edges else [])
         self.input_fusion = (
             InputFusionArch(graph_tower.out_channels, embedding_dim) if use_graph and config.input_fusion else None
         )
@@ -163,13 +167,6 @@ class GraphDLRM(nn.Module):
         return model
 
     @property
-    def aux_loss_names(self) -> List[str]:
-        """The auxiliary losses after the task losses: ``"gfae"`` (0 without a feature GFAE),
-        then ``"edge"`` when the tower has an edge decoder (the masked-edge objective)."""
-        encoder = getattr(self.graph_tower, "encoder", None)
-        return ["gfae"] + (["edge"] if getattr(encoder, "edge_decoder", None) is not None else [])
-
-    @property
     def interaction_features(self) -> int:
         """Features entering the interaction: F sparse features (+2 with input fusion)."""
         return len(self.sparse_arch.sparse_feature_names) + (2 if self.input_fusion is not None else 0)
@@ -188,21 +185,21 @@ class GraphDLRM(nn.Module):
         Returns:
             Tuple[Tensor, Tensor]: per-task outputs (B, T) (logits for binary tasks,
             ``log1p`` predictions for regression) and the auxiliary losses (A,), one per
-            :attr:`aux_loss_names`.
+            :attr:`aux_loss_names` (``"gfae"``, then ``"edge"`` with an edge decoder).
         """
         dense = self.dense_arch(batch.dense_features)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
         zero = dense.sum() * 0.0
-        aux = [zero, zero][: len(self.aux_loss_names)]
+        aux = [zero, zero]  # gfae, edge
         if self.graph_tower is not None:
             graph = self.graph_tower(batch)
-            aux = [graph.gfae_loss, graph.edge_loss][: len(self.aux_loss_names)]
+            aux = [graph.gfae_loss, graph.edge_loss]
             if self.input_fusion is not None:
                 sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
         representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
         if self.prehead_fusion is not None:
             representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
-        return self.task_heads(representation), torch.stack(aux)
+        return self.task_heads(representation), torch.stack(aux[: len(self.aux_loss_names)])
 
 
 class GraphDLRMTrain(nn.Module):

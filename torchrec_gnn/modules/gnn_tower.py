@@ -213,6 +213,11 @@ class GNNTower(nn.Module):
     def shared_parameters(self) -> List[nn.Parameter]:
         return self.encoder.shared_parameters()
 
+    @property
+    def edge_decoder(self) -> Optional[EdgeDecoder]:
+        """The GFAE's edge part, if on (the tower then also returns the masked-edge loss)."""
+        return self.encoder.edge_decoder
+
     def forward(self, batch: GraphBatch) -> GraphEmbeddings:
         """
         Args:

@@ -37,8 +37,7 @@ import numpy as np
 
 from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import make_dataloader
-from torchrec_gnn.data.split import graph_before, stream_periods
-from torchrec_gnn.modules.heads import initial_output_bias
+from torchrec_gnn.data.split import TimeSplit, graph_before, stream_periods
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
 from torchrec_gnn.train.sharding import unwrap
 
@@ -57,22 +56,26 @@ COUNTS = ("count", "gauc_users", "gauc_users_skipped")  # summed over periods, n
 def mean_over_periods(per_period: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
     """``{task: {metric: mean}}`` over periods (finite values only; NaN when none); the counts
     of :data:`COUNTS` are summed."""
+    def reduce(task: str, metric: str) -> float:
+        values = [p[task][metric] for p in per_period if math.isfinite(p.get(task, {}).get(metric, math.nan))]
+        if metric in COUNTS:
+            return int(np.sum(values))
+        return float(np.mean(values)) if values else math.nan
+
     tasks = {t: list(m) for p in per_period for t, m in p.items()}
-    means: Dict[str, Dict[str, float]] = {}
-    for task, metrics in tasks.items():
-        for metric in metrics:
-            values = [p[task][metric] for p in per_period if task in p and math.isfinite(p[task].get(metric, math.nan))]
-            if metric in COUNTS:
-                means.setdefault(task, {})[metric] = int(np.sum(values))
-            else:
-                means.setdefault(task, {})[metric] = float(np.mean(values)) if values else math.nan
-    return means
+    return {task: {metric: reduce(task, metric) for metric in metrics} for task, metrics in tasks.items()}
+
+
+def stream_periods_of(split: TimeSplit, periods: int) -> List[Interactions]:
+    """The labelled window (the static split's train, validation and test examples together)
+    cut into ``periods`` time-ordered parts."""
+    return stream_periods(Interactions.concat([split.train, split.val, split.test]), periods)
 
 
 def _train_period(job: "Job", examples: Interactions, period: int) -> int:
     """One chronological pass over ``examples``; returns the steps taken. The edge objective
     (if on) predicts only edges older than the period."""
-    from torchrec_gnn.recipes.train import batches  # the recipe module imports this one
+    from torchrec_gnn.recipes.train import batches, check_finite  # the recipe module imports this one
 
     start = int(examples.timestamp.min())
     data = batches(job.config, job.split.graph, job.dataset, examples, train=True, ctx=job.ctx, links_before=start)
@@ -85,8 +88,7 @@ def _train_period(job: "Job", examples: Interactions, period: int) -> int:
         except StopIteration:
             return steps
         steps += 1
-        if not math.isfinite(float(out.total)):
-            raise FloatingPointError(f"period {period}, step {steps}: loss is {float(out.total)}")
+        check_finite(out, f"period {period}, step {steps}")
 
 
 def _refresh(job: "Job", cutoff: int, period: int, previous: Path) -> Path:
@@ -95,8 +97,8 @@ def _refresh(job: "Job", cutoff: int, period: int, previous: Path) -> Path:
     rank). Returns the refresh's directory."""
     from torchrec_gnn.recipes.train import pretrain_stage
 
-    snapshot = graph_before(job.dataset, cutoff)
     directory = job.output_dir / PRETRAIN_DIR / f"refresh_{period:02d}"
+    snapshot = lambda: graph_before(job.dataset, cutoff)  # noqa: E731 - built on rank 0 only
     directory = pretrain_stage(job.config, job.dataset, snapshot, job.ctx, directory, initial_tower=previous)
     unwrap(job.model).model.graph_tower.load_embeddings(load_pretrained(directory))
     return directory
@@ -116,14 +118,9 @@ def run_stream(job: "Job", setup_seconds: float) -> Dict[str, Dict[str, Dict[str
     from torchrec_gnn.recipes.train import evaluate
 
     cfg = job.config
-    window = Interactions.concat([job.split.train, job.split.val, job.split.test])
-    periods = stream_periods(window, cfg.train.periods)
+    periods = stream_periods_of(job.split, cfg.train.periods)
     refresh_every = cfg.pretrain.refresh_every if cfg.model.two_stage else 0
     last_tower = job.output_dir / PRETRAIN_DIR  # the initial pre-training's
-    # The heads start from the label statistics of the first period (trained on, never scored).
-    first = periods[0].labels
-    bias = initial_output_bias(first.nan_to_num(0.0), ~first.isnan(), job.dataset.tasks)
-    unwrap(job.model).model.task_heads.init_output_bias(bias.to(job.ctx.device))
     records: List[Dict[str, Any]] = []
     cumulative = setup_seconds
     for p, examples in enumerate(periods):

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,7 +49,7 @@ from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
 from torchrec_gnn.modules.heads import initial_output_bias
-from torchrec_gnn.recipes.stream import run_stream
+from torchrec_gnn.recipes.stream import run_stream, stream_periods_of
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
@@ -124,15 +124,16 @@ def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[Edg
 
 
 def pretrain_stage(
-    config: ExperimentConfig, dataset: GraphRecDataset, graph: HeteroGraph, ctx: DistributedContext, directory: Path,
-    initial_tower: Optional[Path] = None,
+    config: ExperimentConfig, dataset: GraphRecDataset, graph_at_start: Callable[[], HeteroGraph],
+    ctx: DistributedContext, directory: Path, initial_tower: Optional[Path] = None,
 ) -> Path:
     """Stage 1 of the two-stage baseline and of warm start: rank 0 pre-trains the GNN tower on
-    ``graph`` by link prediction (from the tower saved in ``initial_tower``, for a refresh) and
-    writes the tower and (two-stage) every user's and item's exported embedding to ``directory``
-    (kept there, so a resumed run does not redo it). Returns ``directory`` once every rank can
-    read it."""
+    the graph ``graph_at_start()`` builds (called on rank 0 only) by link prediction (from the
+    tower saved in ``initial_tower``, for a refresh) and writes the tower and (two-stage) every
+    user's and item's exported embedding to ``directory`` (kept there, so a resumed run does not
+    redo it). Returns ``directory`` once every rank can read it."""
     if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
+        graph = graph_at_start()
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
                               export=config.model.two_stage)
@@ -148,9 +149,9 @@ def warm_start(model: torch.nn.Module, directory: Path, ctx: DistributedContext)
     """Copy the pre-trained tower (``directory/tower.pt``) into the sharded model's tower: node
     tables shard by shard, GNN and GFAE wholesale (an edge decoder the model lacks is left out)."""
     state = load_pretrained(directory, TOWER_FILE)
-    own = unwrap(model).model.graph_tower.state_dict()
-    copy_into_sharded(model, {k: v for k, v in state.items() if k in own or not k.startswith("encoder.gfae.edge_decoder.")},
-                      prefix="model.graph_tower.")
+    if unwrap(model).model.graph_tower.edge_decoder is None:  # pre-training always has one
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.gfae.edge_decoder.")}
+    copy_into_sharded(model, state, prefix="model.graph_tower.")
     if ctx.is_main:
         logger.info("warm start: the tower starts from the pre-trained one in %s (%d tensors)", directory, len(state))
 
@@ -208,10 +209,11 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     if config.model.use_graph and config.model.gnn.num_layers != len(config.loader.fanouts):
         logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
                        config.model.gnn.num_layers, len(config.loader.fanouts))
+    static = config.train.protocol == "static"
     pretrained = None
     if config.model.two_stage or config.model.warm_start:
         # Pre-training sees the graph as it stands when the labelled window opens.
-        history = split.graph if config.train.protocol == "static" else graph_before(dataset, split.cutoffs["train"])
+        history = (lambda: split.graph) if static else (lambda: graph_before(dataset, split.cutoffs["train"]))
         pretrained = pretrain_stage(config, dataset, history, ctx, output_dir / PRETRAIN_DIR)
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
     loss_names = model.loss_names
@@ -228,9 +230,10 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
         unwrap(dmp).model.graph_tower.load_embeddings(load_pretrained(pretrained))
     elif config.model.warm_start:
         warm_start(dmp, pretrained, ctx)
-    # Every head starts from its training labels' constant best (mean log1p, log-odds), the same on every rank.
-    train_labels = split.train.labels
-    bias = initial_output_bias(train_labels.nan_to_num(0.0), ~train_labels.isnan(), dataset.tasks)
+    # Every head starts from the constant best (mean log1p, log-odds) of the first labels it
+    # trains on (streaming: the first period's, never scored), the same on every rank.
+    first_labels = (split.train if static else stream_periods_of(split, config.train.periods)[0]).labels
+    bias = initial_output_bias(first_labels.nan_to_num(0.0), ~first_labels.isnan(), dataset.tasks)
     unwrap(dmp).model.task_heads.init_output_bias(bias.to(ctx.device))
     if ctx.is_main:
         logger.info("sharding plan:\n%s", plan)
@@ -276,6 +279,12 @@ def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: fl
         "task_weights": dict(zip(job.loss_names, out.weights.tolist())),
         "examples_per_s": examples_per_s,
     }
+
+
+def check_finite(out: StepOutput, where: str) -> None:
+    """Raise ``FloatingPointError`` naming ``where`` and every loss if the step's loss is not finite."""
+    if not math.isfinite(float(out.total)):
+        raise FloatingPointError(f"{where}: loss is {float(out.total)}; per-loss {out.losses.tolist()}")
 
 
 def checkpoint_manager(job: Job) -> CheckpointManager:
@@ -343,8 +352,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
             step += 1
             in_epoch += 1
             window_examples += out.outputs.shape[0] * ctx.world_size
-            if not math.isfinite(float(out.total)):
-                raise FloatingPointError(f"step {step}: loss is {float(out.total)}; per-loss {out.losses.tolist()}")
+            check_finite(out, f"step {step}")
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
                 record = _record(job, step, epoch, out, window_examples / max(now - window_start, 1e-9))

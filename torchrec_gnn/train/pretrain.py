@@ -40,7 +40,7 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, NodeType
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.modules.inference import full_graph_embeddings
@@ -154,17 +154,15 @@ def hold_out_edges(
         Tuple[HeteroGraph, Tensor]: the remaining graph and the held-out (2, P) pairs
         ``[user; item]``.
     """
-    src_t, _, dst_t = relation
     edges = {et: _edge_list(graph, et) for et in graph.edge_types}
-    held = edges[relation]
+    candidates = edges[relation]
     generator = torch.Generator().manual_seed(seed)
-    out = torch.rand(len(held), generator=generator) < fraction
-    pairs = torch.stack([held.src[out], held.dst[out]])
-    keys = np.unique(pairs[0].numpy() * graph.num_nodes[dst_t] + pairs[1].numpy())
+    out = torch.rand(len(candidates), generator=generator) < fraction
+    pairs = torch.stack([candidates.src[out], candidates.dst[out]])
+    held = HeldOutPairs(relation, graph.num_nodes[relation[2]], pairs)
     for et, e in edges.items():
-        if et == relation or (et[0] == dst_t and et[2] == src_t):
-            u, v = (e.src, e.dst) if et == relation else (e.dst, e.src)
-            keep = torch.from_numpy(~np.isin(u.numpy() * graph.num_nodes[dst_t] + v.numpy(), keys))
+        if held.applies_to(et):
+            keep = ~held.matches(et, e.src, e.dst)
             edges[et] = EdgeList(e.src[keep], e.dst[keep], None if e.time is None else e.time[keep],
                                  None if e.weight is None else e.weight[keep])
     return HeteroGraph.from_edges(graph.num_nodes, edges), pairs
@@ -181,7 +179,7 @@ class LinkPredictionModel(nn.Module):
 
     def __init__(self, tower: GNNTower, link_weight: float = 1.0, gfae_weight: float = 1.0) -> None:
         super().__init__()
-        if tower.encoder.edge_decoder is None:
+        if tower.edge_decoder is None:
             raise ValueError("LinkPredictionModel: the tower has no edge decoder; build it with edge_objective=True")
         self.tower = tower
         self.link_weight, self.gfae_weight = link_weight, gfae_weight
@@ -243,7 +241,7 @@ def pretrain_and_export(
         raise ValueError(f"pretrain: relation {relation} has {graph.num_edges(relation)} edges, too few to hold "
                          f"out {cfg.validation_fraction} of them for the link AUC and learn from the rest")
     per_batch = cfg.batch_size // 2
-    steps_per_epoch = max(1, min(int(cfg.supervision_fraction * train_edges.shape[1]), train_edges.shape[1]) // per_batch)
+    steps_per_epoch = max(1, int(cfg.supervision_fraction * train_edges.shape[1]) // per_batch)
     logger.info("pre-training on %s: %d edges to predict (%d per epoch), %d held out for the link AUC",
                 "__".join(relation), train_edges.shape[1], steps_per_epoch * per_batch, val_pairs.shape[1])
     model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
