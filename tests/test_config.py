@@ -49,3 +49,12 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_temporal_strategy_needs_temporal_sampling() -> None:
+    assert load_config(None, ["loader.temporal_strategy=last", "loader.temporal=true"]).loader.temporal_strategy == "last"
+    assert load_config(None, ["loader.temporal_strategy=last", "train.protocol=streaming"]).loader.temporal_strategy == "last"
+    with pytest.raises(ConfigError, match=r"temporal_strategy 'last' .* needs loader.temporal true or train.protocol streaming"):
+        load_config(None, ["loader.temporal_strategy=last"])
+    with pytest.raises(ConfigError, match=r"loader.temporal_strategy must be one of \['uniform', 'last'\], got 'newest'"):
+        load_config(None, ["loader.temporal_strategy=newest"])

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from torchrec_gnn.graph.sampler import TEMPORAL_STRATEGIES
 from torchrec_gnn.models.builder import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.early_stopping import METRICS as EARLY_STOPPING_METRICS
@@ -79,6 +80,9 @@ class LoaderConfig:
             0 skips a hop). The sampled subgraph, and so the GNN's cost, shrinks with them.
         replace (bool): sample with replacement.
         temporal (bool): only sample edges older than each example (on top of the time split).
+        temporal_strategy (str): which older edges a node draws in temporal mode: ``"uniform"``
+            or ``"last"`` (its ``fanout`` most recent ones: a node's current neighbourhood).
+            ``"last"`` needs ``temporal`` (the streaming protocol turns it on) and no ``replace``.
         num_workers (int): DataLoader worker processes building batches.
         num_threads (int, optional): intra-op threads of each training process; default: the
             host's cores minus ``num_workers`` (at least 1). Oversubscribing the cores makes
@@ -91,12 +95,17 @@ class LoaderConfig:
     relation_fanouts: Dict[str, List[int]] = field(default_factory=dict)
     replace: bool = False
     temporal: bool = False
+    temporal_strategy: str = "uniform"
     num_workers: int = 2
     num_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError(f"loader.batch_size and eval_batch_size must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
+        if self.temporal_strategy not in TEMPORAL_STRATEGIES:
+            raise ValueError(f"loader.temporal_strategy must be one of {list(TEMPORAL_STRATEGIES)}, got {self.temporal_strategy!r}")
+        if self.temporal_strategy == "last" and self.replace:
+            raise ValueError("loader.temporal_strategy 'last' takes each node's most recent edges; it needs loader.replace false")
 
 
 @dataclass
@@ -174,6 +183,13 @@ class ExperimentConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.train.protocol == "streaming"):
+            raise ValueError(
+                "loader.temporal_strategy 'last' picks each node's most recent edges before the example; "
+                "it needs loader.temporal true or train.protocol streaming"
+            )
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.data.synthetic import (
     DENSE_NAMES,
     SYNTHETIC_EDGE_TYPES,
+    SEARCHES,
     SYNTHETIC_TASKS,
     WATCHES,
     SyntheticConfig,
@@ -186,6 +187,52 @@ def test_graph_reveals_cold_user_taste() -> None:
     assert own_history > labels_only + 0.03
 
 
+def _late_history_agreement(ds: GraphRecDataset) -> Dict[str, float]:
+    """How well each user's pre-window history explains the last 30% of the window: click AUC of
+    the history watch share of the video's category, and the mean history search share of late
+    searches' categories."""
+    ex = ds.examples
+    first, last = int(ex.timestamp.min()), int(ex.timestamp.max())
+    late_from = first + 0.7 * (last - first)
+    U, K = ds.num_nodes["user"], ds.sparse_cardinality["video_category"]
+    video_cat = ds.node_features["video"][:, 1:].argmax(1).numpy()
+    query_cat = ds.node_features["query"].argmax(1).numpy()
+
+    def share(src: np.ndarray, cat: np.ndarray) -> np.ndarray:
+        counts = np.bincount(src * K + cat, minlength=U * K).reshape(U, K).astype(np.float64)
+        return counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+
+    w, s = ds.edges[WATCHES], ds.edges[SEARCHES]
+    hist_w, hist_s = (w.time < first).numpy(), (s.time < first).numpy()
+    watch_share = share(w.src.numpy()[hist_w], video_cat[w.dst.numpy()[hist_w]])
+    search_share = share(s.src.numpy()[hist_s], query_cat[s.dst.numpy()[hist_s]])
+    u, v, y = ex.user.numpy(), ex.item.numpy(), ex.labels[:, 0].numpy()
+    late = ex.timestamp.numpy() > late_from
+    late_s = s.time.numpy() > late_from
+    return {
+        "click_auc": roc_auc_score(y[late], watch_share[u, video_cat[v]][late]),
+        "search_share": float(search_share[s.src.numpy()[late_s], query_cat[s.dst.numpy()[late_s]]].mean()),
+    }
+
+
+def test_taste_drift_changes_reactions_not_the_feed() -> None:
+    """Drifting users react with their new taste (the history graph explains late clicks and
+    searches much less), while the feed, the world and the static edges stay as they were."""
+    stable = make_synthetic(SyntheticConfig.preset("tiny", num_users=2_000))
+    drifted = make_synthetic(SyntheticConfig.preset("tiny", num_users=2_000, taste_drift_fraction=1.0))
+    for name in ("user", "item", "timestamp"):
+        assert torch.equal(getattr(stable.examples, name), getattr(drifted.examples, name)), name
+    for et in STATIC:
+        assert torch.equal(stable.edges[et].src, drifted.edges[et].src), et
+        assert torch.equal(stable.edges[et].dst, drifted.edges[et].dst), et
+    for t, x in stable.node_features.items():
+        assert torch.equal(x, drifted.node_features[t]), t
+    assert not torch.equal(stable.examples.labels[:, 0], drifted.examples.labels[:, 0])
+    before, after = _late_history_agreement(stable), _late_history_agreement(drifted)
+    assert before["click_auc"] > 0.65 and after["click_auc"] < before["click_auc"] - 0.1
+    assert after["search_share"] < before["search_share"] - 0.2
+
+
 def test_preset_and_config_errors() -> None:
     assert SyntheticConfig.preset("default") == SyntheticConfig()
     large = SyntheticConfig.preset("large")
@@ -196,3 +243,5 @@ def test_preset_and_config_errors() -> None:
         SyntheticConfig.preset("tiny", num_user=3)
     with pytest.raises(ValueError, match=r"num_users must be >= 1, got 0.*base_ctr must be in \(0, 1\), got 1.5"):
         SyntheticConfig(num_users=0, base_ctr=1.5)
+    with pytest.raises(ValueError, match=r"taste_drift_fraction must be in \[0, 1\], got 2"):
+        SyntheticConfig(taste_drift_fraction=2)

@@ -390,6 +390,59 @@ def test_temporal_never_leaks_on_random_graph(fanouts):
             assert list(zip(out.row[et].tolist(), out.col[et].tolist(), out.edge[et].tolist())) == edges[et]
 
 
+def test_temporal_last_takes_the_most_recent_older_edges():
+    # Video 0 watched at times 5, 10, 15, 20 by users 0..3; at time 18 the 2 latest are users 1, 2.
+    edges = EdgeList(src=torch.tensor([3, 1, 0, 2]), dst=torch.zeros(4, dtype=torch.long),
+                     time=torch.tensor([20, 10, 5, 15]))
+    graph = HeteroGraph.from_edges({"user": 4, "video": 1}, {WATCHES: edges}, add_reverse=True)
+    sampler = NeighborSampler(graph, [2, 0], temporal=True, temporal_strategy="last")
+    for s in range(3):  # no randomness: every generator gives the same neighbours
+        out = sampler.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([18])}, generator=gen(s))
+        assert sorted(out.node["user"].tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize("fanouts", [[-1, -1], [2, 3]])
+def test_temporal_last_on_random_graph(fanouts):
+    graph = random_graph(5, timed=True)
+    seed_time = {t: torch.randint(20, 100, (s.numel(),), generator=gen(1)) for t, s in SEEDS.items()}
+    out = NeighborSampler(graph, fanouts, temporal=True, temporal_strategy="last").sample(
+        SEEDS, seed_time=seed_time, generator=gen(0))
+    check_valid(graph, out, SEEDS)
+    uniform = NeighborSampler(graph, fanouts, temporal=True).sample(SEEDS, seed_time=seed_time, generator=gen(0))
+    for et in graph.edge_types:
+        src, _, dst = et
+        index = graph.csc(et)
+        edge_time = torch.from_numpy(index.time)[out.edge[et]]
+        frontier_time = out.node_time[dst][out.col[et]]
+        assert bool((edge_time < frontier_time).all()), et
+        # Each frontier node drew min(k, older degree) edges, and no unsampled older edge of it is
+        # more recent than the oldest one it drew.
+        for c in out.col[et].unique().tolist():
+            drawn = out.edge[et][out.col[et] == c]
+            g = int(out.node[dst][c])
+            seg = torch.arange(int(index.colptr[g]), int(index.colptr[g + 1]))
+            older = seg[torch.from_numpy(index.time)[seg] < out.node_time[dst][c]]
+            skipped = older[~torch.isin(older, drawn)]
+            if skipped.numel():
+                assert int(index.time[skipped].max()) <= int(index.time[drawn.numpy()].min()), (et, g)
+        for hop, k in enumerate(fanouts):
+            _, got, degree = per_node_counts(graph, out, et, hop, older=True)
+            assert np.array_equal(got, degree if k < 0 else np.minimum(degree, k)), (et, hop)
+    if fanouts == [-1, -1]:  # with every neighbour taken, the strategy makes no difference
+        for et in graph.edge_types:
+            assert torch.equal(out.edge[et].sort().values, uniform.edge[et].sort().values)
+
+
+def test_temporal_strategy_errors():
+    graph = random_graph(0, timed=True)
+    with pytest.raises(ValueError, match=r"temporal_strategy must be one of \['uniform', 'last'\], got 'newest'"):
+        NeighborSampler(graph, [2], temporal=True, temporal_strategy="newest")
+    with pytest.raises(ValueError, match=r"needs temporal=True, replace=False and weighted=False \(got temporal=False"):
+        NeighborSampler(graph, [2], temporal_strategy="last")
+    with pytest.raises(ValueError, match=r"replace=True"):
+        NeighborSampler(graph, [2], temporal=True, replace=True, temporal_strategy="last")
+
+
 # ---------------------------------------------------------------------- validation
 def test_errors_are_clear():
     graph = random_graph(0)

@@ -43,6 +43,14 @@ no history watches, but their author's other videos, the author's followers and 
 reveal their topic. A ranker with ID embeddings only cannot recover these users' and videos'
 tastes from the labels, whereas a GNN over the history graph can.
 
+Interest drift (``taste_drift_fraction``, off by default). A share of users switch to another
+community's topics at a uniform time inside the example window (their personal and social
+components stay). From then on their clicks, watched fractions, likes, follows, searches,
+purchases and search clicks follow the new taste, while the feed keeps choosing categories by
+the old one (the platform's personalisation lags). Only edges created after the switch reveal
+the new taste: a graph frozen at the start of the window never does, and for a cold user neither
+do the labels. Drift draws come from their own random stream, so every other draw is unchanged.
+
 Item popularity is power-law: within a category, items are ranked by a popularity key (partly
 quality) and drawn with a Zipf-like law; authors' productivity is Zipf-like as well. Everything
 is vectorised numpy seeded by ``config.seed`` (no global RNG state): the same config gives
@@ -142,6 +150,8 @@ class SyntheticConfig:
         popularity_exponent (float): Zipf exponent of item popularity in a category. Default ``0.9``.
         author_productivity_exponent (float): Zipf exponent of videos per author. Default ``0.6``.
         missing_stay_fraction (float): impressions whose ``stay_duration`` is ``NaN``. Default ``0.01``.
+        taste_drift_fraction (float): users whose taste moves to another community's topics at a
+            uniform time inside the example window (interest drift). Default ``0.0``.
         seed (int): seed of every random draw. Default ``0``.
 
     Example:
@@ -183,6 +193,7 @@ class SyntheticConfig:
     popularity_exponent: float = 0.9
     author_productivity_exponent: float = 0.6
     missing_stay_fraction: float = 0.01
+    taste_drift_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,7 +208,7 @@ class SyntheticConfig:
             if not 0.0 < getattr(self, name) < 1.0:
                 errors.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
         for name in ("cold_user_fraction", "new_video_fraction", "event_history_share",
-                     "feed_personalization", "homophily", "missing_stay_fraction"):
+                     "feed_personalization", "homophily", "missing_stay_fraction", "taste_drift_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 errors.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("history_impressions_per_user", "impressions_per_warm_user",
@@ -336,7 +347,9 @@ class _World:
     activity: np.ndarray  # (U,) lognormal activity multiplier, mean ~1
     cold: np.ndarray  # (U,) bool
     friends: Tuple[np.ndarray, np.ndarray]  # (E,), (E,) with src < dst
-    z_user: np.ndarray  # (U, d) unit taste vectors
+    z_user: np.ndarray  # (U, d) unit taste vectors (before any drift)
+    z_taste: np.ndarray  # (2U, d) row u: taste of user u before its switch, row U + u: after it
+    switch: np.ndarray  # (U,) time of the user's taste switch; int64 max if it never drifts
     author_cat: np.ndarray  # (A,)
     z_author: np.ndarray  # (A, d)
     video_author: np.ndarray  # (V,)
@@ -381,6 +394,17 @@ class _World:
         degree = np.bincount(src, minlength=U) + np.bincount(dst, minlength=U)
         social /= np.maximum(degree, 1)[:, None]
         z_user = _unit(centroids[community] + cfg.taste_noise * personal + cfg.social_weight * social)
+        drift_rng = _drift_stream(cfg)
+        drifts = drift_rng.random(U) < cfg.taste_drift_fraction
+        new_community = (community + 1 + drift_rng.integers(0, max(G - 1, 1), U)) % G
+        z_after = np.where(
+            drifts[:, None],
+            _unit(centroids[new_community] + cfg.taste_noise * personal + cfg.social_weight * social),
+            z_user,
+        )
+        switch = np.where(
+            drifts, t_start + (drift_rng.random(U) * (t_end - t_start)).astype(np.int64), np.iinfo(np.int64).max
+        )
 
         author_cat = rng.choice(K, A, p=prior)
         z_author = _unit(topics[author_cat] + cfg.item_noise * rng.standard_normal((A, d)) / math.sqrt(d))
@@ -410,7 +434,8 @@ class _World:
         return cls(
             cfg=cfg, t_start=t_start, t_end=t_end, topics=topics, category_prior=prior,
             region=region, age=age, activity=activity, cold=cold, friends=friends,
-            z_user=z_user.astype(np.float32), author_cat=author_cat, z_author=z_author.astype(np.float32),
+            z_user=z_user.astype(np.float32), z_taste=np.concatenate([z_user, z_after]).astype(np.float32),
+            switch=switch, author_cat=author_cat, z_author=z_author.astype(np.float32),
             video_author=video_author, video_cat=video_cat,
             z_video=z_video.astype(np.float32), quality=quality, duration=duration, upload=upload,
             video_new=video_new, video_popularity=video_popularity, query_cat=query_cat,
@@ -418,9 +443,15 @@ class _World:
             z_product=z_product.astype(np.float32), price=price,
         )
 
-    def taste_probs(self) -> np.ndarray:
-        """(U, K) each user's category preferences: softmax(temperature * cos + log prior)."""
-        logits = self.cfg.taste_temperature * (self.z_user @ self.topics.T.astype(np.float32))
+    def taste_row(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """(M,) the row of :attr:`z_taste` holding each user's taste at the event's time."""
+        return users + self.cfg.num_users * (times >= self.switch[users])
+
+    def taste_probs(self, z: Optional[np.ndarray] = None) -> np.ndarray:
+        """(R, K) category preferences of taste rows ``z`` (default: every user's taste before
+        any drift): softmax(temperature * cos + log prior)."""
+        z = self.z_user if z is None else z
+        logits = self.cfg.taste_temperature * (z @ self.topics.T.astype(np.float32))
         logits = logits + np.log(self.category_prior)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
@@ -503,8 +534,8 @@ def _draw_impressions(rng: np.random.Generator, w: _World, users: np.ndarray, po
 
 def _click_logit(rng: np.random.Generator, w: _World, users: np.ndarray, videos: np.ndarray,
                  times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Click logit without bias (M,) and taste/topic cosine (M,)."""
-    aff = _rowdot(w.z_user, w.z_video, users, videos)
+    """Click logit without bias (M,) and taste/topic cosine (M,) with the taste at the impression's time."""
+    aff = _rowdot(w.z_taste, w.z_video, w.taste_row(users, times), videos)
     hour = (times // _HOUR) % 24
     age_days = (times - w.upload[videos]) / _DAY
     logit = (
@@ -560,18 +591,24 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
     K = cfg.num_categories
     taste = w.taste_probs()
     zipf = cfg.popularity_exponent
+    drift_rng = _drift_stream(cfg, 1)
 
     author_pools = _Pools.build(w.author_cat, rng.random(cfg.num_authors), K)
     f_users, f_authors = _taste_events(rng, w, rng.poisson(cfg.follows_per_user * w.activity),
                                        author_pools, taste, w.z_author)
     key = np.unique(f_users * cfg.num_authors + f_authors)  # follow each author at most once
     f_users, f_authors = key // cfg.num_authors, key % cfg.num_authors
-    follows = EdgeList(src=_t(f_users), dst=_t(f_authors), time=_t(_event_times(rng, w, f_users.size)))
+    f_times = _event_times(rng, w, f_users.size)
+    f_users, f_authors, f_times = _drifted_events(drift_rng, w, f_users, f_authors, f_times, author_pools, w.z_author)
+    key, first = np.unique(f_users * cfg.num_authors + f_authors, return_index=True)  # again after the redraw
+    f_users, f_authors, f_times = key // cfg.num_authors, key % cfg.num_authors, f_times[first]
+    follows = EdgeList(src=_t(f_users), dst=_t(f_authors), time=_t(f_times))
 
     query_pools = _Pools.build(w.query_cat, rng.random(cfg.num_queries), K)
     s_users, s_queries = _taste_events(rng, w, rng.poisson(cfg.searches_per_user * w.activity),
                                        query_pools, taste, None)
     s_times = _event_times(rng, w, s_users.size)
+    s_users, s_queries, s_times = _drifted_events(drift_rng, w, s_users, s_queries, s_times, query_pools, None)
     searches = EdgeList(src=_t(s_users), dst=_t(s_queries), time=_t(s_times))
 
     # A search may be followed by a click on a same-category video that matches both the query and
@@ -581,14 +618,17 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
     c_users, c_queries, c_times = s_users[has_videos], s_queries[has_videos], s_times[has_videos]
     c_videos = video_pools.draw(rng, w.query_cat[c_queries], zipf)
     c_times = np.minimum(c_times + rng.integers(5, 120, c_times.size), w.t_end - 1)
-    match = _rowdot(w.z_user, w.z_video, c_users, c_videos) + _rowdot(w.z_query, w.z_video, c_queries, c_videos)
+    match = _rowdot(w.z_taste, w.z_video, w.taste_row(c_users, c_times), c_videos) + _rowdot(w.z_query, w.z_video, c_queries, c_videos)
     keep = (w.upload[c_videos] < c_times) & (rng.random(c_times.size) < _sigmoid(2.0 * match))
     search_clicks = EdgeList(src=_t(c_queries[keep]), dst=_t(c_videos[keep]), time=_t(c_times[keep]))
 
     product_pools = _Pools.build(w.product_cat, rng.random(cfg.num_products), K)
     p_users, p_products = _taste_events(rng, w, rng.poisson(cfg.purchases_per_user * w.activity),
                                         product_pools, taste, w.z_product)
-    purchases = EdgeList(src=_t(p_users), dst=_t(p_products), time=_t(_event_times(rng, w, p_users.size)))
+    p_times = _event_times(rng, w, p_users.size)
+    p_users, p_products, p_times = _drifted_events(drift_rng, w, p_users, p_products, p_times, product_pools,
+                                                   w.z_product)
+    purchases = EdgeList(src=_t(p_users), dst=_t(p_products), time=_t(p_times))
 
     r_products = np.repeat(np.arange(cfg.num_products), rng.poisson(cfg.videos_per_product, cfg.num_products))
     r_products = r_products[video_pools.size[w.product_cat[r_products]] > 0]
@@ -618,6 +658,30 @@ def _taste_events(rng: np.random.Generator, w: _World, counts: np.ndarray, pools
         keep = rng.random(users.size) < _sigmoid(4.0 * _rowdot(w.z_user, z_item, users, items))
         users, items = users[keep], items[keep]
     return users, items
+
+
+def _drifted_events(rng: np.random.Generator, w: _World, users: np.ndarray, items: np.ndarray,
+                    times: np.ndarray, pools: _Pools, z_item: Optional[np.ndarray]
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events (E,) with the item of each one at or after its user's taste switch drawn again as in
+    :func:`_taste_events`, from the taste after the switch (rejected redraws are dropped)."""
+    late = np.flatnonzero(times >= w.switch[users])
+    if late.size == 0:
+        return users, items, times
+    rows = w.taste_row(users[late], times[late])
+    probs = pools.mask(w.taste_probs(w.z_taste[w.cfg.num_users:]))
+    new_items = pools.draw(rng, _sample_rows(rng, probs, users[late]), w.cfg.popularity_exponent)
+    keep = np.ones(users.size, dtype=bool)
+    if z_item is not None:
+        keep[late] = rng.random(late.size) < _sigmoid(4.0 * _rowdot(w.z_taste, z_item, rows, new_items))
+    items = items.copy()
+    items[late] = new_items
+    return users[keep], items[keep], times[keep]
+
+
+def _drift_stream(cfg: SyntheticConfig, stream: int = 0) -> np.random.Generator:
+    """The random stream of interest drift (``stream`` numbers its uses), separate from the main one."""
+    return np.random.default_rng([cfg.seed, 7919, stream])
 
 
 def _event_times(rng: np.random.Generator, w: _World, n: int) -> np.ndarray:

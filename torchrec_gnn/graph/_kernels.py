@@ -103,11 +103,16 @@ def _count_one(colptr, etime, eweight, g, t, k, replace, weighted, temporal):
 
 
 @njit(cache=True, nogil=True)
-def _draw_one(eweight, s, d, c, k, replace, weighted, key, out, off, scratch):
-    """Write the ``c`` drawn edge ids (CSC positions) of one node into ``out[off:off + c]``."""
+def _draw_one(eweight, s, d, c, k, replace, weighted, latest, key, out, off, scratch):
+    """Write the ``c`` drawn edge ids (CSC positions) of one node into ``out[off:off + c]``.
+
+    ``latest``: the ``c`` most recent usable edges (the end of the time-ascending segment)."""
     if c == 0:
         return
-    if k < 0 or (c == d and not weighted and not replace):
+    if latest:
+        for j in range(c):
+            out[off + j] = s + d - c + j
+    elif k < 0 or (c == d and not weighted and not replace):
         for j in range(c):  # all neighbours
             out[off + j] = s + j
     elif weighted and replace:
@@ -266,7 +271,7 @@ def sample_relation(
     colptr, row, etime, eweight,
     dst_nodes, dst_times, f_start, f_end,
     g2l, src_nodes, src_times, n_src, src_hop_start,
-    k, replace, weighted, temporal, seed, hop, rel,
+    k, replace, weighted, temporal, latest, seed, hop, rel,
 ):  # fmt: skip
     """Sample one relation for the frontier ``dst_nodes[f_start:f_end]`` (single thread).
 
@@ -306,7 +311,7 @@ def sample_relation(
         if c == 0:
             continue
         i = f_start + p
-        _draw_one(eweight, starts[p], degs[p], c, k, replace, weighted, _node_key(key, i), out_eid, off, scratch)
+        _draw_one(eweight, starts[p], degs[p], c, k, replace, weighted, latest, _node_key(key, i), out_eid, off, scratch)
         for q in range(off, off + c):
             out_col[q] = i
         off += c
@@ -322,7 +327,7 @@ def sample_relation_parallel(
     colptr, row, etime, eweight,
     dst_nodes, dst_times, f_start, f_end,
     g2l, src_nodes, src_times, n_src, src_hop_start,
-    k, replace, weighted, temporal, seed, hop, rel,
+    k, replace, weighted, temporal, latest, seed, hop, rel,
 ):  # fmt: skip
     """:func:`sample_relation` with counting, drawing and gathering spread over numba's threads.
 
@@ -356,7 +361,7 @@ def sample_relation_parallel(
             i = f_start + p
             off = offsets[p]
             scratch = np.empty((degs[p] if replace else c) if weighted else 0, np.float64)
-            _draw_one(eweight, starts[p], degs[p], c, k, replace, weighted, _node_key(key, i), out_eid, off, scratch)
+            _draw_one(eweight, starts[p], degs[p], c, k, replace, weighted, latest, _node_key(key, i), out_eid, off, scratch)
             for q in range(off, off + c):
                 out_col[q] = i
                 out_row[q] = row[out_eid[q]]

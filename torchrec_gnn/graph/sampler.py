@@ -38,6 +38,7 @@ _INITIAL_CAPACITY = 4096
 # num_threads > 1 only switches to the parallel kernel for frontiers at least this large: below it,
 # waking the threads costs more than the count/draw steps they share (benchmarks/README.md).
 PARALLEL_MIN_FRONTIER = 8192
+TEMPORAL_STRATEGIES = ("uniform", "last")
 _EMPTY_TIME = np.empty(0, np.int64)
 _EMPTY_WEIGHT = np.empty(0, np.float32)
 _EMPTY_TIME.flags.writeable = False
@@ -200,6 +201,10 @@ class NeighborSampler:
             (default False).
         temporal (bool): only use edges strictly older than the frontier node's time; ``sample``
             then needs ``seed_time`` (default False).
+        temporal_strategy (str): in temporal mode, which of the older edges a node draws:
+            ``"uniform"`` (default) a uniform sample, ``"last"`` its ``fanout`` most recent ones
+            (PyG's names). ``"last"`` follows a drifting node's current neighbourhood and needs
+            ``temporal=True``, ``replace=False`` and ``weighted=False``.
         num_threads (int): numba threads for the count/draw/gather steps of frontiers of at
             least ``PARALLEL_MIN_FRONTIER`` nodes (relabelling stays sequential). Default 1: on the
             2-core benchmark machine 2 threads never beat 1 (``benchmarks/README.md``), and
@@ -227,11 +232,23 @@ class NeighborSampler:
         weighted: bool = False,
         temporal: bool = False,
         num_threads: int = 1,
+        temporal_strategy: str = "uniform",
     ) -> None:
         self.graph = graph
         self.replace = bool(replace)
         self.weighted = bool(weighted)
         self.temporal = bool(temporal)
+        if temporal_strategy not in TEMPORAL_STRATEGIES:
+            raise ValueError(
+                f"NeighborSampler: temporal_strategy must be one of {list(TEMPORAL_STRATEGIES)}, got {temporal_strategy!r}"
+            )
+        if temporal_strategy == "last" and (not self.temporal or self.replace or self.weighted):
+            raise ValueError(
+                "NeighborSampler: temporal_strategy='last' takes each node's most recent older edges; it needs "
+                f"temporal=True, replace=False and weighted=False (got temporal={self.temporal}, "
+                f"replace={self.replace}, weighted={self.weighted})"
+            )
+        self.temporal_strategy = temporal_strategy
         self.num_neighbors: Dict[EdgeType, List[int]] = _normalise_fanouts(graph, num_neighbors)
         self.num_hops = len(next(iter(self.num_neighbors.values()), []))
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
@@ -277,7 +294,8 @@ class NeighborSampler:
         fanout = list(fanouts.pop()) if len(fanouts) == 1 else {"__".join(k): v for k, v in self.num_neighbors.items()}
         return (
             f"{self.__class__.__name__}(num_neighbors={fanout}, replace={self.replace}, "
-            f"weighted={self.weighted}, temporal={self.temporal}, num_threads={self.num_threads}, "
+            f"weighted={self.weighted}, temporal={self.temporal}, temporal_strategy={self.temporal_strategy!r}, "
+            f"num_threads={self.num_threads}, "
             f"node_types={len(self.graph.node_types)}, relations={len(self.graph.edge_types)})"
         )
 
@@ -402,6 +420,7 @@ class NeighborSampler:
         scratch: "_Scratch",
     ) -> SampledSubgraph:
         graph, temporal = self.graph, self.temporal
+        latest = self.temporal_strategy == "last"
         node_types, edge_types = graph.node_types, graph.edge_types
         nodes, times, g2l = scratch.nodes, scratch.times, scratch.g2l
         count = {t: 0 for t in node_types}
@@ -434,7 +453,7 @@ class NeighborSampler:
                     colptr, row, etime, eweight,
                     nodes[dst], times[dst], lo[dst], hop_start[dst],
                     g2l[src], nodes[src], times[src], count[src], hop_start[src],
-                    k, self.replace, self.weighted, temporal, seed, hop, rel,
+                    k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
                 )  # fmt: skip
                 num_sampled_edges[et].append(int(out_row.shape[0]))
                 chunks[et].append((out_row, out_col, out_edge))

@@ -168,7 +168,8 @@ def batches(
     loader, model = config.loader, config.model
     # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
     fanouts = [] if model.two_stage else configured_fanouts(config, graph)
-    sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal)
+    sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal,
+                              temporal_strategy=loader.temporal_strategy)
     end_to_end = model.use_graph and not model.two_stage
     links = None
     if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
