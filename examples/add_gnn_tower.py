@@ -16,6 +16,7 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
@@ -32,6 +33,7 @@ D = 16
 
 
 def main(steps: int) -> None:
+    configure_console()
     ctx = init_distributed("auto")
     dataset = make_synthetic(SyntheticConfig.preset("tiny"))
     split = time_split(dataset)  # the graph holds only edges older than every example

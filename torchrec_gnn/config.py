@@ -116,13 +116,15 @@ class TrainConfig:
         epochs (int): passes over the training split.
         max_steps (int, optional): stop after this many steps (all epochs counted).
         log_every (int): steps between ``metrics.jsonl`` records.
+        metrics_window (int): examples (all ranks together, at least one batch per rank) of the
+            windowed training NE and AUC in each record (``torchrec.metrics`` window semantics).
         eval_every (int): steps between validation passes during training (0 = none; the
             final evaluation on validation and test always runs).
         early_stopping_patience (int): stop after this many validation passes without a better
             ``early_stopping_metric``, then restore the best step's weights before the final
             evaluation (0 = off; needs ``eval_every``). Only the validation split is used.
         early_stopping_metric (str): ``"auc"`` or ``"gauc"`` (mean over binary tasks, higher is
-            better), ``"logloss"`` or ``"rmse"`` (lower is better).
+            better), ``"ne"``, ``"logloss"`` or ``"rmse"`` (lower is better).
         seed (int): seed of model init, shuffling, sampling and masking.
         device (str): ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         output_dir (str): where metrics, plots, eval results and the resolved config go.
@@ -140,6 +142,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every: int = 20
+    metrics_window: int = 102_400
     eval_every: int = 0
     early_stopping_patience: int = 0
     early_stopping_metric: str = "auc"
@@ -163,6 +166,8 @@ class TrainConfig:
         if self.protocol == "streaming" and (self.max_steps is not None or self.epochs != 1):
             raise ValueError("train.max_steps and train.epochs do not apply to the streaming protocol "
                              "(one chronological pass over every period)")
+        if self.log_every < 1 or self.metrics_window < 1:
+            raise ValueError(f"train.log_every and train.metrics_window must be >= 1, got {self.log_every}, {self.metrics_window}")
         if self.periods < 2:
             raise ValueError(f"train.periods must be >= 2 (the first period is only trained on), got {self.periods}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:

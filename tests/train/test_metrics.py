@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
+from torchrec.metrics.calibration import CalibrationMetric
+from torchrec.metrics.metrics_config import RecTaskInfo
+from torchrec.metrics.ne import NEMetric
 
 from torchrec_gnn.data.dataset import TaskSpec
 from torchrec_gnn.train.metrics import (
     MultiTaskEvaluator,
+    TrainingWindowMetrics,
     binary_log_loss,
+    calibration,
     format_table,
     group_auc,
+    normalized_entropy,
     roc_auc,
 )
 
@@ -66,10 +72,15 @@ def reference_metrics(data: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, floa
         out, lab = outputs[rows, t].astype(np.float64), labels[rows, t].astype(np.float64)
         if task.kind == "binary":
             gauc, used, skipped = sklearn_gauc(out, lab, users[rows])
+            rate = lab.mean()
+            entropy = -rate * np.log(rate) - (1 - rate) * np.log(1 - rate)
+            logloss = log_loss(lab, 1 / (1 + np.exp(-out)), labels=[0, 1])
             result[task.name] = {
                 "auc": roc_auc_score(lab, out),
                 "gauc": gauc,
-                "logloss": log_loss(lab, 1 / (1 + np.exp(-out)), labels=[0, 1]),
+                "logloss": logloss,
+                "ne": logloss / entropy,
+                "calibration": (1 / (1 + np.exp(-out))).sum() / lab.sum(),
                 "count": int(rows.sum()),
                 "gauc_users": used,
                 "gauc_users_skipped": skipped,
@@ -82,6 +93,26 @@ def reference_metrics(data: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, floa
                 "count": int(rows.sum()),
             }
     return result
+
+
+def torchrec_lifetime_metrics(data: Dict[str, torch.Tensor], world_size: int = 1,
+                              rank: int = 0) -> Dict[str, Dict[str, float]]:
+    """NE and calibration of the binary tasks from ``torchrec.metrics`` (lifetime values, reduced
+    over the ranks when a process group exists): missing labels get weight 0."""
+    binary = [(t, task.name) for t, task in enumerate(TASKS) if task.kind == "binary"]
+    infos = [RecTaskInfo(name=name, label_name=name, prediction_name=name, weight_name=name) for _, name in binary]
+    n = max(data["users"].numel(), 1)
+    metrics = [cls(world_size=world_size, my_rank=rank, batch_size=n, tasks=infos, window_size=n * world_size,
+                   compute_on_all_ranks=True)
+               for cls in (NEMetric, CalibrationMetric)]
+    predictions = {name: torch.sigmoid(data["outputs"][:, t].double()) for t, name in binary}
+    labels = {name: data["labels"][:, t].double() for t, name in binary}
+    weights = {name: data["mask"][:, t].double() for t, name in binary}
+    for metric in metrics:
+        metric.update(predictions=predictions, labels=labels, weights=weights)
+    values = {k: float(v) for metric in metrics for k, v in metric.compute().items()}
+    return {name: {"ne": values[f"ne-{name}|lifetime_ne"], "calibration": values[f"calibration-{name}|lifetime_calibration"]}
+            for _, name in binary}
 
 
 def assert_metrics_equal(actual, expected, rel: float = 1e-9) -> None:
@@ -146,6 +177,61 @@ def test_binary_log_loss_matches_sklearn_and_is_stable() -> None:
     assert binary_log_loss(logits, labels) == pytest.approx(log_loss(labels, 1 / (1 + np.exp(-logits))), rel=1e-9)
     # Logits far past float's sigmoid range: exact from the logits, no inf and no log(0).
     assert binary_log_loss(np.array([-800.0, 800.0]), np.array([1, 0])) == pytest.approx(800.0)
+
+
+def test_ne_and_calibration_by_hand_and_against_torchrec() -> None:
+    # Predicting the base rate gives NE 1 and calibration 1; a perfect-ish model NE near 0.
+    labels = np.array([0, 0, 0, 1])
+    base = np.full(4, math.log(0.25 / 0.75))
+    assert normalized_entropy(base, labels) == pytest.approx(1.0)
+    assert calibration(base, labels) == pytest.approx(1.0)
+    assert normalized_entropy(np.array([-20.0, -20.0, -20.0, 20.0]), labels) < 1e-7
+    assert calibration(np.zeros(4), labels) == pytest.approx(2.0)  # predicts 4 * 0.5 for 1 positive
+    assert math.isnan(normalized_entropy(np.zeros(3), np.ones(3))) and math.isnan(calibration(np.zeros(3), np.zeros(3)))
+    data = make_data(seed=4)
+    ours = evaluate(data)
+    for task, expected in torchrec_lifetime_metrics(data).items():
+        assert ours[task]["ne"] == pytest.approx(expected["ne"], rel=1e-6), task
+        assert ours[task]["calibration"] == pytest.approx(expected["calibration"], rel=1e-6), task
+
+
+def window_reference(batches, tasks=TASKS) -> Dict[str, Dict[str, float]]:
+    """NE and AUC of each binary task over ``batches`` [(outputs, labels)] computed by hand."""
+    outputs = torch.cat([o for o, _ in batches]).double().numpy()
+    labels = torch.cat([y for _, y in batches]).double().numpy()
+    result = {}
+    for t, task in enumerate(tasks):
+        if task.kind != "binary":
+            continue
+        present = np.isfinite(labels[:, t])
+        out, lab = outputs[present, t], labels[present, t]
+        result[task.name] = {"window_ne": normalized_entropy(out, lab), "window_auc": roc_auc_score(lab, out)}
+    return result
+
+
+def window_batches(seed: int, num_batches: int, batch_size: int):
+    """(outputs, labels) per batch; missing labels are NaN, as the model hands them over. Scores
+    are untied: torchrec's AUC orders tied scores arbitrarily where ours averages their ranks."""
+    data = make_data(n=num_batches * batch_size, seed=seed)
+    labels = data["labels"].masked_fill(~data["mask"], float("nan"))
+    outputs = data["outputs"] + 1e-3 * torch.randn(data["outputs"].shape, generator=torch.Generator().manual_seed(seed))
+    return [(outputs[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size])
+            for i in range(num_batches)]
+
+
+def test_training_window_metrics_cover_the_latest_batches() -> None:
+    batches = window_batches(seed=2, num_batches=7, batch_size=40)
+    window = TrainingWindowMetrics(TASKS, batch_size=40, window_size=120)
+    for outputs, labels in batches:
+        window.update(outputs, labels)
+    got = window.compute()
+    assert set(got) == {"click", "like"}  # regression tasks have neither
+    expected = window_reference(batches[-3:])  # 120 examples = the last 3 batches
+    everything = window_reference(batches)
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert got[task][name] == pytest.approx(value, rel=1e-5), (task, name)
+        assert got[task]["window_ne"] != pytest.approx(everything[task]["window_ne"], rel=1e-5)
 
 
 def test_evaluator_matches_reference() -> None:

@@ -11,9 +11,16 @@ import torch.distributed as dist
 from torchrec.distributed.test_utils.multi_process import MultiProcessContext, MultiProcessTestBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/train, for test_metrics in ranks
-from test_metrics import TASKS, assert_metrics_equal, make_data  # noqa: E402
+from test_metrics import (  # noqa: E402
+    TASKS,
+    assert_metrics_equal,
+    make_data,
+    torchrec_lifetime_metrics,
+    window_batches,
+    window_reference,
+)
 
-from torchrec_gnn.train.metrics import MultiTaskEvaluator  # noqa: E402
+from torchrec_gnn.train.metrics import MultiTaskEvaluator, TrainingWindowMetrics  # noqa: E402
 
 pytestmark = pytest.mark.multiprocess
 
@@ -53,6 +60,10 @@ def _check_rank(rank: int, world_size: int, empty_rank: int) -> None:
     with MultiProcessContext(rank, world_size, "gloo"):
         metrics = _evaluate(local, [5, 37, 100] if rank == 0 else [64, 64])
         assert_metrics_equal(metrics, expected)
+        if empty_rank < 0:  # torchrec.metrics reduced over the ranks: the same NE and calibration
+            for task, theirs in torchrec_lifetime_metrics(local, world_size, rank).items():
+                for name, value in theirs.items():
+                    assert metrics[task][name] == pytest.approx(value, rel=1e-6), (task, name)
 
         everyone: List[str] = [None] * world_size  # type: ignore[list-item]
         dist.all_gather_object(everyone, json.dumps(metrics, sort_keys=True))
@@ -67,7 +78,26 @@ def _check_rank(rank: int, world_size: int, empty_rank: int) -> None:
             assert local_only["click"]["gauc_users"] != expected["click"]["gauc_users"]
 
 
+def _check_window(rank: int, world_size: int) -> None:
+    """Each rank trains on its own batches; the window is each rank's latest 2 batches, reduced."""
+    batches = {r: window_batches(seed=20 + r, num_batches=5, batch_size=32) for r in range(world_size)}
+    expected = window_reference([b for r in range(world_size) for b in batches[r][-2:]])
+    with MultiProcessContext(rank, world_size, "gloo"):
+        window = TrainingWindowMetrics(TASKS, batch_size=32, window_size=64 * world_size, world_size=world_size,
+                                       rank=rank)
+        for outputs, labels in batches[rank]:
+            window.update(outputs, labels)
+        got = window.compute()
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert got[task][name] == pytest.approx(value, rel=1e-5), (rank, task, name)
+
+
 class MetricsDistributedTest(MultiProcessTestBase):
+    @pytest.mark.timeout(180)
+    def test_training_window_is_reduced_over_ranks(self) -> None:
+        self._run_multi_process_test(callable=_check_window, world_size=2)
+
     @pytest.mark.timeout(180)
     def test_ranks_return_global_metrics(self) -> None:
         self._run_multi_process_test(callable=_check_rank, world_size=2, empty_rank=-1)

@@ -120,14 +120,15 @@ def _losses_over_global_batches(rank: int, world_size: int, out_file: str) -> No
         torch.manual_seed(1)
         reference = build_graph_dlrm(dataset, split.graph, config, device=torch.device("cpu"))
         copy_into_sharded(dmp, reference.state_dict())
-        pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, sharding.dense_lr), FixedWeights(3), torch.device("cpu"))
+        pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, sharding.dense_lr), FixedWeights(len(model.loss_names)),
+                                        torch.device("cpu"))
         batches = GraphBatchDataset(
             split.train, NeighborSampler(split.graph, [-1, -1]), "user", "item", GLOBAL_BATCH // world_size,
             split.graph.node_types, ["user_id", "item_id", "genre"], shuffle=True, drop_last=True,
             rank=rank, world_size=world_size,
         )
         iterator = iter([batches[i] for i in range(COMPARE_STEPS)])
-        losses = torch.stack([pipeline.progress(iterator).losses[:-1] for _ in range(COMPARE_STEPS)])  # (S, T)
+        losses = torch.stack([pipeline.progress(iterator).losses for _ in range(COMPARE_STEPS)])  # (S, T): no tower loss
         dist.all_reduce(losses)
         losses /= world_size  # mean of the ranks' per-batch means
         if rank == 0:

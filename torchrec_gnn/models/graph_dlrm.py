@@ -94,7 +94,7 @@ class GraphDLRM(nn.Module):
 
         model = GraphDLRM(ebc, dense_in_features=4, tasks=tasks, config=RankerConfig(),
                           graph_tower=tower)
-        outputs, aux_losses = model(batch)   # (B, T), (A,): gfae [, edge]
+        outputs, aux_losses = model(batch)   # (B, T), (A,): those of [gfae, edge] the tower has
     """
 
     def __init__(
@@ -116,10 +116,11 @@ class GraphDLRM(nn.Module):
         self.dense_arch = DenseArch(dense_in_features, [*config.dense_arch_hidden_sizes, embedding_dim])
         self.graph_tower = graph_tower
         use_graph = graph_tower is not None
-        # The auxiliary losses after the task losses: "gfae" (0 without a feature GFAE), then
-        # "edge" when the tower has an edge decoder (the masked-edge objective).
+        # The auxiliary losses after the task losses, only those the tower computes: "gfae" (the
+        # feature reconstruction), then "edge" (the masked-edge objective).
+        has_features = bool(getattr(graph_tower, "reconstructs_features", False))
         has_edges = getattr(graph_tower, "edge_decoder", None) is not None
-        self.aux_loss_names: List[str] = ["gfae"] + (["edge"] if has_edges else [])
+        self.aux_loss_names: List[str] = ["gfae"] * has_features + ["edge"] * has_edges
         self.input_fusion = (
             InputFusionArch(graph_tower.out_channels, embedding_dim) if use_graph and config.input_fusion else None
         )
@@ -185,25 +186,26 @@ class GraphDLRM(nn.Module):
         Returns:
             Tuple[Tensor, Tensor]: per-task outputs (B, T) (logits for binary tasks,
             ``log1p`` predictions for regression) and the auxiliary losses (A,), one per
-            :attr:`aux_loss_names` (``"gfae"``, then ``"edge"`` with an edge decoder).
+            :attr:`aux_loss_names` (``"gfae"`` with a feature GFAE, ``"edge"`` with an edge
+            decoder; (0,) with neither).
         """
         dense = self.dense_arch(batch.dense_features)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
-        zero = dense.sum() * 0.0
-        aux = [zero, zero]  # gfae, edge
+        aux = {}
         if self.graph_tower is not None:
             graph = self.graph_tower(batch)
-            aux = [graph.gfae_loss, graph.edge_loss]
+            aux = {"gfae": graph.gfae_loss, "edge": graph.edge_loss}
             if self.input_fusion is not None:
                 sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
         representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
         if self.prehead_fusion is not None:
             representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
-        return self.task_heads(representation), torch.stack(aux[: len(self.aux_loss_names)])
+        aux_losses = torch.stack([aux[name] for name in self.aux_loss_names]) if self.aux_loss_names else dense.new_zeros(0)
+        return self.task_heads(representation), aux_losses
 
 
 class GraphDLRMTrain(nn.Module):
-    """TorchRec-style training wrapper: one loss per task plus the GFAE loss.
+    """TorchRec-style training wrapper: one loss per task plus the tower's auxiliary losses.
 
     Args:
         model (GraphDLRM): the ranker.
@@ -211,7 +213,8 @@ class GraphDLRMTrain(nn.Module):
 
     ``forward(batch)`` returns ``(losses, (losses.detach(), outputs.detach(), labels))`` with
     ``labels`` NaN where missing and ``losses`` of shape (T + A,): the T task losses, then the
-    auxiliary ones (:attr:`GraphDLRM.aux_loss_names`: the GFAE loss, 0 without GFAE, and the edge loss).
+    auxiliary ones (:attr:`GraphDLRM.aux_loss_names`: the GFAE's feature and edge losses, each only
+    when the tower has it).
     TorchRec's train pipeline backprops ``losses.sum()``; a
     :class:`~torchrec_gnn.train.balancing.LossBalancer` weighs them instead.
     """

@@ -99,6 +99,11 @@ class GraphEncoder(nn.Module):
         """The GFAE's edge part, if on (it scores the batch's links)."""
         return None if self.gfae is None else self.gfae.edge_decoder
 
+    @property
+    def reconstructs_features(self) -> bool:
+        """Whether the GFAE's feature part is on (the encoder then returns its loss)."""
+        return self.gfae is not None and self.gfae.reconstructs_features
+
     def shared_parameters(self) -> List[nn.Parameter]:
         """GradNorm's shared layer: the GNN's last weighted layer."""
         return self.gnn.shared_parameters()
@@ -217,6 +222,11 @@ class GNNTower(nn.Module):
     def edge_decoder(self) -> Optional[EdgeDecoder]:
         """The GFAE's edge part, if on (the tower then also returns the masked-edge loss)."""
         return self.encoder.edge_decoder
+
+    @property
+    def reconstructs_features(self) -> bool:
+        """Whether the GFAE's feature part is on (the tower then returns the feature loss)."""
+        return self.encoder.reconstructs_features
 
     def forward(self, batch: GraphBatch) -> GraphEmbeddings:
         """

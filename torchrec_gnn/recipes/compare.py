@@ -56,6 +56,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config
+from torchrec_gnn.console import configure_console
 from torchrec_gnn.recipes.stream import STREAM_SPLIT, load_stream
 from torchrec_gnn.recipes.train import TRAINING_FILE
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
@@ -77,10 +78,12 @@ VARIANTS: Dict[str, List[str]] = {
     "e2e_prehead_fusion_only": ["model.ranker.input_fusion=false"],
 }
 SPLITS = ("val", "test")
-# (title in results.md, metric, True if higher is better)
-TABLES: Tuple[Tuple[str, str, bool], ...] = (
-    ("AUC", "auc", True), ("GAUC", "gauc", True), ("LogLoss", "logloss", False), ("RMSE", "rmse", False),
+# (title in results.md, metric, which value is best: "higher", "lower" or "closer to 1")
+TABLES: Tuple[Tuple[str, str, str], ...] = (
+    ("AUC", "auc", "higher"), ("GAUC", "gauc", "higher"), ("NE", "ne", "lower"), ("LogLoss", "logloss", "lower"),
+    ("Calibration", "calibration", "closer to 1"), ("RMSE", "rmse", "lower"),
 )
+_BADNESS = {"higher": lambda m: -m, "lower": lambda m: m, "closer to 1": lambda m: abs(m - 1.0)}
 # train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
 COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb", "kept_step")
 PRETRAIN_REPORT = Path(PRETRAIN_DIR) / REPORT_FILE  # in a two-stage run's directory
@@ -438,7 +441,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [f"# Variant comparison: {results['config'] or 'built-in defaults'}", "",
              f"Split `{results['split']}`, mean ± sample std over {seeds} seed(s) {results['seeds']}.", ""]
     tasks = list(dict.fromkeys(t for per_task in variants.values() for t in per_task))
-    for title, metric, higher in TABLES:
+    for title, metric, target in TABLES:
         columns = [t for t in tasks if any(metric in variants[v].get(t, {}) for v in variants)]
         if not columns:
             continue
@@ -447,8 +450,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             means = {v: variants[v][task][metric]["mean"] for v in variants if metric in variants[v].get(task, {})}
             finite = {v: m for v, m in means.items() if np.isfinite(m)}
             if len(finite) > 1:
-                best[task] = (max if higher else min)(finite, key=finite.get)
-        lines += [f"## {title} ({'higher' if higher else 'lower'} is better)", "",
+                best[task] = min(finite, key=lambda v: _BADNESS[target](finite[v]))
+        lines += [f"## {title} ({target} is better)", "",
                   "| variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         for v in variants:
             cells = []
@@ -610,6 +613,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         CompareError: an unknown or unavailable variant, bad ``--seeds``, or a failed run.
         ConfigError: a variant's config has problems.
     """
+    configure_console()
     args = build_parser().parse_args(argv)
     streaming = args.protocol == "streaming"
     if streaming:

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from torchrec_gnn.config import load_config
+from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -62,6 +63,7 @@ def evaluate_run(run_dir: Path, split: str = "test", overrides: Sequence[str] = 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     """Parse ``argv``, evaluate, print the table; returns the metrics."""
+    configure_console()
     parser = argparse.ArgumentParser(prog="torchrec-gnn eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="output directory of a training run")
     parser.add_argument("--split", choices=SPLITS, default="test")

@@ -24,13 +24,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config, save_config
+from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader, pad_for_ranks
@@ -45,7 +46,7 @@ from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
 from torchrec_gnn.train.early_stopping import EarlyStopping
 from torchrec_gnn.train.export import export_state_dict
-from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+from torchrec_gnn.train.metrics import MultiTaskEvaluator, TrainingWindowMetrics, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
 from torchrec_gnn.modules.heads import initial_output_bias
@@ -270,7 +271,8 @@ def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
 
 
 # -------------------------------------------------------------------------------------- training
-def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: float) -> Dict[str, object]:
+def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: float,
+            window: Dict[str, Dict[str, float]]) -> Dict[str, object]:
     losses = dict(zip(job.loss_names, out.losses.tolist()))
     return {
         "step": step,
@@ -279,7 +281,16 @@ def _record(job: Job, step: int, epoch: int, out: StepOutput, examples_per_s: fl
         "losses": losses,
         "task_weights": dict(zip(job.loss_names, out.weights.tolist())),
         "examples_per_s": examples_per_s,
+        "window": window,
     }
+
+
+def _postfix(record: Dict[str, Any]) -> Dict[str, str]:
+    """The progress bar's figures: the loss, examples/s, each binary task's windowed NE and AUC."""
+    postfix = {"loss": f"{record['loss']:.4f}", "ex_s": f"{record['examples_per_s']:.0f}"}
+    for task, values in record["window"].items():
+        postfix[task] = f"NE {values['window_ne']:.3f} AUC {values['window_auc']:.3f}"
+    return postfix
 
 
 def check_finite(out: StepOutput, where: str) -> None:
@@ -338,6 +349,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     metrics_file = (job.output_dir / "metrics.jsonl").open("a" if step else "w") if ctx.is_main else None
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
     window_start, window_examples = time.perf_counter(), 0
+    window_metrics = TrainingWindowMetrics(job.dataset.tasks, cfg.loader.batch_size, cfg.train.metrics_window,
+                                           ctx.world_size, ctx.rank, ctx.device)
     for epoch in range(position["epoch"], cfg.train.epochs):
         if step >= total_steps:
             break
@@ -354,15 +367,17 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
             in_epoch += 1
             window_examples += out.outputs.shape[0] * ctx.world_size
             check_finite(out, f"step {step}")
+            window_metrics.update(out.outputs, out.labels)
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
-                record = _record(job, step, epoch, out, window_examples / max(now - window_start, 1e-9))
+                record = _record(job, step, epoch, out, window_examples / max(now - window_start, 1e-9),
+                                 window_metrics.compute())
                 window_start, window_examples = now, 0
                 records.append(record)
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                progress.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
+                progress.set_postfix(_postfix(record))
             at_end = in_epoch == len(data)
             trainer_state = {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch}
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
@@ -402,20 +417,9 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     return records
 
 
-def _configure_logging() -> None:
-    """INFO logs of this package to stderr (imported libraries may have configured the root)."""
-    package = logging.getLogger("torchrec_gnn")
-    if not package.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-        package.addHandler(handler)
-        package.propagate = False
-    package.setLevel(logging.INFO)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Run the job; returns ``{split: {task: {metric: value}}}`` (also written to ``eval.json``)."""
-    _configure_logging()
+    configure_console()
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
     streaming = config.train.protocol == "streaming"

@@ -6,7 +6,7 @@ import math
 from typing import Any, Dict, Mapping, Optional
 
 # metric -> True when higher is better
-METRICS: Dict[str, bool] = {"auc": True, "gauc": True, "logloss": False, "rmse": False}
+METRICS: Dict[str, bool] = {"auc": True, "gauc": True, "ne": False, "logloss": False, "rmse": False}
 
 
 class EarlyStopping:
@@ -17,8 +17,8 @@ class EarlyStopping:
 
     Args:
         patience (int): evaluations without improvement before stopping (>= 1).
-        metric (str): ``"auc"``, ``"gauc"`` (higher is better), ``"logloss"`` or ``"rmse"``
-            (lower is better).
+        metric (str): ``"auc"``, ``"gauc"`` (higher is better), ``"ne"``, ``"logloss"`` or
+            ``"rmse"`` (lower is better).
         min_delta (float): smallest change that counts as an improvement. Default 0.
 
     Example::

@@ -1,9 +1,10 @@
-"""Evaluation metrics of the multi-task ranker: exact AUC, GAUC, log loss, RMSE and MAE per task.
+"""Evaluation metrics of the multi-task ranker: exact AUC, GAUC, log loss, NE, calibration, RMSE
+and MAE per task, and TorchRec's windowed training metrics.
 
 :class:`MultiTaskEvaluator` accumulates the head outputs of an evaluation pass and computes,
 for every task of the ranker::
 
-    binary      auc, gauc, logloss, count, gauc_users, gauc_users_skipped
+    binary      auc, gauc, logloss, ne, calibration, count, gauc_users, gauc_users_skipped
     regression  rmse, mae, count
 
 Notation: B examples in a batch, T tasks, N examples accumulated over the pass.
@@ -16,6 +17,11 @@ Notation: B examples in a batch, T tasks, N examples accumulated over the pass.
   class have no AUC: they are left out and counted in ``gauc_users_skipped``; ``gauc_users``
   counts the users that took part.
 * ``logloss``: mean binary cross-entropy of ``sigmoid(output)`` against the 0/1 label.
+* ``ne``: normalized entropy, ``logloss / H(p)`` with ``H(p) = -p log p - (1-p) log(1-p)`` the
+  entropy of the evaluated labels' positive rate ``p``: the log loss relative to predicting the
+  base rate for everyone (< 1 is better than that constant), as ``torchrec.metrics.NEMetric``.
+* ``calibration``: ``sum(sigmoid(output)) / sum(label)``, predicted over actual positives (1 is
+  calibrated, > 1 over-predicts), as ``torchrec.metrics.CalibrationMetric``.
 * ``rmse`` / ``mae``: on the label's ORIGINAL scale. Regression heads predict ``log1p(label)``
   (see :func:`torchrec_gnn.modules.heads.task_losses`), so the prediction compared to the
   label is ``max(expm1(output), 0)``.
@@ -44,7 +50,7 @@ from torchrec_gnn.data.dataset import TaskSpec
 Metrics = Dict[str, Dict[str, float]]
 
 # Column order of format_table; metrics not listed follow in first-seen order.
-_METRIC_ORDER = ("auc", "gauc", "logloss", "rmse", "mae", "count", "gauc_users", "gauc_users_skipped")
+_METRIC_ORDER = ("auc", "gauc", "logloss", "ne", "calibration", "rmse", "mae", "count", "gauc_users", "gauc_users_skipped")
 
 
 def _grouped_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -148,12 +154,51 @@ def binary_log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, x) - y * x))  # -y log s(x) - (1-y) log(1-s(x))
 
 
+def normalized_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """NE: the mean log loss over the entropy of the labels' positive rate (TorchRec's NE).
+
+    Args:
+        logits (ndarray): (N,) logits.
+        labels (ndarray): (N,) 0/1 labels.
+
+    Returns:
+        float: the NE, ``nan`` if N = 0 or the labels are all one class (entropy 0).
+
+    Example::
+
+        normalized_entropy(np.zeros(4), np.array([0, 0, 1, 1]))  # 1.0: the base rate 0.5 predicted
+    """
+    rate = float(np.mean(labels, dtype=np.float64)) if np.size(labels) else math.nan
+    if not 0.0 < rate < 1.0:
+        return float("nan")
+    entropy = -rate * math.log(rate) - (1.0 - rate) * math.log(1.0 - rate)
+    return binary_log_loss(logits, labels) / entropy
+
+
+def calibration(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Predicted over actual positives, ``sum(sigmoid(logits)) / sum(labels)`` (TorchRec's).
+
+    Args:
+        logits (ndarray): (N,) logits.
+        labels (ndarray): (N,) 0/1 labels.
+
+    Returns:
+        float: the ratio, ``nan`` without a positive label.
+    """
+    positives = float(np.sum(labels, dtype=np.float64))
+    if positives <= 0:
+        return float("nan")
+    return float(np.sum(0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64))))) / positives
+
+
 def _binary_metrics(logits: np.ndarray, labels: np.ndarray, users: np.ndarray) -> Dict[str, float]:
     gauc, used, skipped = group_auc(logits, labels, users)
     return {
         "auc": roc_auc(logits, labels),
         "gauc": gauc,
         "logloss": binary_log_loss(logits, labels),
+        "ne": normalized_entropy(logits, labels),
+        "calibration": calibration(logits, labels),
         "count": int(logits.size),
         "gauc_users": used,
         "gauc_users_skipped": skipped,
@@ -175,7 +220,8 @@ def _regression_metrics(outputs: np.ndarray, labels: np.ndarray) -> Dict[str, fl
 def _undefined(kind: str, count: int) -> Dict[str, float]:
     """The metrics of a task whose outputs hold a non-finite value: all NaN but ``count``."""
     if kind == "binary":
-        return {"auc": math.nan, "gauc": math.nan, "logloss": math.nan, "count": count,
+        return {"auc": math.nan, "gauc": math.nan, "logloss": math.nan, "ne": math.nan, "calibration": math.nan,
+                "count": count,
                 "gauc_users": 0, "gauc_users_skipped": 0}
     return {"rmse": math.nan, "mae": math.nan, "count": count}
 
@@ -332,6 +378,70 @@ class MultiTaskEvaluator:
     def __repr__(self) -> str:
         tasks = ", ".join(f"{t.name}:{t.kind}" for t in self.tasks)
         return f"{self.__class__.__name__}(tasks=[{tasks}], examples={self.num_examples})"
+
+
+class TrainingWindowMetrics:
+    """Windowed NE and AUC of every binary task over the latest training batches, computed by
+    ``torchrec.metrics`` (``NEMetric``, ``AUCMetric``) with TorchRec's window semantics.
+
+    :meth:`update` takes each step's outputs and labels (NaN = missing, weight 0);
+    :meth:`compute` returns ``{task: {"window_ne", "window_auc"}}`` over the last
+    ``window_size`` examples of all ranks. On several ranks :meth:`compute` is a collective
+    (every rank calls it and gets the same values).
+
+    Args:
+        tasks (Sequence[TaskSpec]): the T tasks in output-column order (regression ones are skipped).
+        batch_size (int): training examples per batch and rank.
+        window_size (int): examples in the window, over all ranks; raised to one batch per rank.
+        world_size (int): ranks. Default 1.
+        rank (int): this rank. Default 0.
+        device (torch.device, optional): where the metric states live (the collectives' device:
+            CUDA under nccl). Default CPU.
+
+    Example::
+
+        window = TrainingWindowMetrics(tasks, batch_size=1024, window_size=102_400)
+        window.update(out.outputs, out.labels)  # every step: (B, T) each
+        window.compute()  # {"click": {"window_ne": 0.87, "window_auc": 0.71}, ...}
+    """
+
+    def __init__(self, tasks: Sequence[TaskSpec], batch_size: int, window_size: int, world_size: int = 1,
+                 rank: int = 0, device: Optional[torch.device] = None) -> None:
+        from torchrec.metrics.auc import AUCMetric
+        from torchrec.metrics.metrics_config import RecTaskInfo
+        from torchrec.metrics.ne import NEMetric
+
+        self.columns = {task.name: t for t, task in enumerate(tasks) if task.kind == "binary"}
+        infos = [RecTaskInfo(name=name, label_name=name, prediction_name=name, weight_name=name) for name in self.columns]
+        window_size = max(int(window_size), batch_size * world_size)
+        self._metrics = [
+            cls(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=infos, window_size=window_size,
+                compute_on_all_ranks=True).to(device or torch.device("cpu"))
+            for cls in (NEMetric, AUCMetric)
+        ] if infos else []
+        self.device = device or torch.device("cpu")
+
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a step: ``outputs`` (B, T) logits, ``labels`` (B, T) with NaN where missing."""
+        if not self._metrics:
+            return
+        predictions, targets, weights = {}, {}, {}
+        for name, t in self.columns.items():
+            label = labels[:, t].detach().to(self.device, torch.float64)
+            present = torch.isfinite(label)
+            predictions[name] = torch.sigmoid(outputs[:, t].detach().to(self.device, torch.float64))
+            targets[name] = torch.where(present, label, torch.zeros_like(label))
+            weights[name] = present.double()
+        for metric in self._metrics:
+            metric.update(predictions=predictions, labels=targets, weights=weights)
+
+    def compute(self) -> Metrics:
+        """``{task: {"window_ne": ..., "window_auc": ...}}`` (a collective on several ranks)."""
+        values = {k: float(v) for metric in self._metrics for k, v in metric.compute().items()}
+        return {
+            name: {m: values[f"{m.split('_')[1]}-{name}|{m}"] for m in ("window_ne", "window_auc")}
+            for name in self.columns
+        }
 
 
 def _all_gather_rows(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:

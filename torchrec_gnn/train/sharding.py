@@ -18,7 +18,9 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -37,6 +39,9 @@ EBC_SHARDING_TYPES = {
     "cpu": ("table_wise", "column_wise", "table_column_wise"),
     "cuda": ("table_wise", "row_wise", "column_wise", "table_column_wise"),
 }
+# Share of each device's memory the planner keeps free for dense parameters, activations and
+# input batches (TorchRec's FixedPercentageStorageReservation; its own default is 15%).
+STORAGE_RESERVED = 0.15
 TABLE_OPTIMIZERS = {
     "rowwise_adagrad": torchrec.optim.RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,
@@ -181,11 +186,16 @@ def shard_model(
     apply_optimizer_in_backward(optimizer, list(_table_parameters(model)), {"lr": config.table_lr})
     world_size = dist.get_world_size(process_group)
     local_world_size = int(torch.cuda.device_count()) if device.type == "cuda" else world_size
-    topology = Topology(world_size=world_size, local_world_size=min(local_world_size or 1, world_size),
-                        compute_device=device.type)
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=world_size, local_world_size=min(local_world_size or 1, world_size)),
+        kernel_config=KernelConfig(compute_device=device.type),
+    )
     constraints = table_constraints(model, config.node_sharding_types, device.type, pooling_factors)
     sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    # TorchRec's recommended policy: a fixed share of each device's memory kept free, instead of
+    # the heuristic guess of the dense parameters' size (which it deprecates).
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints,
+                                       storage_reservation=FixedPercentageStorageReservation(STORAGE_RESERVED))
     plan = planner.collective_plan(model, sharders, process_group or dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(
         module=model,
