@@ -27,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m torchrec_gnn train --config configs/default.yaml --output-dir runs/demo
+	$(PY) -m torchrec_gnn train --config configs/default.yaml --output-dir runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q tests

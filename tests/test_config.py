@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from torchrec_gnn.config import ConfigError, ExperimentConfig, load_config, save_config
+from torchrec_gnn.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_differences,
+    config_fingerprint,
+    load_config,
+    save_config,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -49,6 +56,15 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_config_differences_and_fingerprint_ignore_resumable_fields() -> None:
+    base = load_config(None)
+    longer = load_config(None, ["train.max_steps=50", "loader.num_workers=0", "train.output_dir=elsewhere"])
+    other = load_config(None, ["model.embedding_dim=8", "data.synthetic.seed=3"])
+    assert config_differences(base, longer) == [] and config_fingerprint(base) == config_fingerprint(longer)
+    assert config_differences(base, other) == ["data.synthetic: {} -> {'seed': 3}", "model.embedding_dim: 16 -> 8"]
+    assert config_fingerprint(base) != config_fingerprint(other)
 
 
 def test_temporal_strategy_needs_temporal_sampling() -> None:

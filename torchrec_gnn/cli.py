@@ -4,6 +4,9 @@
     torchrec-gnn eval --run-dir runs/default [--split test]
     torchrec-gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare [--variants no_graph,e2e]
     torchrec-gnn bench [sampler|loader|step|graph_size] [benchmark flags]
+
+A user error (a bad config, data file or run directory) prints its message alone and exits with
+status 2; ``--debug`` (anywhere on the line) shows the traceback as well.
 """
 
 from __future__ import annotations
@@ -32,6 +35,25 @@ def _bench(argv: List[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Dispatch ``argv`` (default: ``sys.argv[1:]``) to a command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    from torchrec_gnn.train.checkpoint import CheckpointError
+    from torchrec_gnn.train.run_dir import RunDirectoryError
+
+    # ConfigError, CompareError and the data loaders' errors are ValueErrors; each message names
+    # the file, field and value. RuntimeErrors of torch (or of a bug) keep their traceback.
+    user_errors = (ValueError, FileNotFoundError, RunDirectoryError, CheckpointError)
+    try:
+        _dispatch(args)
+    except user_errors as error:
+        if debug:
+            raise
+        command = args[0] if args else ""
+        print(f"torchrec-gnn {command}: error: {error}\n(--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _dispatch(args: List[str]) -> None:
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
         print(__doc__)
         if args and args[0] not in ("-h", "--help"):

@@ -10,11 +10,13 @@ wrong types, and the dataclasses' own checks::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -232,6 +234,38 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """A plain dict of a config dataclass (for YAML/JSON)."""
     return dataclasses.asdict(config)
+
+
+# Fields a resumed run may change: how long it trains and how it runs, not what it trains.
+RESUMABLE_FIELDS = frozenset({
+    "train.max_steps", "train.epochs", "train.output_dir", "train.checkpoint_dir", "train.device",
+    "train.log_every", "train.metrics_window", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.plots", "loader.num_workers", "loader.num_threads",
+})
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value and key != "synthetic":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: ExperimentConfig, new: ExperimentConfig) -> List[str]:
+    """``"key: saved -> new"`` for every field that differs and that a resume may not change
+    (everything but :data:`RESUMABLE_FIELDS`), in key order."""
+    before, after = _flatten(config_to_dict(saved)), _flatten(config_to_dict(new))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if key not in RESUMABLE_FIELDS and before.get(key) != after.get(key)]
+
+
+def config_fingerprint(config: ExperimentConfig) -> str:
+    """A short hash of what a run trains (every field but :data:`RESUMABLE_FIELDS`)."""
+    identity = {k: v for k, v in _flatten(config_to_dict(config)).items() if k not in RESUMABLE_FIELDS}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_config(config: ExperimentConfig, path: Union[str, Path]) -> None:

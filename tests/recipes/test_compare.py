@@ -97,12 +97,16 @@ def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFi
     assert forced["variants"]["e2e"]["click"]["auc"]["std"] == 0.0
 
 
-def test_unknown_variants_fail_clearly(tmp_path: Path) -> None:
+def test_unknown_variants_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["--config", "configs/default.yaml", "--output-dir", str(tmp_path / "x")]
     with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, two_stage, two_stage_refresh, e2e, "):
         main([*base, "--variants", "e3e"])
-    with pytest.raises(CompareError, match=r"no variant given"):
+    with pytest.raises(SystemExit) as exit_info:  # the command line prints the message alone
         cli_main(["compare", *base, "--variants", ","])
+    assert exit_info.value.code == 2
+    assert "torchrec-gnn compare: error: --variants: no variant given" in capsys.readouterr().err
+    with pytest.raises(CompareError, match=r"no variant given"):  # --debug: the exception itself
+        cli_main(["compare", *base, "--variants", ",", "--debug"])
     with pytest.raises(CompareError, match=r"--seeds must be >= 1, got 0"):
         main([*base, "--seeds", "0"])
     # A config problem fails before any run starts.

@@ -1,6 +1,8 @@
 """The training job through its real entry point: outputs, resume exactness, errors."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import List
 
@@ -10,6 +12,7 @@ import torch
 from torchrec_gnn.recipes.evaluate import evaluate_run
 from torchrec_gnn.recipes.train import main
 from torchrec_gnn.train.checkpoint import CheckpointError
+from torchrec_gnn.train.run_dir import RunDirectoryError
 
 TINY = [
     "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.eval_batch_size=512",
@@ -57,9 +60,43 @@ def test_outputs_and_exact_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"--resume: no complete checkpoint in .*checkpoints"):
+def test_resume_without_a_run_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(RunDirectoryError, match=r"--resume: .* holds no run \(config.yaml is missing\)"):
         main(["--config", "configs/default.yaml", *TINY, "--max-steps", "2", "--output-dir", str(tmp_path), "--resume"])
+    proc = subprocess.run([sys.executable, "-m", "torchrec_gnn", "train", "--config", "configs/default.yaml",
+                           "--output-dir", str(tmp_path), "--resume"], capture_output=True, text=True, timeout=120)
+    # At the command line: the message alone, status 2.
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "torchrec-gnn train: error: --resume:" in proc.stderr and "holds no run" in proc.stderr
+
+
+@pytest.mark.timeout(600)
+def test_one_directory_holds_one_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    argv = ["--config", "configs/default.yaml", *TINY, "--max-steps", "3", "--output-dir", str(run)]
+    results = main(argv)
+    config_bytes = (run / "config.yaml").read_bytes()
+    # A new run never lands in a directory that holds another one...
+    with pytest.raises(RunDirectoryError, match=r"holds another run \(config.yaml, metrics.jsonl, .*checkpoints"):
+        main([*argv, "--seed", "7"])
+    # ...and a resume with other settings is refused before anything changes.
+    with pytest.raises(RunDirectoryError, match=r"differs from the run .*model.embedding_dim: 16 -> 8"):
+        main([*argv, "--resume", "--set", "model.embedding_dim=8"])
+    assert (run / "config.yaml").read_bytes() == config_bytes
+    assert evaluate_run(run, "test")["click"]["auc"] == pytest.approx(results["test"]["click"]["auc"], abs=1e-5)
+
+    # --overwrite replaces it: none of the old run's checkpoints survive to be resumed later.
+    main([*argv, "--seed", "7", "--max-steps", "2", "--overwrite"])
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002"]
+    assert "seed: 7" in (run / "config.yaml").read_text()
+
+    # Checkpoints written by another run (a shared checkpoint directory) are never loaded.
+    shared = tmp_path / "shared_checkpoints"
+    first = ["--config", "configs/default.yaml", *TINY, "--max-steps", "2", "--checkpoint-dir", str(shared)]
+    main([*first, "--output-dir", str(tmp_path / "a")])
+    main([*first, "--output-dir", str(tmp_path / "b"), "--seed", "5", "--overwrite"])  # replaces a's checkpoints
+    with pytest.raises(CheckpointError, match=r"written by another run: config_fingerprint"):
+        main([*first, "--output-dir", str(tmp_path / "a"), "--max-steps", "4", "--resume"])
 
 
 def test_eval_of_an_unfinished_run_fails_clearly(tmp_path: Path) -> None:

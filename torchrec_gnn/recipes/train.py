@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from torchrec_gnn.config import ExperimentConfig, load_config, save_config
+from torchrec_gnn.config import ExperimentConfig, config_fingerprint, load_config, save_config
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
@@ -54,6 +54,7 @@ from torchrec_gnn.recipes.stream import run_stream, stream_periods_of
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
+from torchrec_gnn.train.run_dir import check_run_directory, clear_run
 from torchrec_gnn.train.sharding import copy_into_sharded, make_optimizer, node_pooling_factors, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest complete checkpoint in the checkpoint directory "
                              "(automatic when torchrun restarts the workers, see --max-restarts)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start this run in an output directory that holds another run, deleting that run's files")
     return parser
 
 
@@ -316,7 +319,7 @@ def resume(job: Job, manager: CheckpointManager) -> Dict[str, object]:
     latest = manager.latest()
     if latest is None:
         raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
-    state = manager.load(latest, *_state(job))
+    state = manager.load(latest, *_state(job), expect={"config_fingerprint": config_fingerprint(job.config)})
     if state["world_size"] != job.ctx.world_size and state["batch_in_epoch"] != 0:
         raise CheckpointError(
             f"{latest}: saved by {state['world_size']} rank(s) in the middle of epoch {state['epoch']}; the "
@@ -337,6 +340,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     manager = checkpoint_manager(job)
+    fingerprint = config_fingerprint(cfg)  # in every checkpoint: a resume loads only this run's
     position = resume(job, manager) if resume_from_checkpoint else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     step = int(position["step"])
     stopper = None
@@ -379,7 +383,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
                     metrics_file.flush()
                 progress.set_postfix(_postfix(record))
             at_end = in_epoch == len(data)
-            trainer_state = {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch}
+            trainer_state = {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch,
+                             "config_fingerprint": fingerprint}
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 val = evaluate(job, job.split.val)
                 record = {"step": step, "eval": {"val": val}}
@@ -427,9 +432,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         if args.resume:
             raise CheckpointError("--resume: a streaming run keeps no checkpoints between periods; run it again")
         config.loader.temporal = True  # each batch sees only the graph's past
+    # torchrun --max-restarts N restarts every worker after a failure: the run continues.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    check_run_directory(config, resume=args.resume or restarted, overwrite=args.overwrite)  # before any write
     ctx = init_distributed(config.train.device)
     try:
         start = time.perf_counter()
+        if args.overwrite and not (args.resume or restarted):
+            dist.barrier()  # every rank has checked the directory before rank 0 empties it
+            if ctx.is_main:
+                removed = clear_run(config)
+                if removed:
+                    logger.info("--overwrite: removed the previous run's %s", ", ".join(p.name for p in removed))
         job = setup(config, ctx)
         if ctx.is_main:
             logger.info("%s\n%s", job.split.summary(), job.split.graph.summary())
@@ -439,9 +453,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
                 (job.output_dir / "eval.json").write_text(json.dumps(results, indent=1))
                 print(format_table(results, title=f"{config.name}: streaming, mean over periods 2-{config.train.periods}"))
             return results
-        # torchrun --max-restarts N restarts every worker after a failure: pick up where the
-        # latest complete checkpoint left off (or from scratch if none was written yet).
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        # After a torchrun restart: pick up where the latest complete checkpoint left off (or
+        # from scratch if none was written yet).
         if restarted and ctx.is_main:
             logger.info("restart %s of this job", os.environ["TORCHELASTIC_RESTART_COUNT"])
         train(job, resume_from_checkpoint=args.resume or (restarted and checkpoint_manager(job).latest() is not None))

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -105,13 +105,19 @@ class CheckpointManager:
         _barrier()
         return final
 
-    def load(self, path: Union[str, Path], sharded: Dict[str, Any], replicated: Dict[str, Any]) -> Dict[str, Any]:
+    def load(self, path: Union[str, Path], sharded: Dict[str, Any], replicated: Dict[str, Any],
+             expect: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Load ``path`` into ``sharded`` and ``replicated`` in place (collective) and return its
         trainer state.
 
+        Args:
+            expect (Mapping, optional): trainer-state entries the checkpoint must agree with
+                (e.g. the run's config fingerprint), checked before any weight is loaded; an
+                entry the checkpoint does not record (an older version's) is not checked.
+
         Raises:
-            CheckpointError: the directory is missing, incomplete or unreadable, or was written
-                by a job whose model or optimizer do not match.
+            CheckpointError: the directory is missing, incomplete or unreadable, was written by
+                a job whose model or optimizer do not match, or disagrees with ``expect``.
         """
         path = Path(path)
         if not (path / TRAINER_FILE).is_file():
@@ -123,6 +129,11 @@ class CheckpointManager:
             trainer_state = json.loads((path / TRAINER_FILE).read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{path / TRAINER_FILE}: corrupt trainer state ({err})") from err
+        wrong = {k: (trainer_state[k], v) for k, v in (expect or {}).items() if k in trainer_state and trainer_state[k] != v}
+        if wrong:
+            raise CheckpointError(
+                f"{path}: written by another run: " + ", ".join(f"{k} {a!r} (this run: {b!r})" for k, (a, b) in wrong.items())
+            )
         for obj in sharded.values():
             # TorchRec's KeyedOptimizer creates its (lazy) state with a dummy step, so that DCP
             # has tensors to load into; without it a fresh optimizer silently keeps empty state.
