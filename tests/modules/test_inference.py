@@ -51,13 +51,36 @@ def test_layerwise_equals_sampling_every_neighbour(conv: str, chunk_size: int) -
         torch.testing.assert_close(out[t][sub.seed_index[t]], exported[t][ids], atol=1e-5, rtol=1e-5)
 
 
-def test_lightgcn_export_has_the_right_shapes() -> None:
+def lightgcn_by_hand(gnn: HeteroGNN, x, graph: HeteroGraph):
+    """LightGCN over the whole graph with dense normalised adjacency matrices (true degrees)."""
+    layers = [dict(x)]
+    for _ in range(gnn.num_layers):
+        h = layers[-1]
+        out = {t: torch.zeros(n, h[t].shape[1]) for t, n in NUM_NODES.items()}
+        for et in graph.edge_types:
+            src, _, dst = et
+            adjacency = torch.zeros(NUM_NODES[dst], NUM_NODES[src])
+            row, col = graph.edge_index(et)
+            adjacency.index_put_((col, row), torch.ones(row.numel()), accumulate=True)
+            deg_in, deg_out = adjacency.sum(1).clamp(min=1), adjacency.sum(0).clamp(min=1)
+            out[dst] += (adjacency / (deg_in[:, None] * deg_out[None, :]).sqrt()) @ h[src]
+        layers.append(out)
+    return gnn.lightgcn_readout({t: [h[t] for h in layers] for t in gnn.out_node_types})
+
+
+def test_lightgcn_export_is_exact_for_every_chunk_size() -> None:
     graph = small_graph()
+    torch.manual_seed(0)
     gnn = HeteroGNN(list(NUM_NODES), graph.edge_types, 8, GNNConfig(conv="lightgcn", hidden_channels=6),
                     out_node_types=["user", "item"])
     x = {t: torch.randn(n, 8) for t, n in NUM_NODES.items()}
-    out = full_graph_embeddings(gnn, x, graph, chunk_size=10, progress=False)
-    assert out["user"].shape == (23, 6) and out["item"].shape == (31, 6)
+    expected = lightgcn_by_hand(gnn.eval(), x, graph)
+    gnn.train()
+    for chunk_size in (1, 5, 1000):  # a chunk holds a few destinations, their sources many more
+        out = full_graph_embeddings(gnn, x, graph, chunk_size=chunk_size, progress=False)
+        assert out["user"].shape == (23, 6) and out["item"].shape == (31, 6)
+        for t in out:
+            torch.testing.assert_close(out[t], expected[t], atol=1e-5, rtol=1e-5)
     assert gnn.training  # the mode is restored
 
 

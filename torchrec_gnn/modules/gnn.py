@@ -64,23 +64,29 @@ class LightGCNConv(MessagePassing):
     """LightGCN propagation (He et al. 2020, https://arxiv.org/abs/2002.02126) for one relation.
 
     ``out[j] = sum_{i -> j} x[i] / sqrt(deg_out(i) * deg_in(j))`` with degrees counted in the
-    sampled subgraph. No parameters.
+    given edges (a sampled subgraph), or ``deg_out`` given (the full graph's, when the edges are
+    only a chunk of the destinations). No parameters.
     """
 
     def __init__(self) -> None:
         super().__init__(aggr="sum")
 
-    def forward(self, x: Tuple[torch.Tensor, torch.Tensor], edge_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tuple[torch.Tensor, torch.Tensor], edge_index: torch.Tensor,
+                src_degree: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         Args:
             x (Tuple[Tensor, Tensor]): source (N_src, D) and destination (N_dst, D) features.
             edge_index (Tensor): (2, E) local ``[source; destination]``.
+            src_degree (Tensor, optional): (N_src,) out-degree of every source; default:
+                counted in ``edge_index``.
 
         Returns:
             Tensor: (N_dst, D).
         """
         src, dst = x
-        deg_out = degree(edge_index[0], src.shape[0], dtype=src.dtype).clamp(min=1)
+        if src_degree is None:
+            src_degree = degree(edge_index[0], src.shape[0], dtype=src.dtype)
+        deg_out = src_degree.to(src.dtype).clamp(min=1)
         deg_in = degree(edge_index[1], dst.shape[0], dtype=src.dtype).clamp(min=1)
         norm = (deg_out[edge_index[0]] * deg_in[edge_index[1]]).rsqrt()
         return self.propagate(edge_index, x=(src, dst), norm=norm)
@@ -234,6 +240,7 @@ class HeteroGNN(nn.Module):
         x_dict: Dict[NodeType, torch.Tensor],
         edge_index_dict: Dict[EdgeType, torch.Tensor],
         x_dst_dict: Optional[Dict[NodeType, torch.Tensor]] = None,
+        src_degree_dict: Optional[Dict[EdgeType, torch.Tensor]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
         """Layer ``layer`` alone: the sampled forward pass and layer-wise full-graph inference
         (:func:`torchrec_gnn.modules.inference.full_graph_embeddings`) both run it.
@@ -246,17 +253,22 @@ class HeteroGNN(nn.Module):
                 have (the last layer only has those ending at ``out_node_types``) are ignored.
             x_dst_dict (Dict[str, Tensor], optional): (M_t, D_l) destination features when they
                 differ from the sources (a chunk of destination nodes); default ``x_dict``.
+            src_degree_dict (Dict[EdgeType, Tensor], optional): (N_src,) out-degree of every
+                source per relation, for LightGCN's normalisation when ``edge_index_dict`` holds
+                only a chunk of the destinations; default: counted in the given edges.
 
         Returns:
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
         """
         x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
+        degrees = src_degree_dict or {}
         convs = self.convs[layer].convs
         messages: Dict[NodeType, List[torch.Tensor]] = {}
         for et in self.edge_types:  # the relations in a fixed order, as HeteroConv sums them
             if et in convs and et in edge_index_dict:
                 src, _, dst = et
-                out_r = convs[et]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et])
+                extra = {"src_degree": degrees[et]} if et in degrees else {}
+                out_r = convs[et]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et], **extra)
                 messages.setdefault(dst, []).append(out_r)
         out = {t: group(hs, "sum") for t, hs in messages.items()}
         if self.roots:

@@ -64,8 +64,8 @@ def full_graph_embeddings(
     Returns:
         Dict[str, Tensor]: (N_t, H) for every type of ``gnn.out_node_types``.
 
-    LightGCN's symmetric normalisation counts degrees within each chunk's edges, as training
-    counts them within a sampled subgraph; the destination degrees are exact here.
+    LightGCN's symmetric normalisation uses the graph's true degrees here (training counts them
+    within each sampled subgraph), so the result does not depend on ``chunk_size``.
     """
     if chunk_size < 1:
         raise ValueError(f"full_graph_embeddings: chunk_size must be >= 1, got {chunk_size}")
@@ -83,6 +83,14 @@ def full_graph_embeddings(
         for t in (gnn.out_node_types if layer == gnn.num_layers - 1 else gnn.node_types)
         for start in range(0, graph.num_nodes[t], chunk_size)
     ]
+    # A chunk holds every edge of its destinations but not every edge of their sources: LightGCN
+    # needs the sources' full out-degrees.
+    src_degree = None
+    if gnn.config.conv == "lightgcn":
+        src_degree = {
+            et: torch.from_numpy(np.bincount(np.asarray(graph.csc(et).row), minlength=graph.num_nodes[et[0]])).to(device)
+            for et in gnn.edge_types
+        }
     bar = tqdm(total=len(steps), desc="layer-wise inference", disable=not progress, dynamic_ncols=True)
     for layer in range(gnn.num_layers):
         receivers = gnn.out_node_types if layer == gnn.num_layers - 1 else gnn.node_types
@@ -93,7 +101,7 @@ def full_graph_embeddings(
             for start in range(0, graph.num_nodes[t], chunk_size):
                 stop = min(start + chunk_size, graph.num_nodes[t])
                 edges = {et: chunk_edge_index(graph, et, start, stop).to(device) for et in relations if et[2] == t}
-                rows.append(gnn.layer_forward(layer, x, edges, {t: x[t][start:stop]})[t])
+                rows.append(gnn.layer_forward(layer, x, edges, {t: x[t][start:stop]}, src_degree)[t])
                 bar.update(1)
             out[t] = torch.cat(rows)
         x = out
