@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,51 @@ def test_load_mismatched_metadata_fails(tmp_path: Path) -> None:
     (tmp_path / "g" / "user__watches__video.colptr.npy").write_bytes((tmp_path / "h" / "user__watches__video.colptr.npy").read_bytes())
     with pytest.raises(ValueError, match=r"colptr of relation .* has shape \(6,\), expected \(4,\)"):
         HeteroGraph.load(tmp_path / "g")
+
+
+def test_corrupt_graph_files_fail_clearly_never_crash(tmp_path: Path) -> None:
+    graph = small_graph(add_reverse=True)
+    graph.save(tmp_path / "g")
+    stem = tmp_path / "g" / "user__watches__video"
+    row = np.load(f"{stem}.row.npy")
+    # Out-of-range source ids (same shape): the full check names file, position and value; the
+    # sampler would index past its buffers with them.
+    bad = row.copy()
+    bad[1] = 10**6
+    np.save(f"{stem}.row.npy", bad)
+    HeteroGraph.load(tmp_path / "g")  # the cheap default does not read every edge
+    with pytest.raises(ValueError, match=r"user__watches__video\.row\.npy: row of relation .* has source id 1000000 at position 1, outside \[0, 4\)"):
+        HeteroGraph.load(tmp_path / "g", validate="full")
+    np.save(f"{stem}.row.npy", row)
+    # A colptr that falls is caught by the cheap check.
+    colptr = np.load(f"{stem}.colptr.npy")
+    falling = colptr.copy()
+    falling[2], falling[3] = falling[3], falling[2] - 1
+    np.save(f"{stem}.colptr.npy", falling)
+    with pytest.raises(ValueError, match=r"colptr\.npy: colptr of relation .* must rise from 0 to .* it falls at position 2"):
+        HeteroGraph.load(tmp_path / "g")
+    np.save(f"{stem}.colptr.npy", colptr)
+    # Edge times out of order within a segment break the kernels' binary search.
+    time = np.load(f"{stem}.time.npy")
+    segment = int(np.argmax(np.diff(colptr) >= 2))
+    shuffled = time.copy()
+    shuffled[colptr[segment]] = time[colptr[segment] + 1] + 1
+    np.save(f"{stem}.time.npy", shuffled)
+    with pytest.raises(ValueError, match=r"time\.npy: time of relation .* older than the one before it"):
+        HeteroGraph.load(tmp_path / "g", validate="full")
+    np.save(f"{stem}.time.npy", time)
+    assert HeteroGraph.load(tmp_path / "g", validate="full").num_edges() == graph.num_edges()
+    # Metadata: a missing key or a negative count names the problem.
+    meta_path = tmp_path / "g" / "graph.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "relations"}))
+    with pytest.raises(ValueError, match=r"graph.json: corrupt graph metadata \(missing or malformed 'relations'\)"):
+        HeteroGraph.load(tmp_path / "g")
+    meta_path.write_text(json.dumps({**meta, "num_nodes": {**meta["num_nodes"], "user": -3}}))
+    with pytest.raises(ValueError, match=r"counts must be ints >= 0, got \{'user': -3\}"):
+        HeteroGraph.load(tmp_path / "g")
+    with pytest.raises(ValueError, match=r"validate must be one of \['cheap', 'full'\]"):
+        HeteroGraph.load(tmp_path / "g", validate="all")
 
 
 def test_from_tables(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,14 @@ def test_one_directory_holds_one_run(tmp_path: Path) -> None:
     main([*argv, "--seed", "7", "--max-steps", "2", "--overwrite"])
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002"]
     assert "seed: 7" in (run / "config.yaml").read_text()
+
+    # A run's graph corrupted on disk (ids out of range, same shape) fails by name, not by a crash.
+    row_file = sorted((run / "graph").glob("*.row.npy"))[0]
+    rows = np.load(row_file)
+    rows[0] = 10**9
+    np.save(row_file, rows)
+    with pytest.raises(ValueError, match=rf"{row_file.name}: row of relation .* has source id 1000000000 at position 0"):
+        evaluate_run(run, "test")
 
     # Checkpoints written by another run (a shared checkpoint directory) are never loaded.
     shared = tmp_path / "shared_checkpoints"

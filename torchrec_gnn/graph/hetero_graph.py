@@ -59,6 +59,42 @@ class CSC:
         return np.diff(self.colptr)
 
 
+GRAPH_VALIDATION = ("cheap", "full")
+
+
+def _check_csc(index: CSC, edge_type: EdgeType, files: Dict[str, Path], num_src: int, full: bool) -> None:
+    """Raise ``ValueError`` naming the file if ``index`` breaks what the sampling kernels rely on."""
+    colptr_file, row_file = files["colptr"], files["row"]
+    for name, array, file in (("colptr", index.colptr, colptr_file), ("row", index.row, row_file)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"{file}: {name} of relation {edge_type} has dtype {array.dtype}, expected integers")
+    colptr = index.colptr
+    steps = np.diff(colptr)
+    if int(colptr[0]) != 0 or int(colptr[-1]) != index.num_edges or (steps.size and int(steps.min()) < 0):
+        where = int(np.argmax(steps < 0)) if steps.size and int(steps.min()) < 0 else -1
+        raise ValueError(
+            f"{colptr_file}: colptr of relation {edge_type} must rise from 0 to {index.num_edges} (the edge "
+            f"count); got first {int(colptr[0])}, last {int(colptr[-1])}"
+            + (f", and it falls at position {where} ({int(colptr[where])} -> {int(colptr[where + 1])})" if where >= 0 else "")
+        )
+    if not full or index.num_edges == 0:
+        return
+    row = index.row
+    low, high = int(row.min()), int(row.max())
+    if low < 0 or high >= num_src:
+        pos = int(np.argmax((row < 0) | (row >= num_src)))
+        raise ValueError(f"{row_file}: row of relation {edge_type} has source id {int(row[pos])} at position "
+                         f"{pos}, outside [0, {num_src})")
+    if index.time is not None:
+        falls = np.diff(index.time) < 0  # falls[i]: edge i + 1 is older than edge i
+        starts = colptr[1:-1]
+        falls[starts[(starts > 0) & (starts < index.num_edges)] - 1] = False  # a new segment may start earlier
+        if falls.any():
+            pos = int(np.argmax(falls)) + 1
+            raise ValueError(f"{files['time']}: time of relation {edge_type}: edge {pos} is older than the one "
+                             f"before it in the same destination's segment (times must ascend within each segment)")
+
+
 def edge_type_str(edge_type: EdgeType) -> str:
     """``("user", "watches", "video") -> "user__watches__video"`` (file names, table names)."""
     return "__".join(edge_type)
@@ -233,24 +269,42 @@ class HeteroGraph:
         return root
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], mmap: bool = True) -> "HeteroGraph":
+    def load(cls, path: Union[str, os.PathLike], mmap: bool = True, validate: str = "cheap") -> "HeteroGraph":
         """Load a directory written by :meth:`save`; ``mmap=True`` maps the arrays read-only.
 
-        A missing, truncated or mismatched file raises an error naming it.
+        A missing, truncated, mismatched or corrupt file raises ``ValueError`` naming the file,
+        the array and the bad value, never a crash inside the sampling kernels:
+
+        * ``validate="cheap"`` (default; O(nodes)): metadata keys and counts, array shapes and
+          dtypes, every ``colptr`` starting at 0, ending at the edge count and never decreasing;
+        * ``validate="full"`` adds the O(edges) checks: source ids in range and edge times
+          ascending within each segment (what the kernels index and binary-search by). Use it for
+          a graph read back from disk that something else may have written.
         """
+        if validate not in GRAPH_VALIDATION:
+            raise ValueError(f"HeteroGraph.load: validate must be one of {list(GRAPH_VALIDATION)}, got {validate!r}")
         root = Path(path)
         meta_path = root / METADATA_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{root}: not a saved HeteroGraph ({METADATA_FILE} is missing)")
         try:
             meta = json.loads(meta_path.read_text())
-            version = meta["format_version"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{meta_path}: corrupt graph metadata ({err})") from err
+            version, num_nodes, relations = meta["format_version"], meta["num_nodes"], meta["relations"]
+            for rel in relations:
+                rel["edge_type"], rel["files"]["colptr"], rel["files"]["row"], rel["num_edges"]  # noqa: B018 - presence check
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{meta_path}: corrupt graph metadata (missing or malformed {err})") from err
         if version != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {version}, this build reads {FORMAT_VERSION}")
+        bad_counts = {t: n for t, n in num_nodes.items() if not isinstance(n, int) or n < 0}
+        bad_counts.update({edge_type_str(r["edge_type"]): r["num_edges"] for r in relations
+                           if not isinstance(r["num_edges"], int) or r["num_edges"] < 0})
+        unknown = sorted({t for r in relations for t in (r["edge_type"][0], r["edge_type"][2])} - set(num_nodes))
+        if bad_counts or unknown:
+            raise ValueError(f"{meta_path}: corrupt graph metadata: counts must be ints >= 0, got {bad_counts}; "
+                             f"node types of relations missing from num_nodes: {unknown}")
         csc = {}
-        for rel in meta["relations"]:
+        for rel in relations:
             et = tuple(rel["edge_type"])
             arrays = {}
             for name, file in rel["files"].items():
@@ -266,7 +320,9 @@ class HeteroGraph:
                         f"expected ({expected},) from {METADATA_FILE}"
                     )
             csc[et] = CSC(**arrays)
-        graph = cls(meta["num_nodes"], csc)
+            _check_csc(csc[et], et, {name: root / file for name, file in rel["files"].items()}, num_nodes[et[0]],
+                       validate == "full")
+        graph = cls(num_nodes, csc)
         if mmap:
             graph._mapped_from = root.resolve()
         return graph

@@ -44,7 +44,8 @@ def evaluate_run(run_dir: Path, split: str = "test", overrides: Sequence[str] = 
         raise FileNotFoundError(f"{run_dir}: not a finished training run, missing {missing}")
     config = load_config(run_dir / "config.yaml", overrides)
     dataset = load_dataset(config.data)
-    graph = HeteroGraph.load(run_dir / "graph", mmap=True)  # the graph the run trained on
+    # The graph the run trained on, read back from disk: checked in full before any kernel uses it.
+    graph = HeteroGraph.load(run_dir / "graph", mmap=True, validate="full")
     examples = time_split(
         dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction, graph=graph
     ).split(split)
