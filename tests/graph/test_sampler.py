@@ -514,16 +514,22 @@ def test_to_hetero_data_runs_hetero_sage_and_trims():
         assert x[t].shape[0] == out.num_nodes[t] - out.num_sampled_nodes[t][-1]
 
 
-def test_pygsampler_drives_stock_nodeloader():
+def _hetero_data(graph: HeteroGraph):
     from torch_geometric.data import HeteroData
-    from torch_geometric.loader import NodeLoader
 
-    graph = random_graph(7)
     data = HeteroData()
     for t, n in graph.num_nodes.items():
         data[t].x = torch.arange(n, dtype=torch.float).view(-1, 1) * 10
     for et in graph.edge_types:
         data[et].edge_index = graph.edge_index(et)  # CSC order, so e_id indexes it directly
+    return data
+
+
+def test_pygsampler_drives_stock_nodeloader():
+    from torch_geometric.loader import NodeLoader
+
+    graph = random_graph(7)
+    data = _hetero_data(graph)
     loader = NodeLoader(data, node_sampler=PyGNeighborSampler(NeighborSampler(graph, [3, 2])),
                         input_nodes=("video", torch.arange(30)), batch_size=8)
     seen = []
@@ -539,6 +545,49 @@ def test_pygsampler_drives_stock_nodeloader():
         assert len(batch["video"].num_sampled_nodes) == 3
     assert seen == list(range(30))
     assert "PyGNeighborSampler(NeighborSampler(num_neighbors=[3, 2]" in repr(loader.node_sampler)
+
+
+@pytest.mark.parametrize("mode", ["binary", "triplet"])
+def test_pygsampler_drives_stock_linkloader(mode):
+    from torch_geometric.loader import LinkLoader
+    from torch_geometric.sampler import NegativeSampling
+
+    graph = random_graph(7)
+    data = _hetero_data(graph)
+    links = graph.edge_index(WATCHES)[:, :40]
+    torch.manual_seed(0)  # PyG draws the negatives from torch's default generator
+    loader = LinkLoader(data, link_sampler=PyGNeighborSampler(NeighborSampler(graph, [3, 2])),
+                        edge_label_index=(WATCHES, links), neg_sampling=NegativeSampling(mode, amount=2),
+                        batch_size=8, shuffle=True)
+    seen = []
+    for batch in loader:
+        user_ids, video_ids = batch["user"].n_id, batch["video"].n_id
+        ids = batch[WATCHES].input_id  # which of the 40 links this batch holds
+        seen += ids.tolist()
+        if mode == "binary":
+            index, label = batch[WATCHES].edge_label_index, batch[WATCHES].edge_label
+            assert index.shape == (2, 3 * ids.numel()) and label.tolist() == [1.0] * ids.numel() + [0.0] * 2 * ids.numel()
+            pos_src, pos_dst = user_ids[index[0, :ids.numel()]], video_ids[index[1, :ids.numel()]]
+        else:
+            pos_src, pos_dst = user_ids[batch["user"].src_index], video_ids[batch["video"].dst_pos_index]
+            assert batch["video"].dst_neg_index.shape == (ids.numel(), 2)
+        assert torch.equal(pos_src, links[0, ids]) and torch.equal(pos_dst, links[1, ids])
+        for et in graph.edge_types:  # every sampled edge is a real edge of the graph
+            src, _, dst = et
+            ei, full = batch[et].edge_index, data[et].edge_index[:, batch[et].e_id]
+            assert torch.equal(batch[src].n_id[ei[0]], full[0]) and torch.equal(batch[dst].n_id[ei[1]], full[1])
+    assert sorted(seen) == list(range(40))
+
+
+def test_pygsampler_link_loading_errors():
+    from torch_geometric.sampler import EdgeSamplerInput
+
+    adapter = PyGNeighborSampler(NeighborSampler(random_graph(7), [2]))
+    with pytest.raises(ValueError, match="needs a heterogeneous graph"):
+        adapter.sample_from_edges(EdgeSamplerInput(None, torch.tensor([0]), torch.tensor([0])))
+    with pytest.raises(ValueError, match="edge_label_time needs PyG's disjoint sampling"):
+        adapter.sample_from_edges(EdgeSamplerInput(None, torch.tensor([0]), torch.tensor([0]),
+                                                   time=torch.tensor([5]), input_type=WATCHES))
 
 
 def test_memory_mapped_graph_samples_like_in_memory(tmp_path):

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
-from torch_geometric.sampler import BaseSampler, HeteroSamplerOutput, NodeSamplerInput
+from torch_geometric.sampler import BaseSampler, EdgeSamplerInput, HeteroSamplerOutput, NegativeSampling, NodeSamplerInput
+from torch_geometric.sampler.neighbor_sampler import edge_sample
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph import _kernels
@@ -684,8 +685,13 @@ def _readonly(array: np.ndarray, dtype: Any) -> np.ndarray:
 class PyGNeighborSampler(BaseSampler):
     """Our :class:`NeighborSampler` behind PyG's ``BaseSampler`` interface.
 
-    PyG's stock ``NodeLoader`` then batches, spawns workers and gathers features with it, without
-    pyg-lib or torch-sparse. Edge ids are positions in :class:`HeteroGraph`'s CSC order, so edge
+    PyG's stock ``NodeLoader`` and ``LinkLoader`` then batch, spawn workers and gather features
+    with it, without pyg-lib or torch-sparse. Link loading follows PyG's own edge-level sampling
+    (``edge_sample``: negatives in ``"binary"`` or ``"triplet"`` mode, the links' endpoints as the
+    seeds of one sample, ``edge_label_index`` / ``src_index`` ... in the batch), with our sampler
+    drawing the neighbourhoods; like PyG's ``LinkNeighborLoader`` it does not remove the links
+    from message passing (:meth:`NeighborSampler.sample_from_edges` does). Time-aware link
+    loading (``edge_label_time``) needs PyG's disjoint mode, which this adapter does not offer. Edge ids are positions in :class:`HeteroGraph`'s CSC order, so edge
     features of the ``HeteroData`` given to the loader must be stored in that order (build its
     ``edge_index`` with ``graph.edge_index(et)``); the adapter reports no ``edge_permutation``.
 
@@ -734,10 +740,25 @@ class PyGNeighborSampler(BaseSampler):
             metadata=(input_id, inputs.time),
         )
 
-    def sample_from_edges(self, index: Any, neg_sampling: Any = None) -> Any:
-        raise NotImplementedError(
-            "PyGNeighborSampler samples from nodes only; for link prediction sample the endpoints "
-            "as node seeds with NeighborSampler.sample"
+    def sample_from_edges(self, inputs: EdgeSamplerInput,
+                          neg_sampling: Optional[NegativeSampling] = None) -> HeteroSamplerOutput:
+        """Sample around the links ``inputs`` (and ``neg_sampling``'s negatives); returns PyG's
+        output with the link metadata ``LinkLoader`` turns into ``edge_label_index`` etc."""
+        if inputs.input_type is None:
+            raise ValueError("PyGNeighborSampler: link loading needs a heterogeneous graph; pass "
+                             "edge_label_index=(edge_type, index) to the loader")
+        if inputs.time is not None:
+            raise ValueError("PyGNeighborSampler: edge_label_time needs PyG's disjoint sampling, which this "
+                             "adapter does not offer; use NeighborSampler.sample_from_edges(edge_label_time=...)")
+        return edge_sample(inputs, self._sample_seeds, self.sampler.graph.num_nodes, disjoint=False,
+                           neg_sampling=neg_sampling)
+
+    def _sample_seeds(self, seeds: Dict[NodeType, Tensor], seed_time: Optional[Dict[NodeType, Tensor]]) -> HeteroSamplerOutput:
+        """``edge_sample``'s sampling function: distinct seeds in, PyG's output (seeds first) out."""
+        out = self.sampler.sample(seeds, seed_time=seed_time)
+        return HeteroSamplerOutput(
+            node=out.node, row=out.row, col=out.col, edge=out.edge, batch=None,
+            num_sampled_nodes=out.num_sampled_nodes, num_sampled_edges=out.num_sampled_edges,
         )
 
     def __repr__(self) -> str:
