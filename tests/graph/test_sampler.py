@@ -327,6 +327,9 @@ def test_weighted_prefers_heavy_edges_and_skips_zero_weight():
     # Fanout 9 = number of positive-weight edges: all of them, never the zero-weight edge.
     counts = draw_counts(NeighborSampler(graph, [9], weighted=True), 10, 50)
     assert counts[7] == 0 and (np.delete(counts, 7) == 50).all()
+    # Fanout -1 (all neighbours) means every positive-weight edge, the same 9.
+    counts = draw_counts(NeighborSampler(graph, [-1], weighted=True), 10, 5)
+    assert counts[7] == 0 and (np.delete(counts, 7) == 5).all()
     # With replacement draws follow the weights: P(edge) = w / 38.
     counts = draw_counts(NeighborSampler(graph, [4], weighted=True, replace=True), 10, 1000)
     assert counts[7] == 0 and counts.sum() == 4000

@@ -87,16 +87,18 @@ def _count_one(colptr, etime, eweight, g, t, k, replace, weighted, temporal):
     d = e - s
     if d == 0 or k == 0:
         return s, d, 0
-    if k < 0:
-        return s, d, d
-    if weighted:
+    if weighted:  # weight-0 edges are never drawn, with any fanout
         npos = 0
         for j in range(s, e):
             if eweight[j] > 0:
                 npos += 1
+        if k < 0:
+            return s, d, npos
         if replace:
             return s, d, k if npos > 0 else 0
         return s, d, min(k, npos)
+    if k < 0:
+        return s, d, d
     if replace:
         return s, d, k
     return s, d, min(k, d)
@@ -112,6 +114,12 @@ def _draw_one(eweight, s, d, c, k, replace, weighted, latest, key, out, off, scr
     if latest:
         for j in range(c):
             out[off + j] = s + d - c + j
+    elif k < 0 and weighted:  # every positive-weight edge
+        n = 0
+        for j in range(d):
+            if eweight[s + j] > 0:
+                out[off + n] = s + j
+                n += 1
     elif k < 0 or (c == d and not weighted and not replace):
         for j in range(c):  # all neighbours
             out[off + j] = s + j
