@@ -1,7 +1,7 @@
 """Add a GNN tower to a stock TorchRec DLRM, with both fusion levels, and train it end to end.
 
-    python examples/add_gnn_tower.py
-    torchrun --standalone --nproc_per_node=2 examples/add_gnn_tower.py
+    python examples/add_gnn_tower.py [--model dlrm|dcn|projection]
+    torchrun --standalone --nproc_per_node=2 examples/add_gnn_tower.py --model dcn
 
 The diff against a plain TorchRec DLRM set-up is the block marked "the GNN tower": node tables
 in an EmbeddingCollection, a heterogeneous GNN over them, and ``GraphDLRM.from_dlrm``. Batches
@@ -12,7 +12,7 @@ import argparse
 
 import torch
 import torch.distributed as dist
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
@@ -32,7 +32,18 @@ from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_mo
 D = 16
 
 
-def main(steps: int) -> None:
+def stock_model(kind: str, ebc: EmbeddingBagCollection, dense_in: int) -> DLRM:
+    """The user's TorchRec model: DLRM, DLRM_DCN or DLRM_Projection (from_dlrm keeps its interaction)."""
+    common = dict(embedding_bag_collection=ebc, dense_in_features=dense_in, dense_arch_layer_sizes=[32, D],
+                  over_arch_layer_sizes=[64, 1])
+    if kind == "dcn":
+        return DLRM_DCN(**common, dcn_num_layers=2, dcn_low_rank_dim=8)
+    if kind == "projection":
+        return DLRM_Projection(**common, interaction_branch1_layer_sizes=[4 * D], interaction_branch2_layer_sizes=[4 * D])
+    return DLRM(**common)
+
+
+def main(steps: int, kind: str) -> None:
     configure_console()
     ctx = init_distributed("auto")
     dataset = make_synthetic(SyntheticConfig.preset("tiny"))
@@ -45,8 +56,7 @@ def main(steps: int) -> None:
                 for f, n in dataset.sparse_cardinality.items()],
         device=torch.device("meta"),
     )
-    dlrm = DLRM(ebc, dense_in_features=len(dataset.dense_names), dense_arch_layer_sizes=[32, D],
-                over_arch_layer_sizes=[64, 1])
+    dlrm = stock_model(kind, ebc, len(dataset.dense_names))
 
     # --- the GNN tower: node tables (sharded like any table), a GNN, both fusion levels -------
     node_tables = EmbeddingCollection(
@@ -79,4 +89,7 @@ def main(steps: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8)
-    main(parser.parse_args().steps)
+    parser.add_argument("--model", choices=["dlrm", "dcn", "projection"], default="dlrm",
+                        help="the stock TorchRec model the tower is added to")
+    args = parser.parse_args()
+    main(args.steps, args.model)

@@ -66,6 +66,80 @@ def test_dcn_interaction(tiny_split, tiny_batches) -> None:
     assert bool(torch.isfinite(losses).all())
 
 
+def test_projection_interaction(tiny_split, tiny_batches) -> None:
+    model = build(tiny_split, interaction="projection", projection_branch1_layer_sizes=[24, 16],
+                  projection_branch2_layer_sizes=[24])
+    losses, _ = model(tiny_batches[0])
+    assert bool(torch.isfinite(losses).all())
+    assert model.model.over_arch._mlp[0]._linear.in_features == 8 + 2 * 3  # D + F1 * F2 (16 / 8, 24 / 8)
+    with pytest.raises(ValueError, match=r"projection branches must end in a multiple of D = 8, got \[20\]"):
+        build(tiny_split, interaction="projection", projection_branch1_layer_sizes=[20])
+
+
+def _stock_model(kind: str):
+    """A TorchRec DLRM of ``kind`` over the tiny data's sparse features (D = 8, 4 dense inputs)."""
+    from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    dataset = tiny_log_dataset()
+    ebc = EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name=f"t_{f}", num_embeddings=n, embedding_dim=8, feature_names=[f])
+        for f, n in dataset.sparse_cardinality.items()
+    ])
+    common = dict(embedding_bag_collection=ebc, dense_in_features=len(dataset.dense_names),
+                  dense_arch_layer_sizes=[12, 8], over_arch_layer_sizes=[16, 1])
+    if kind == "dcn":
+        return DLRM_DCN(**common, dcn_num_layers=3, dcn_low_rank_dim=5)
+    if kind == "projection":
+        return DLRM_Projection(**common, interaction_branch1_layer_sizes=[24, 16], interaction_branch2_layer_sizes=[32])
+    return DLRM(**common)
+
+
+@pytest.mark.parametrize("kind", ["dot", "dcn", "projection"])
+def test_from_dlrm_keeps_the_interaction(tiny_split, tiny_batches, kind) -> None:
+    from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, InteractionProjectionArch
+
+    from torchrec_gnn.models.graph_dlrm import GraphDLRM
+
+    stock = _stock_model(kind)
+    tower = build(tiny_split).model.graph_tower
+    model = GraphDLRM.from_dlrm(stock, tiny_log_dataset().tasks, tower, CONFIG.ranker)
+    assert model.dense_arch is stock.dense_arch  # reused with its weights
+    assert model.config.dense_arch_hidden_sizes == [12]
+    expected = {"dot": InteractionArch, "dcn": InteractionDCNArch, "projection": InteractionProjectionArch}[kind]
+    assert type(model.inter_arch) is expected
+    features = model.interaction_features  # the F sparse features + 2 graph features
+    if kind == "dcn":  # same number of cross layers and low rank, sized for the grown input
+        kernels = [p for n, p in model.inter_arch.crossnet.named_parameters() if n.startswith("W_kernels")]
+        assert len(kernels) == 3 and kernels[0].shape == ((features + 1) * 8, 5)
+    if kind == "projection":  # same branch sizes, inputs grown by the graph features
+        sizes = [[p.shape for p in b.parameters() if p.dim() == 2]
+                 for b in (model.inter_arch.interaction_branch1, model.inter_arch.interaction_branch2)]
+        assert sizes == [[(24, (features + 1) * 8), (16, 24)], [(32, (features + 1) * 8)]]
+    outputs, _ = model(tiny_batches[0])
+    assert outputs.shape == (tiny_batches[0].batch_size, 2) and bool(torch.isfinite(outputs).all())
+
+
+def test_from_dlrm_refuses_other_models_and_keyed_output_joins_an_ebc(tiny_split, tiny_batches) -> None:
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    from torchrec_gnn.models.graph_dlrm import GraphDLRM
+
+    with pytest.raises(TypeError, match=r"Linear is not a torchrec.models.dlrm DLRM, DLRM_DCN or DLRM_Projection"):
+        GraphDLRM.from_dlrm(torch.nn.Linear(2, 2), tiny_log_dataset().tasks, None)
+    # The generic route: the tower's KeyedTensor joins an EBC's pooled output as two more features.
+    model = build(tiny_split).eval()
+    batch = tiny_batches[0]
+    graph = model.model.graph_tower(batch)
+    keyed = graph.keyed()
+    assert keyed.keys() == ["graph_user", "graph_item"] and keyed.length_per_key() == [12, 12]
+    pooled = model.model.sparse_arch.embedding_bag_collection(batch.sparse_features)
+    [joined] = KeyedTensor.regroup([pooled, keyed], [pooled.keys() + keyed.keys()])
+    assert joined.shape == (batch.batch_size, 8 * len(pooled.keys()) + 24)
+    assert torch.equal(joined[:, -24:-12], graph.user) and torch.equal(joined[:, -12:], graph.item)
+
+
 def test_deterministic_for_a_seed(tiny_split, tiny_batches) -> None:
     runs = []
     for _ in range(2):

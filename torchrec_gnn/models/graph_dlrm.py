@@ -24,7 +24,17 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM, DenseArch, InteractionArch, InteractionDCNArch, SparseArch, choose
+from torchrec.models.dlrm import (
+    DLRM,
+    DLRM_DCN,
+    DLRM_Projection,
+    DenseArch,
+    InteractionArch,
+    InteractionDCNArch,
+    InteractionProjectionArch,
+    SparseArch,
+    choose,
+)
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
@@ -39,7 +49,7 @@ from torchrec_gnn.modules.heads import TaskHeadsArch, task_losses
 # The end-to-end tower, or the two-stage baseline's pre-computed embeddings behind the same interface.
 GraphTower = Union[GNNTower, FrozenGraphTower]
 
-INTERACTIONS = ("dot", "dcn")
+INTERACTIONS = ("dot", "dcn", "projection")
 PREHEAD_FUSIONS = ("concat", "gated", "none")
 
 
@@ -53,9 +63,14 @@ class RankerConfig:
         over_arch_layer_sizes (List[int]): shared MLP after the interaction; its last size is
             R, the representation entering the heads. Default [128, 64].
         head_layer_sizes (List[int]): hidden sizes of each task head. Default [32].
-        interaction (str): ``"dot"`` (DLRM) or ``"dcn"`` (DLRM_DCN low-rank cross net).
+        interaction (str): ``"dot"`` (DLRM), ``"dcn"`` (DLRM_DCN low-rank cross net) or
+            ``"projection"`` (DLRM_Projection: dot products of two learned projections).
         dcn_num_layers (int): cross layers for ``"dcn"``. Default 2.
         dcn_low_rank_dim (int): low rank of the cross layers. Default 16.
+        projection_branch1_layer_sizes (List[int]): ``"projection"``'s first branch MLP; its
+            last size is F1 * D. Default [64, 64] (F1 = 4 with D = 16).
+        projection_branch2_layer_sizes (List[int]): the second branch, last size F2 * D.
+            Default [64, 64].
         input_fusion (bool): graph embeddings join the interaction. Default True.
         prehead_fusion (str): ``"concat"``, ``"gated"`` or ``"none"``. Default ``"concat"``.
     """
@@ -66,6 +81,8 @@ class RankerConfig:
     interaction: str = "dot"
     dcn_num_layers: int = 2
     dcn_low_rank_dim: int = 16
+    projection_branch1_layer_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    projection_branch2_layer_sizes: List[int] = field(default_factory=lambda: [64, 64])
     input_fusion: bool = True
     prehead_fusion: str = "concat"
 
@@ -128,10 +145,18 @@ class GraphDLRM(nn.Module):
         if config.interaction == "dot":
             self.inter_arch: nn.Module = InteractionArch(num_features)
             inter_out = embedding_dim + num_features + choose(num_features, 2)
-        else:
+        elif config.interaction == "dcn":
             inter_out = (num_features + 1) * embedding_dim
             crossnet = LowRankCrossNet(inter_out, config.dcn_num_layers, config.dcn_low_rank_dim)
             self.inter_arch = InteractionDCNArch(num_features, crossnet)
+        else:  # DLRM_Projection's interaction, its branches taking the F (+ 2 graph) features
+            sizes = (config.projection_branch1_layer_sizes, config.projection_branch2_layer_sizes)
+            bad = [s[-1] for s in sizes if not s or s[-1] % embedding_dim]
+            if bad:
+                raise ValueError(f"GraphDLRM: projection branches must end in a multiple of D = {embedding_dim}, got {bad}")
+            branches = [DenseArch((num_features + 1) * embedding_dim, list(s)) for s in sizes]
+            self.inter_arch = InteractionProjectionArch(num_features, *branches)
+            inter_out = embedding_dim + (sizes[0][-1] // embedding_dim) * (sizes[1][-1] // embedding_dim)
         self.over_arch = MLP(inter_out, config.over_arch_layer_sizes, activation="relu")
         representation = config.over_arch_layer_sizes[-1]
         fusion = {"concat": ConcatFusionArch, "gated": GatedFusionArch}.get(config.prehead_fusion)
@@ -147,23 +172,32 @@ class GraphDLRM(nn.Module):
         graph_tower: Optional[GraphTower],
         config: Optional[RankerConfig] = None,
     ) -> "GraphDLRM":
-        """Add a GNN tower to a stock TorchRec ``DLRM``, keeping its sparse and dense arches.
+        """Add a GNN tower to a stock TorchRec ``DLRM``, ``DLRM_DCN`` or ``DLRM_Projection``,
+        keeping its sparse and dense arches and its kind of interaction.
 
-        The embedding tables and the dense arch (with their weights) are reused as they are;
-        the interaction, over arch and task heads are new because their input grows with the
-        graph features.
+        The embedding tables and the dense arch (with their weights) are reused as they are. The
+        interaction keeps the model's kind and settings (dot; DCN with the same number of cross
+        layers and low rank; projection with the same branch sizes), re-sized for the two graph
+        features; it, the over arch and the task heads are new because their input grows.
+        Sizes are read from public parameters, not TorchRec's private attributes.
 
         Args:
-            dlrm (DLRM): a ``torchrec.models.dlrm.DLRM``.
+            dlrm (DLRM): a ``torchrec.models.dlrm`` ``DLRM``, ``DLRM_DCN`` or ``DLRM_Projection``.
             tasks (Sequence[TaskSpec]): the tasks of the new multi-task heads.
             graph_tower (GNNTower, optional): the tower to add.
-            config (RankerConfig, optional): over-arch/head sizes, fusion switches; its
-                ``dense_arch_hidden_sizes`` are replaced by the DLRM's own.
+            config (RankerConfig, optional): over-arch/head sizes, fusion switches; its dense
+                arch and interaction settings are replaced by the model's own.
+
+        Raises:
+            TypeError: ``dlrm`` is another model (any model that consumes pooled sparse features
+                can take the tower's output as a ``KeyedTensor`` instead:
+                :meth:`~torchrec_gnn.modules.gnn_tower.GraphEmbeddings.keyed`).
         """
-        dense_sizes = [layer._linear.out_features for layer in dlrm.dense_arch.model._mlp]
-        dense_in = dlrm.dense_arch.model._mlp[0]._linear.in_features
-        config = dataclasses.replace(config or RankerConfig(), dense_arch_hidden_sizes=dense_sizes[:-1])
-        model = cls(dlrm.sparse_arch.embedding_bag_collection, dense_in, tasks, config, graph_tower)
+        interaction = _interaction_settings(dlrm)
+        dense_weights = [p for p in dlrm.dense_arch.parameters() if p.dim() == 2]  # (out, in) per layer
+        config = dataclasses.replace(config or RankerConfig(), **interaction,
+                                     dense_arch_hidden_sizes=[w.shape[0] for w in dense_weights[:-1]])
+        model = cls(dlrm.sparse_arch.embedding_bag_collection, dense_weights[0].shape[1], tasks, config, graph_tower)
         model.dense_arch = dlrm.dense_arch
         return model
 
@@ -202,6 +236,26 @@ class GraphDLRM(nn.Module):
             representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
         aux_losses = torch.stack([aux[name] for name in self.aux_loss_names]) if self.aux_loss_names else dense.new_zeros(0)
         return self.task_heads(representation), aux_losses
+
+
+def _interaction_settings(dlrm: nn.Module) -> dict:
+    """The :class:`RankerConfig` interaction fields of a TorchRec DLRM model, from its
+    interaction's parameters."""
+    if type(dlrm) is DLRM:
+        return {"interaction": "dot"}
+    if type(dlrm) is DLRM_DCN:
+        cross = [p for name, p in dlrm.inter_arch.crossnet.named_parameters() if name.startswith("W_kernels")]
+        return {"interaction": "dcn", "dcn_num_layers": len(cross), "dcn_low_rank_dim": cross[0].shape[1]}
+    if type(dlrm) is DLRM_Projection:
+        branches = (dlrm.inter_arch.interaction_branch1, dlrm.inter_arch.interaction_branch2)
+        sizes = [[p.shape[0] for p in branch.parameters() if p.dim() == 2] for branch in branches]
+        return {"interaction": "projection", "projection_branch1_layer_sizes": sizes[0],
+                "projection_branch2_layer_sizes": sizes[1]}
+    raise TypeError(
+        f"GraphDLRM.from_dlrm: {type(dlrm).__name__} is not a torchrec.models.dlrm DLRM, DLRM_DCN or "
+        f"DLRM_Projection; join the tower's output as a KeyedTensor (GraphEmbeddings.keyed()) to your model's "
+        f"pooled sparse features instead"
+    )
 
 
 class GraphDLRMTrain(nn.Module):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
@@ -42,6 +43,20 @@ class GraphEmbeddings(NamedTuple):
     gfae_loss: torch.Tensor
     edge_loss: torch.Tensor
     link_logits: torch.Tensor
+
+    def keyed(self, prefix: str = "graph") -> KeyedTensor:
+        """The per-example embeddings in TorchRec's currency: a ``KeyedTensor`` with keys
+        ``{prefix}_user`` and ``{prefix}_item``, (B, H) each, which joins an
+        ``EmbeddingBagCollection``'s output with ``KeyedTensor.regroup`` (or
+        ``KeyedTensor.from_tensor_list``) in any model that consumes pooled sparse features.
+
+        Example::
+
+            pooled = ebc(batch.sparse_features)                     # KeyedTensor of F features
+            graph = tower(batch).keyed()                            # graph_user, graph_item
+            [features] = KeyedTensor.regroup([pooled, graph], [pooled.keys() + graph.keys()])
+        """
+        return KeyedTensor.from_tensor_list([f"{prefix}_user", f"{prefix}_item"], [self.user, self.item])
 
 
 class GraphEncoder(nn.Module):
