@@ -67,6 +67,22 @@ def test_config_differences_and_fingerprint_ignore_resumable_fields() -> None:
     assert config_fingerprint(base) != config_fingerprint(other)
 
 
+def test_runs_that_cannot_train_as_asked_fail_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"loader.fanouts \(and loader.relation_fanouts\) give \[1\] hop\(s\) but model.gnn.num_layers is 2"):
+        load_config(None, ["loader.fanouts=[5]"])
+    with pytest.raises(ConfigError, match=r"give \[2, 3\] hop\(s\)"):
+        load_config(None, ["loader.relation_fanouts={user__friend__user: [1, 1, 1]}"])
+    assert load_config(None, ["loader.fanouts=[5]", "model.two_stage=true"]).loader.fanouts == [5]  # samples no hop
+    with pytest.raises(ConfigError, match=r"train.epochs must be >= 1 and train.max_steps >= 0 .* got 0, None"):
+        load_config(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"got 1, -1"):
+        load_config(None, ["train.max_steps=-1"])
+    # A value of the wrong type is one problem, not also a failed check downstream of it.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["loader.batch_size=abc"])
+    assert str(info.value).endswith("1 problem(s):\n  - loader.batch_size: expected int, got 'abc'")
+
+
 def test_temporal_strategy_needs_temporal_sampling() -> None:
     assert load_config(None, ["loader.temporal_strategy=last", "loader.temporal=true"]).loader.temporal_strategy == "last"
     assert load_config(None, ["loader.temporal_strategy=last", "train.protocol=streaming"]).loader.temporal_strategy == "last"

@@ -116,7 +116,8 @@ class TrainConfig:
 
     Args:
         epochs (int): passes over the training split.
-        max_steps (int, optional): stop after this many steps (all epochs counted).
+        max_steps (int, optional): stop after this many steps (all epochs counted); 0 trains
+            nothing and scores the initial model (said in the log).
         log_every (int): steps between ``metrics.jsonl`` records.
         metrics_window (int): examples (all ranks together, at least one batch per rank) of the
             windowed training NE and AUC in each record (``torchrec.metrics`` window semantics).
@@ -168,6 +169,9 @@ class TrainConfig:
         if self.protocol == "streaming" and (self.max_steps is not None or self.epochs != 1):
             raise ValueError("train.max_steps and train.epochs do not apply to the streaming protocol "
                              "(one chronological pass over every period)")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 0):
+            raise ValueError(f"train.epochs must be >= 1 and train.max_steps >= 0 (0: score the initial model only), "
+                             f"got {self.epochs}, {self.max_steps}")
         if self.log_every < 1 or self.metrics_window < 1:
             raise ValueError(f"train.log_every and train.metrics_window must be >= 1, got {self.log_every}, {self.metrics_window}")
         if self.periods < 2:
@@ -192,6 +196,13 @@ class ExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
+        samples = self.model.use_graph and not self.model.two_stage
+        hops = {len(self.loader.fanouts)} | {len(f) for f in self.loader.relation_fanouts.values()}
+        if samples and hops != {self.model.gnn.num_layers}:
+            raise ValueError(
+                f"loader.fanouts (and loader.relation_fanouts) give {sorted(hops)} hop(s) but model.gnn.num_layers is "
+                f"{self.model.gnn.num_layers}: each GNN layer needs one hop of neighbours; set one fanout per layer"
+            )
         if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.train.protocol == "streaming"):
             raise ValueError(
                 "loader.temporal_strategy 'last' picks each node's most recent edges before the example; "
@@ -294,9 +305,12 @@ def _build(cls: type, raw: Any, prefix: str, problems: List[str]) -> Any:
     for key in unknown:
         problems.append(f"{prefix}{key}: unknown key; valid keys of {prefix.rstrip('.') or 'the config'}: {sorted(fields)}")
     values = {}
+    before = len(problems)
     for key, value in raw.items():
         if key in fields:
             values[key] = _convert(hints[key], value, f"{prefix}{key}", problems)
+    if len(problems) > before:  # a field is already wrong: the class's own checks would only add noise
+        return cls()
     try:
         return cls(**values)
     except (ValueError, TypeError) as err:

@@ -211,9 +211,6 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.train.seed)
     dataset, split = prepare_data(config, ctx, output_dir)
-    if config.model.use_graph and config.model.gnn.num_layers != len(config.loader.fanouts):
-        logger.warning("model.gnn.num_layers=%d but loader.fanouts has %d hops",
-                       config.model.gnn.num_layers, len(config.loader.fanouts))
     static = config.train.protocol == "static"
     pretrained = None
     if config.model.two_stage or config.model.warm_start:
@@ -455,6 +452,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
             return results
         # After a torchrun restart: pick up where the latest complete checkpoint left off (or
         # from scratch if none was written yet).
+        if config.train.max_steps == 0 and ctx.is_main:
+            logger.warning("train.max_steps=0: no training step; the evaluation scores the initial model")
         if restarted and ctx.is_main:
             logger.info("restart %s of this job", os.environ["TORCHELASTIC_RESTART_COUNT"])
         train(job, resume_from_checkpoint=args.resume or (restarted and checkpoint_manager(job).latest() is not None))
