@@ -158,6 +158,21 @@ def test_error_binary_label(tmp_path: Path) -> None:
     )  # fmt: skip
 
 
+
+
+def test_task_without_any_label_is_said(tmp_path: Path) -> None:
+    from unittest import mock
+
+    from torchrec_gnn.data import dataset as dataset_module
+
+    root = _write(tmp_path / "shop")
+    _edit_csv(clicked=[np.nan] * 4)(root / "interactions.csv")
+    with mock.patch.object(dataset_module.logger, "warning") as warning:
+        load_tabular(root)
+    [(message, *args)] = [call.args for call in warning.call_args_list]
+    assert "has no label in any of the %d examples" in message and args[1:] == ["click", 4]
+
+
 def test_error_unknown_yaml_keys_all_listed(tmp_path: Path) -> None:
     config = {
         **CONFIG,

@@ -15,12 +15,15 @@ A dataset is two things that share node ids:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 NodeType = str
@@ -195,6 +198,9 @@ class GraphRecDataset:
         for t, task in enumerate(self.tasks):
             col = ex.labels[:, t]
             col = col[~torch.isnan(col)]
+            if len(ex) and col.numel() == 0:  # legal (a data set without that column), never silent
+                logger.warning("%s: task %r has no label in any of the %d examples (every value is missing): its "
+                               "loss is 0 and its metrics NaN; fill its column or drop the task", self.name, task.name, len(ex))
             if task.kind == "binary" and col.numel() and not bool(((col == 0) | (col == 1)).all()):
                 bad = col[(col != 0) & (col != 1)][0].item()
                 raise ValueError(f"{self.name}: binary task {task.name!r} has label {bad} (expected 0 or 1)")
