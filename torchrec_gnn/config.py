@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -255,28 +255,29 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def _identity(config: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"section.field": value}`` of every config field but :data:`RESUMABLE_FIELDS`; nested
+    config dataclasses are walked, free-form fields (dicts, lists) are values."""
     flat: Dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value and key != "synthetic":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            flat.update(_identity(value, f"{key}."))
+        elif key not in RESUMABLE_FIELDS:
+            flat[key] = value
     return flat
 
 
 def config_differences(saved: ExperimentConfig, new: ExperimentConfig) -> List[str]:
     """``"key: saved -> new"`` for every field that differs and that a resume may not change
     (everything but :data:`RESUMABLE_FIELDS`), in key order."""
-    before, after = _flatten(config_to_dict(saved)), _flatten(config_to_dict(new))
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if key not in RESUMABLE_FIELDS and before.get(key) != after.get(key)]
+    before, after = _identity(saved), _identity(new)
+    return [f"{key}: {before[key]!r} -> {after[key]!r}" for key in sorted(before) if before[key] != after[key]]
 
 
 def config_fingerprint(config: ExperimentConfig) -> str:
     """A short hash of what a run trains (every field but :data:`RESUMABLE_FIELDS`)."""
-    identity = {k: v for k, v in _flatten(config_to_dict(config)).items() if k not in RESUMABLE_FIELDS}
-    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps(_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_config(config: ExperimentConfig, path: Union[str, Path]) -> None:

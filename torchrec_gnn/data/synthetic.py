@@ -347,8 +347,7 @@ class _World:
     activity: np.ndarray  # (U,) lognormal activity multiplier, mean ~1
     cold: np.ndarray  # (U,) bool
     friends: Tuple[np.ndarray, np.ndarray]  # (E,), (E,) with src < dst
-    z_user: np.ndarray  # (U, d) unit taste vectors (before any drift)
-    z_taste: np.ndarray  # (2U, d) row u: taste of user u before its switch, row U + u: after it
+    z_taste: np.ndarray  # (2U, d) unit tastes; row u: user u's before its switch, row U + u: after it
     switch: np.ndarray  # (U,) time of the user's taste switch; int64 max if it never drifts
     author_cat: np.ndarray  # (A,)
     z_author: np.ndarray  # (A, d)
@@ -434,14 +433,18 @@ class _World:
         return cls(
             cfg=cfg, t_start=t_start, t_end=t_end, topics=topics, category_prior=prior,
             region=region, age=age, activity=activity, cold=cold, friends=friends,
-            z_user=z_user.astype(np.float32), z_taste=np.concatenate([z_user, z_after]).astype(np.float32),
-            switch=switch, author_cat=author_cat, z_author=z_author.astype(np.float32),
+            z_taste=np.concatenate([z_user, z_after]).astype(np.float32), switch=switch, author_cat=author_cat, z_author=z_author.astype(np.float32),
             video_author=video_author, video_cat=video_cat,
             z_video=z_video.astype(np.float32), quality=quality, duration=duration, upload=upload,
             video_new=video_new, video_popularity=video_popularity, query_cat=query_cat,
             z_query=z_query.astype(np.float32), product_cat=product_cat,
             z_product=z_product.astype(np.float32), price=price,
         )
+
+    @property
+    def z_user(self) -> np.ndarray:
+        """(U, d) every user's taste before any drift."""
+        return self.z_taste[: self.cfg.num_users]
 
     def taste_row(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
         """(M,) the row of :attr:`z_taste` holding each user's taste at the event's time."""
@@ -590,6 +593,7 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
     cfg = w.cfg
     K = cfg.num_categories
     taste = w.taste_probs()
+    taste_after = w.taste_probs(w.z_taste[cfg.num_users:])  # (U, K) the preferences after a switch
     zipf = cfg.popularity_exponent
     drift_rng = _drift_stream(cfg, 1)
 
@@ -599,7 +603,8 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
     key = np.unique(f_users * cfg.num_authors + f_authors)  # follow each author at most once
     f_users, f_authors = key // cfg.num_authors, key % cfg.num_authors
     f_times = _event_times(rng, w, f_users.size)
-    f_users, f_authors, f_times = _drifted_events(drift_rng, w, f_users, f_authors, f_times, author_pools, w.z_author)
+    f_users, f_authors, f_times = _drifted_events(drift_rng, w, f_users, f_authors, f_times, author_pools,
+                                                  taste_after, w.z_author)
     key, first = np.unique(f_users * cfg.num_authors + f_authors, return_index=True)  # again after the redraw
     f_users, f_authors, f_times = key // cfg.num_authors, key % cfg.num_authors, f_times[first]
     follows = EdgeList(src=_t(f_users), dst=_t(f_authors), time=_t(f_times))
@@ -608,7 +613,8 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
     s_users, s_queries = _taste_events(rng, w, rng.poisson(cfg.searches_per_user * w.activity),
                                        query_pools, taste, None)
     s_times = _event_times(rng, w, s_users.size)
-    s_users, s_queries, s_times = _drifted_events(drift_rng, w, s_users, s_queries, s_times, query_pools, None)
+    s_users, s_queries, s_times = _drifted_events(drift_rng, w, s_users, s_queries, s_times, query_pools,
+                                                  taste_after, None)
     searches = EdgeList(src=_t(s_users), dst=_t(s_queries), time=_t(s_times))
 
     # A search may be followed by a click on a same-category video that matches both the query and
@@ -627,7 +633,7 @@ def _side_edges(rng: np.random.Generator, w: _World) -> Dict[EdgeType, EdgeList]
                                         product_pools, taste, w.z_product)
     p_times = _event_times(rng, w, p_users.size)
     p_users, p_products, p_times = _drifted_events(drift_rng, w, p_users, p_products, p_times, product_pools,
-                                                   w.z_product)
+                                                   taste_after, w.z_product)
     purchases = EdgeList(src=_t(p_users), dst=_t(p_products), time=_t(p_times))
 
     r_products = np.repeat(np.arange(cfg.num_products), rng.poisson(cfg.videos_per_product, cfg.num_products))
@@ -661,16 +667,16 @@ def _taste_events(rng: np.random.Generator, w: _World, counts: np.ndarray, pools
 
 
 def _drifted_events(rng: np.random.Generator, w: _World, users: np.ndarray, items: np.ndarray,
-                    times: np.ndarray, pools: _Pools, z_item: Optional[np.ndarray]
+                    times: np.ndarray, pools: _Pools, taste_after: np.ndarray, z_item: Optional[np.ndarray]
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Events (E,) with the item of each one at or after its user's taste switch drawn again as in
-    :func:`_taste_events`, from the taste after the switch (rejected redraws are dropped)."""
+    :func:`_taste_events`, from the preferences after the switch ``taste_after`` (U, K)
+    (rejected redraws are dropped)."""
     late = np.flatnonzero(times >= w.switch[users])
     if late.size == 0:
         return users, items, times
     rows = w.taste_row(users[late], times[late])
-    probs = pools.mask(w.taste_probs(w.z_taste[w.cfg.num_users:]))
-    new_items = pools.draw(rng, _sample_rows(rng, probs, users[late]), w.cfg.popularity_exponent)
+    new_items = pools.draw(rng, _sample_rows(rng, pools.mask(taste_after), users[late]), w.cfg.popularity_exponent)
     keep = np.ones(users.size, dtype=bool)
     if z_item is not None:
         keep[late] = rng.random(late.size) < _sigmoid(4.0 * _rowdot(w.z_taste, z_item, rows, new_items))

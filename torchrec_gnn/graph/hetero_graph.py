@@ -69,28 +69,25 @@ def _check_csc(index: CSC, edge_type: EdgeType, files: Dict[str, Path], num_src:
         if not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"{file}: {name} of relation {edge_type} has dtype {array.dtype}, expected integers")
     colptr = index.colptr
-    steps = np.diff(colptr)
-    if int(colptr[0]) != 0 or int(colptr[-1]) != index.num_edges or (steps.size and int(steps.min()) < 0):
-        where = int(np.argmax(steps < 0)) if steps.size and int(steps.min()) < 0 else -1
+    falls = np.flatnonzero(np.diff(colptr) < 0)
+    if int(colptr[0]) != 0 or int(colptr[-1]) != index.num_edges or falls.size:
+        where = "".join(f", and it falls at position {p} ({int(colptr[p])} -> {int(colptr[p + 1])})" for p in falls[:1])
         raise ValueError(
             f"{colptr_file}: colptr of relation {edge_type} must rise from 0 to {index.num_edges} (the edge "
-            f"count); got first {int(colptr[0])}, last {int(colptr[-1])}"
-            + (f", and it falls at position {where} ({int(colptr[where])} -> {int(colptr[where + 1])})" if where >= 0 else "")
+            f"count); got first {int(colptr[0])}, last {int(colptr[-1])}{where}"
         )
-    if not full or index.num_edges == 0:
+    if not full:
         return
-    row = index.row
-    low, high = int(row.min()), int(row.max())
-    if low < 0 or high >= num_src:
-        pos = int(np.argmax((row < 0) | (row >= num_src)))
-        raise ValueError(f"{row_file}: row of relation {edge_type} has source id {int(row[pos])} at position "
+    pos = _first_out_of_range(index.row, num_src)
+    if pos >= 0:
+        raise ValueError(f"{row_file}: row of relation {edge_type} has source id {int(index.row[pos])} at position "
                          f"{pos}, outside [0, {num_src})")
     if index.time is not None:
-        falls = np.diff(index.time) < 0  # falls[i]: edge i + 1 is older than edge i
+        older = np.diff(index.time) < 0  # older[i]: edge i + 1 is older than edge i
         starts = colptr[1:-1]
-        falls[starts[(starts > 0) & (starts < index.num_edges)] - 1] = False  # a new segment may start earlier
-        if falls.any():
-            pos = int(np.argmax(falls)) + 1
+        older[starts[(starts > 0) & (starts < index.num_edges)] - 1] = False  # a new segment may start earlier
+        if older.any():
+            pos = int(np.argmax(older)) + 1
             raise ValueError(f"{files['time']}: time of relation {edge_type}: edge {pos} is older than the one "
                              f"before it in the same destination's segment (times must ascend within each segment)")
 
@@ -375,12 +372,19 @@ def _as_tensor(array: ArrayLike) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
 
 
+def _first_out_of_range(ids: np.ndarray, count: int) -> int:
+    """Position of the first id of ``ids`` (E,) outside ``[0, count)``, -1 if none (one min/max
+    pass when all are in range, as they almost always are)."""
+    if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < count):
+        return -1
+    return int(np.argmax((ids < 0) | (ids >= count)))
+
+
 def _check_ids(edge_type: EdgeType, end: str, ids: np.ndarray, count: int) -> None:
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"HeteroGraph: relation {edge_type}: {end} ids must be integers, got dtype {ids.dtype}")
-    bad = (ids < 0) | (ids >= count)
-    if bad.any():
-        pos = int(bad.argmax())
+    pos = _first_out_of_range(ids, count)
+    if pos >= 0:
         raise ValueError(
             f"HeteroGraph: relation {edge_type}: {end} id {int(ids[pos])} at position {pos} is outside [0, {count})"
         )

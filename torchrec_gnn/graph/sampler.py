@@ -727,18 +727,9 @@ class PyGNeighborSampler(BaseSampler):
                 )
             input_type = types[0]
         seed_time = None if inputs.time is None else {input_type: inputs.time}
-        out = self.sampler.sample({input_type: inputs.node}, seed_time=seed_time)
-        input_id = inputs.input_id if inputs.input_id is not None else torch.arange(inputs.node.numel())
-        return HeteroSamplerOutput(
-            node=out.node,
-            row=out.row,
-            col=out.col,
-            edge=out.edge,
-            batch=None,
-            num_sampled_nodes=out.num_sampled_nodes,
-            num_sampled_edges=out.num_sampled_edges,
-            metadata=(input_id, inputs.time),
-        )
+        out = self._sample_seeds({input_type: inputs.node}, seed_time)
+        out.metadata = (inputs.input_id if inputs.input_id is not None else torch.arange(inputs.node.numel()), inputs.time)
+        return out
 
     def sample_from_edges(self, inputs: EdgeSamplerInput,
                           neg_sampling: Optional[NegativeSampling] = None) -> HeteroSamplerOutput:
@@ -754,7 +745,8 @@ class PyGNeighborSampler(BaseSampler):
                            neg_sampling=neg_sampling)
 
     def _sample_seeds(self, seeds: Dict[NodeType, Tensor], seed_time: Optional[Dict[NodeType, Tensor]]) -> HeteroSamplerOutput:
-        """``edge_sample``'s sampling function: distinct seeds in, PyG's output (seeds first) out."""
+        """Our sample around ``seeds`` as PyG's output type (seeds first, no metadata yet); also
+        ``edge_sample``'s sampling function."""
         out = self.sampler.sample(seeds, seed_time=seed_time)
         return HeteroSamplerOutput(
             node=out.node, row=out.row, col=out.col, edge=out.edge, batch=None,

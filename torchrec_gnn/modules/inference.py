@@ -84,11 +84,12 @@ def full_graph_embeddings(
         for start in range(0, graph.num_nodes[t], chunk_size)
     ]
     # A chunk holds every edge of its destinations but not every edge of their sources: LightGCN
-    # needs the sources' full out-degrees.
+    # needs the sources' full out-degrees (counted once, in the features' dtype).
     src_degree = None
     if gnn.config.conv == "lightgcn":
+        dtype = next(iter(x.values())).dtype
         src_degree = {
-            et: torch.from_numpy(np.bincount(np.asarray(graph.csc(et).row), minlength=graph.num_nodes[et[0]])).to(device)
+            et: torch.from_numpy(np.bincount(np.asarray(graph.csc(et).row), minlength=graph.num_nodes[et[0]])).to(device, dtype)
             for et in gnn.edge_types
         }
     bar = tqdm(total=len(steps), desc="layer-wise inference", disable=not progress, dynamic_ncols=True)

@@ -310,13 +310,14 @@ def _state(job: Job) -> tuple:
     return {"model": job.model, "optimizer": job.optimizer}, {"balancer": job.balancer}
 
 
-def resume(job: Job, manager: CheckpointManager) -> Dict[str, object]:
-    """Load the latest complete checkpoint; returns its trainer state (``step``, ``epoch``,
-    ``batch_in_epoch`` and, with early stopping, ``early_stopping``)."""
+def resume(job: Job, manager: CheckpointManager, fingerprint: str) -> Dict[str, object]:
+    """Load the latest complete checkpoint written by the run whose config has ``fingerprint``;
+    returns its trainer state (``step``, ``epoch``, ``batch_in_epoch`` and, with early stopping,
+    ``early_stopping``)."""
     latest = manager.latest()
     if latest is None:
         raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
-    state = manager.load(latest, *_state(job), expect={"config_fingerprint": config_fingerprint(job.config)})
+    state = manager.load(latest, *_state(job), expect={"config_fingerprint": fingerprint})
     if state["world_size"] != job.ctx.world_size and state["batch_in_epoch"] != 0:
         raise CheckpointError(
             f"{latest}: saved by {state['world_size']} rank(s) in the middle of epoch {state['epoch']}; the "
@@ -338,7 +339,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
         total_steps = min(total_steps, cfg.train.max_steps)
     manager = checkpoint_manager(job)
     fingerprint = config_fingerprint(cfg)  # in every checkpoint: a resume loads only this run's
-    position = resume(job, manager) if resume_from_checkpoint else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    position = resume(job, manager, fingerprint) if resume_from_checkpoint else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     step = int(position["step"])
     stopper = None
     if cfg.train.early_stopping_patience:
@@ -431,11 +432,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         config.loader.temporal = True  # each batch sees only the graph's past
     # torchrun --max-restarts N restarts every worker after a failure: the run continues.
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    check_run_directory(config, resume=args.resume or restarted, overwrite=args.overwrite)  # before any write
+    continues = args.resume or restarted
+    check_run_directory(config, resume=continues, overwrite=args.overwrite)  # before any write
     ctx = init_distributed(config.train.device)
     try:
         start = time.perf_counter()
-        if args.overwrite and not (args.resume or restarted):
+        if args.overwrite and not continues:
             dist.barrier()  # every rank has checked the directory before rank 0 empties it
             if ctx.is_main:
                 removed = clear_run(config)

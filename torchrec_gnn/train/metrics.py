@@ -412,14 +412,14 @@ class TrainingWindowMetrics:
         from torchrec.metrics.ne import NEMetric
 
         self.columns = {task.name: t for t, task in enumerate(tasks) if task.kind == "binary"}
+        self.device = device or torch.device("cpu")
         infos = [RecTaskInfo(name=name, label_name=name, prediction_name=name, weight_name=name) for name in self.columns]
         window_size = max(int(window_size), batch_size * world_size)
         self._metrics = [
             cls(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=infos, window_size=window_size,
-                compute_on_all_ranks=True).to(device or torch.device("cpu"))
+                compute_on_all_ranks=True).to(self.device)
             for cls in (NEMetric, AUCMetric)
         ] if infos else []
-        self.device = device or torch.device("cpu")
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a step: ``outputs`` (B, T) logits, ``labels`` (B, T) with NaN where missing."""
@@ -438,10 +438,8 @@ class TrainingWindowMetrics:
     def compute(self) -> Metrics:
         """``{task: {"window_ne": ..., "window_auc": ...}}`` (a collective on several ranks)."""
         values = {k: float(v) for metric in self._metrics for k, v in metric.compute().items()}
-        return {
-            name: {m: values[f"{m.split('_')[1]}-{name}|{m}"] for m in ("window_ne", "window_auc")}
-            for name in self.columns
-        }
+        # torchrec's keys: "<metric>-<task>|window_<metric>"
+        return {name: {f"window_{m}": values[f"{m}-{name}|window_{m}"] for m in ("ne", "auc")} for name in self.columns}
 
 
 def _all_gather_rows(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from torchrec_gnn.config import ConfigError, ExperimentConfig, config_differences, load_config
 
 CONFIG_FILE = "config.yaml"
 # What a training run writes into its output directory (compare's run.json/cost.json are not).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "training.json", "model.pt", "streaming.json",
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json", "training.json", "model.pt", "streaming.json",
              "losses.png", "task_weights.png", "auc.png", "checkpoints", "graph", "pretrain")
 
 
 class RunDirectoryError(RuntimeError):
     """The output directory holds another run, or not the run a resume expects."""
+
+
+def _directories(config: ExperimentConfig) -> Tuple[Path, Optional[Path]]:
+    """``train.output_dir`` and the separate ``train.checkpoint_dir`` (None when not set)."""
+    return Path(config.train.output_dir), Path(config.train.checkpoint_dir) if config.train.checkpoint_dir else None
 
 
 def run_files(output_dir: Path, checkpoint_dir: Optional[Path] = None) -> List[Path]:
@@ -45,8 +50,7 @@ def check_run_directory(config: ExperimentConfig, resume: bool, overwrite: bool 
             resumable fields.
         overwrite (bool): a new run may replace the directory's run (``--overwrite``).
     """
-    output_dir = Path(config.train.output_dir)
-    checkpoint_dir = Path(config.train.checkpoint_dir) if config.train.checkpoint_dir else None
+    output_dir, checkpoint_dir = _directories(config)
     if resume:
         saved = output_dir / CONFIG_FILE
         if not saved.is_file():
@@ -73,9 +77,7 @@ def check_run_directory(config: ExperimentConfig, resume: bool, overwrite: bool 
 def clear_run(config: ExperimentConfig) -> List[Path]:
     """Delete the run files of ``train.output_dir`` and the checkpoints of ``train.checkpoint_dir``
     (``--overwrite``); returns what was deleted."""
-    output_dir = Path(config.train.output_dir)
-    checkpoint_dir = Path(config.train.checkpoint_dir) if config.train.checkpoint_dir else None
-    removed = run_files(output_dir, checkpoint_dir)
+    removed = run_files(*_directories(config))
     for path in removed:
         if path.is_dir():
             shutil.rmtree(path)
