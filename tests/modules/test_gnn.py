@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch_geometric.nn import HeteroConv
 
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, LightGCNConv
 
 NODE_TYPES = ["user", "item"]
@@ -55,20 +57,24 @@ def test_last_layer_only_serves_output_types() -> None:
     assert gnn.shared_parameters() == [*gnn.convs[-1].parameters(), *gnn.roots[-1].parameters()]
 
 
-def test_trimming_gives_the_same_seed_embeddings() -> None:
-    # A 2-hop sample on a path user0 <- item0 <- user1: hop counts as the sampler reports them.
-    x = {"user": torch.randn(2, 8), "item": torch.randn(1, 8)}
-    edges = {EDGE_TYPES[0]: torch.tensor([[1], [0]]), EDGE_TYPES[1]: torch.tensor([[0], [0]])}
-    nodes = {"user": [1, 0, 1], "item": [0, 1, 0]}
-    hop_edges = {EDGE_TYPES[0]: [0, 1], EDGE_TYPES[1]: [1, 0]}
+@pytest.mark.parametrize("conv", ["sage", "gat"])  # LightGCN's degrees count the edges each layer sees
+def test_trimming_gives_the_same_seed_embeddings_and_computes_only_them(conv: str) -> None:
+    # A real 2-hop sample of a random graph, hop counts as the sampler reports them.
+    g = torch.Generator().manual_seed(3)
+    num_nodes = {"user": 60, "item": 40}
+    src, dst = torch.randint(0, 60, (300,), generator=g), torch.randint(0, 40, (300,), generator=g)
+    graph = HeteroGraph.from_edges(num_nodes, {EDGE_TYPES[0]: (src, dst)}, add_reverse=True)
+    sub = NeighborSampler(graph, [4, 3]).sample({"user": torch.arange(5), "item": torch.arange(3)}, generator=g)
+    x = {t: torch.randn(sub.num_nodes[t], 8, generator=g) for t in NODE_TYPES}
     torch.manual_seed(0)
-    trimmed = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(trim=True)).eval()
-    full = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(trim=False)).eval()
+    trimmed = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=True)).eval()
+    full = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=False)).eval()
     full.load_state_dict(trimmed.state_dict())
-    out_t = trimmed(x, edges, nodes, hop_edges)
-    out_f = full(x, edges, nodes, hop_edges)
-    torch.testing.assert_close(out_t["user"][:1], out_f["user"][:1])
-    assert out_t["user"].shape[0] < out_f["user"].shape[0]
+    out_t = trimmed(x, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges)
+    out_f = full(x, sub.edge_index_dict)
+    for t, seeds in (("user", 5), ("item", 3)):
+        assert sub.num_nodes[t] > seeds and out_t[t].shape == (seeds, trimmed.out_channels)
+        torch.testing.assert_close(out_t[t], out_f[t][:seeds], atol=1e-5, rtol=1e-5)
 
 
 def test_lightgcn_normalisation() -> None:

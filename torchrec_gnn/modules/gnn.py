@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch_geometric.nn import GATConv, HeteroConv, MessagePassing, SAGEConv
 from torch_geometric.nn.conv.hetero_conv import group
-from torch_geometric.utils import degree, trim_to_layer
+from torch_geometric.utils import degree
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 
@@ -34,9 +34,10 @@ class GNNConfig:
         norm (str): ``"layer"`` (LayerNorm per node type between layers) or ``"none"``.
         dropout (float): dropout between layers. Default 0.1.
         heads (int): attention heads for ``"gat"`` (H must be divisible). Default 2.
-        trim (bool): layer-wise trimming with the sampler's per-hop counts: layer l only
-            updates nodes within ``num_layers - l`` hops of a seed (PyG ``trim_to_layer``), so
-            only the seeds' rows of the output are complete. Default True.
+        trim (bool): layer-wise trimming with the sampler's per-hop counts: layer l reads the
+            nodes within ``num_layers - l`` hops of a seed and computes only those within
+            ``num_layers - l - 1`` (PyG's ``trim_to_layer`` trims the inputs; this also trims
+            the outputs), so the last layer computes the seeds' rows alone. Default True.
     """
 
     conv: str = "sage"
@@ -210,19 +211,24 @@ class HeteroGNN(nn.Module):
             num_sampled_edges (Dict[EdgeType, List[int]], optional): per-hop edge counts.
 
         Returns:
-            Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t
-            covers the seeds and the hops the last layer still needed; the seeds' rows come
-            first either way.
+            Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t is
+            the number of seeds, without it every node (the seeds' rows first).
         """
         edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
         trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
         layers: List[Dict[NodeType, torch.Tensor]] = [x_dict]
         for layer in range(self.num_layers):
+            x_dst_dict = None
             if trim:
-                x_dict, edge_index_dict, _ = trim_to_layer(
-                    layer, num_sampled_nodes, num_sampled_edges, x_dict, edge_index_dict
-                )
-            x_dict = self.layer_forward(layer, x_dict, edge_index_dict)
+                # Layer l reads nodes within L - l hops of a seed and writes only those within
+                # L - l - 1 hops, through the edges of the first L - l hops (seeds first, hop by
+                # hop, as the sampler orders them): the last layer writes the seeds' rows alone.
+                hops = self.num_layers - layer
+                x_dst_dict = {t: x[: sum(num_sampled_nodes[t][:hops])] for t, x in x_dict.items()}
+                edge_index_dict = {
+                    et: e[:, : sum(num_sampled_edges[et][:hops])] for et, e in edge_index_dict.items()
+                }
+            x_dict = self.layer_forward(layer, x_dict, edge_index_dict, x_dst_dict)
             layers.append(x_dict)
         if self.config.conv == "lightgcn":
             # LightGCN readout: mean over the layer outputs (rows trimmed to the last layer's).
