@@ -1,12 +1,19 @@
-"""Train-step cost of the GNN tower: the same ranker with and without it, on the same batches.
+"""Train-step cost of the GNN tower: the configured ranker with and without it, on the same batches.
 
-    python benchmarks/bench_step.py --json step.json            # batch 1024, fanouts [10, 5]
-    python benchmarks/bench_step.py --profile                   # + where the time goes
+    python benchmarks/bench_step.py --json step.json                 # configs/default.yaml
+    python benchmarks/bench_step.py --profile                        # + ms per stage and top ops
+    python benchmarks/bench_step.py --set model.gnn.outer_hop=history --json step.json
 
-Both models run through the real training path (DMP with world size 1, fused row-wise Adagrad
-tables, TorchRec's TrainPipelineSparseDist via BalancedTrainPipeline) over pre-built batches, so
-sampling is not timed here (see bench_loader.py). Rounds alternate between the models
-(A B B A ...) so machine noise hits both; figures are medians of per-round steps/s.
+The models are built from a training config (``--config``, ``--set`` as in ``train``) and run
+through the real training path (DMP with world size 1, fused row-wise Adagrad node tables,
+TorchRec's TrainPipelineSparseDist via BalancedTrainPipeline) over pre-built batches, so
+sampling is not timed here (see bench_loader.py). Three models: ``tower`` (the config as is,
+its balancer included: GradNorm by default), ``tower_fixed`` (the same with fixed loss weights,
+to show the balancer's share) and ``no_graph`` (the ranker alone, fixed weights: the cheapest
+step, the baseline of the slowdown). Rounds alternate between the models (A B C C B A ...) so
+machine noise hits all; figures are medians of per-round steps/s. With
+``model.gnn.outer_hop=history`` the history's full-graph refresh is timed on its own and its
+cost per step (refresh seconds / ``history_refresh_every``) is added to the tower figures.
 """
 
 from __future__ import annotations
@@ -18,132 +25,161 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
+from torchrec_gnn.config import ExperimentConfig, load_config
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
-from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
-from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
-from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.models.builder import build_graph_dlrm
+from torchrec_gnn.recipes.train import batches as training_batches
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
-from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model
+from torchrec_gnn.train.sharding import make_optimizer, refresh_history, shard_model, unwrap
+
+# The stages a step is cut into (record_function ranges in the model, the pipeline and TorchRec).
+STAGES = {
+    "node_tables": "## node_tables ##",
+    "gnn_tower": "## gnn_tower ##",
+    "task_heads": "## task_heads ##",
+    "forward": "## forward ##",
+    "balancer": "## loss_balancer ##",
+    "backward": "## backward ##",
+    "optimizer": "## optimizer ##",
+}
 
 
-def make_pipeline(dataset, graph, config: ModelConfig, balancer: str) -> BalancedTrainPipeline:
-    torch.manual_seed(0)
-    model = build_graph_dlrm(dataset, graph, config, device=torch.device("meta"))
-    dmp, _ = shard_model(model, torch.device("cpu"), ShardingConfig())
-    return BalancedTrainPipeline(
-        dmp, make_optimizer(dmp, 1e-3), BalancerConfig(kind=balancer).build(len(model.loss_names)), torch.device("cpu")
-    )
+class Bench:
+    """One model in its training pipeline, and its history's refresh when it has one."""
+
+    def __init__(self, dataset, graph: HeteroGraph, config: ExperimentConfig) -> None:
+        torch.manual_seed(config.train.seed)
+        model = build_graph_dlrm(dataset, graph, config.model, device=torch.device("meta"))
+        self.dmp, _ = shard_model(model, torch.device("cpu"), config.sharding)
+        balancer = config.balancer.build(len(model.loss_names))
+        extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}
+        optimizer = make_optimizer(self.dmp, config.sharding.dense_lr, extra)
+        self.pipeline = BalancedTrainPipeline(self.dmp, optimizer, balancer, torch.device("cpu"))
+        self.graph, self.node_features = graph, dataset.node_features
+        tower = unwrap(self.dmp).model.graph_tower
+        self.history = tower if tower is not None and getattr(tower.encoder, "history", None) is not None else None
+        self.refresh_every = config.model.gnn.history_refresh_every
+        if self.history is not None:
+            self.refresh()
+
+    def refresh(self) -> float:
+        """Seconds of one full refresh of the history."""
+        start = time.perf_counter()
+        refresh_history(self.history, self.graph, self.node_features)
+        return time.perf_counter() - start
+
+    def steps_per_s(self, batches: List[GraphBatch]) -> float:
+        """Steps/s over ``batches`` (the pipeline's two-batch fill is included, as in training)."""
+        iterator = iter(batches)
+        start = time.perf_counter()
+        steps = 0
+        while True:
+            try:
+                self.pipeline.progress(iterator)
+            except StopIteration:
+                break
+            steps += 1
+        return steps / (time.perf_counter() - start)
 
 
-def run_round(pipeline: BalancedTrainPipeline, batches: List[GraphBatch]) -> float:
-    """Steps/s over ``batches`` (the pipeline's two-batch fill is included, as in training)."""
-    iterator = iter(batches)
-    start = time.perf_counter()
-    steps = 0
-    while True:
-        try:
-            pipeline.progress(iterator)
-        except StopIteration:
-            break
-        steps += 1
-    return steps / (time.perf_counter() - start)
-
-
-def top_ops(pipeline: BalancedTrainPipeline, batches: List[GraphBatch], rows: int) -> Dict[str, float]:
-    """Self CPU milliseconds per step of the heaviest ops and of our labelled stages."""
+def profile_stages(bench: Bench, batches: List[GraphBatch], rows: int) -> Dict[str, Dict[str, float]]:
+    """CPU milliseconds per step of each stage (inclusive) and of the heaviest ops (self)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run_round(pipeline, batches)
+        bench.steps_per_s(batches)
     events = prof.key_averages()
     steps = len(batches)
-    stages: Dict[str, float] = {}
+    totals: Dict[str, float] = {}
     for e in events:
-        if e.key.startswith("## "):
-            stage = re.sub(r" \d+ ##$", " ##", e.key)  # TorchRec numbers its ranges per batch
-            stages[stage] = stages.get(stage, 0.0) + e.cpu_time_total / 1e3 / steps
+        key = re.sub(r" \d+ ##$", " ##", e.key)  # TorchRec numbers its ranges per batch
+        totals[key] = totals.get(key, 0.0) + e.cpu_time_total / 1e3 / steps
+    stages = {name: totals.get(label, 0.0) for name, label in STAGES.items()}
     heavy = sorted((e for e in events if not e.key.startswith("#")), key=lambda e: -e.self_cpu_time_total)[:rows]
-    print("\nwhere a tower step's time goes (ms per step; profiler overhead included):")
-    for key, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-        if ms >= 0.5:
-            print(f"  stage {key:<40} {ms:9.1f}")
-    for e in heavy:
-        print(f"  op    {e.key:<40} {e.self_cpu_time_total / 1e3 / steps:9.1f} (self)")
-    return {**{f"stage {k}": v for k, v in stages.items()}, **{e.key: e.self_cpu_time_total / 1e3 / steps for e in heavy}}
+    ops = {e.key: e.self_cpu_time_total / 1e3 / steps for e in heavy}
+    print("\nwhere a tower step's time goes (ms per step, profiler overhead included; forward holds "
+          "node_tables, gnn_tower and task_heads):")
+    for name, ms in stages.items():
+        print(f"  stage {name:<50} {ms:9.1f}")
+    for key, ms in ops.items():
+        print(f"  op    {key:<50} {ms:9.1f} (self)")
+    return {"stages": stages, "ops": ops}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="default", help="synthetic preset (default: default)")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
-    parser.add_argument("--relation-fanouts", nargs="*", default=[], metavar="REL=F1,F2",
-                        help="per-relation fanouts, e.g. user__friend__user=5,0 (as loader.relation_fanouts)")
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="training config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override as in `train`, e.g. model.gnn.outer_hop=history (repeatable)")
     parser.add_argument("--steps", type=int, default=12, help="batches per round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per model, alternating")
     parser.add_argument("--profile", action="store_true", help="profile one round of the tower model")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
     args = parser.parse_args()
 
+    config = load_config(args.config, args.overrides)
     init_distributed("cpu")  # DMP needs a process group, even for one process
-    dataset = make_synthetic(SyntheticConfig.preset(args.preset))
-    split = time_split(dataset)
-    overrides = {name: [int(v) for v in values.split(",")] for name, values in
-                 (item.split("=", 1) for item in args.relation_fanouts)}
-    sampler = NeighborSampler(split.graph, fanouts_by_relation(split.graph, args.fanouts, overrides))
-    data = GraphBatchDataset(
-        split.train, sampler, dataset.user_type, dataset.item_type, args.batch_size, split.graph.node_types,
-        list(dataset.sparse_cardinality), dataset.node_features, shuffle=True, drop_last=True,
-    )
+    dataset = load_dataset(config.data)
+    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
+    data = training_batches(config, split.graph, dataset, split.train, train=True)
     batches = [data[i] for i in range(min(args.steps, len(data)))]
     edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in batches)
     nodes = statistics.mean(sum(b.num_nodes.values()) for b in batches)
-    print(f"{len(batches)} batches of {args.batch_size}: {nodes:,.0f} sampled nodes, {edges:,.0f} sampled edges each")
+    print(f"{len(batches)} batches of {config.loader.batch_size}: {nodes:,.0f} sampled nodes, {edges:,.0f} sampled edges each")
 
-    base = ModelConfig(gnn=dataclasses.replace(ModelConfig().gnn, num_layers=len(args.fanouts)))
-    pipelines = {
-        "tower": make_pipeline(dataset, split.graph, base, "fixed"),
-        "no_graph": make_pipeline(dataset, split.graph, dataclasses.replace(base, use_graph=False), "fixed"),
-        "tower_gradnorm": make_pipeline(dataset, split.graph, base, "gradnorm"),
+    fixed = BalancerConfig(kind="fixed")
+    benches = {
+        "tower": Bench(dataset, split.graph, config),
+        "tower_fixed": Bench(dataset, split.graph, dataclasses.replace(config, balancer=fixed)),
+        "no_graph": Bench(dataset, split.graph, dataclasses.replace(
+            config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False))),
     }
-    for pipeline in pipelines.values():  # warm-up: tracing, first allocations
-        run_round(pipeline, batches[:3])
-    rates: Dict[str, List[float]] = {name: [] for name in pipelines}
+    for bench in benches.values():  # warm-up: tracing, first allocations
+        bench.steps_per_s(batches[:3])
+    rates: Dict[str, List[float]] = {name: [] for name in benches}
     for r in range(args.rounds):
-        order = list(pipelines) if r % 2 == 0 else list(reversed(pipelines))
-        for name in order:
-            rates[name].append(run_round(pipelines[name], batches))
-    median = {name: statistics.median(values) for name, values in rates.items()}
+        for name in list(benches) if r % 2 == 0 else list(reversed(benches)):
+            rates[name].append(benches[name].steps_per_s(batches))
+    refresh_s: Optional[float] = None
+    if benches["tower"].history is not None:
+        refresh_s = statistics.median(benches["tower"].refresh() for _ in range(3))
+    step_s = {name: 1.0 / statistics.median(values) for name, values in rates.items()}
+    for name in ("tower", "tower_fixed"):
+        if refresh_s is not None:
+            step_s[name] += refresh_s / config.model.gnn.history_refresh_every
     result = {
-        "tower_steps_per_s": median["tower"],
-        "no_graph_steps_per_s": median["no_graph"],
-        "slowdown": median["no_graph"] / median["tower"],
-        "tower_gradnorm_steps_per_s": median["tower_gradnorm"],
-        "gradnorm_slowdown": median["tower"] / median["tower_gradnorm"],
+        "overrides": args.overrides,
+        "config": str(args.config),
+        "steps_per_s": {name: 1.0 / s for name, s in step_s.items()},
+        "slowdown": step_s["tower"] / step_s["no_graph"],
+        "slowdown_fixed_weights": step_s["tower_fixed"] / step_s["no_graph"],
+        "balancer_share": step_s["tower"] / step_s["tower_fixed"],
+        "history_refresh_s": refresh_s,
+        "history_refresh_every": config.model.gnn.history_refresh_every if refresh_s is not None else None,
         "rounds": rates,
-        "batch_size": args.batch_size,
-        "fanouts": args.fanouts,
-        "relation_fanouts": overrides,
-        "preset": args.preset,
+        "batch_size": config.loader.batch_size,
         "sampled_nodes_per_batch": nodes,
         "sampled_edges_per_batch": edges,
         "threads": torch.get_num_threads(),
     }
-    print(f"\n{'model':<28} {'steps/s':>8} {'examples/s':>11}")
-    for name, value in median.items():
-        print(f"{name:<28} {value:8.2f} {value * args.batch_size:11,.0f}")
-    print(f"slowdown (no-graph steps/s / tower steps/s): {result['slowdown']:.2f}x; "
-          f"GradNorm on top of the tower: {result['gradnorm_slowdown']:.2f}x")
+    print(f"\n{'model':<14} {'ms/step':>8} {'steps/s':>8} {'examples/s':>11}")
+    for name, seconds in step_s.items():
+        print(f"{name:<14} {seconds * 1e3:8.1f} {1 / seconds:8.2f} {config.loader.batch_size / seconds:11,.0f}")
+    if refresh_s is not None:
+        print(f"history refresh: {refresh_s:.2f} s every {config.model.gnn.history_refresh_every} steps (in the tower figures)")
+    print(f"slowdown (tower step / no-graph step): {result['slowdown']:.2f}x "
+          f"({result['slowdown_fixed_weights']:.2f}x with fixed loss weights; the balancer adds {result['balancer_share']:.2f}x)")
     if args.profile:
-        result["profile_ms_per_step"] = top_ops(pipelines["tower_gradnorm"], batches, rows=12)
+        result["profile_ms_per_step"] = profile_stages(benches["tower"], batches, rows=12)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

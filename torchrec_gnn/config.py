@@ -203,6 +203,11 @@ class ExperimentConfig:
                 f"loader.fanouts (and loader.relation_fanouts) give {sorted(hops)} hop(s) but model.gnn.num_layers is "
                 f"{self.model.gnn.num_layers}: each GNN layer needs one hop of neighbours; set one fanout per layer"
             )
+        if samples and self.model.gnn.outer_hop == "history" and (self.loader.temporal or self.train.protocol == "streaming"):
+            raise ValueError(
+                "model.gnn.outer_hop 'history' is not supported with temporal sampling (loader.temporal or "
+                "train.protocol streaming) yet: its full-graph refresh would read edges newer than an example"
+            )
         if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.train.protocol == "streaming"):
             raise ValueError(
                 "loader.temporal_strategy 'last' picks each node's most recent edges before the example; "

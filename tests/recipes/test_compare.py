@@ -23,7 +23,7 @@ ABLATION_CONFIGS = {
     "no_graph": "no_graph", "two_stage": "two_stage", "e2e_no_gfae": "no_gfae", "e2e_fixed_weights": "fixed_weights",
     "e2e_uncertainty": "uncertainty", "e2e_input_fusion_only": "input_fusion_only",
     "e2e_prehead_fusion_only": "prehead_fusion_only", "e2e_edge": "edge_objective", "e2e_warm": "warm_start",
-    "e2e_warm_edge": "warm_start_edge", "two_stage_refresh": "two_stage_refresh",
+    "e2e_warm_edge": "warm_start_edge", "two_stage_refresh": "two_stage_refresh", "e2e_history": "history",
 }
 
 

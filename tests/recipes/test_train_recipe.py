@@ -214,3 +214,37 @@ def test_early_stopping_needs_validation_passes() -> None:
         load_config("configs/default.yaml", ["train.early_stopping_patience=3"])
     with pytest.raises(ConfigError, match="early_stopping_metric must be one of"):
         load_config("configs/default.yaml", ["train.early_stopping_metric=mae"])
+
+
+@pytest.mark.timeout(600)
+def test_history_run_refreshes_resumes_exactly_and_evaluates_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchrec_gnn.recipes.train as train_recipe
+    from torchrec_gnn.train import sharding
+
+    refreshes: List[int] = []
+    real = sharding.refresh_history
+    monkeypatch.setattr(sharding, "refresh_history", lambda *a, **k: (refreshes.append(1), real(*a, **k))[1])
+    history = [*TINY, "--set", "model.gnn.outer_hop=history", "--set", "model.gnn.history_refresh_every=3",
+               "--set", "loader.fanouts=[4,3]"]
+    straight = tmp_path / "straight"
+    results = main(["--config", "configs/default.yaml", *history, "--max-steps", "7", "--output-dir", str(straight)])
+    # At the start, after steps 3 and 6, and before each of the two final evaluations.
+    assert len(refreshes) == 1 + 2 + 2
+    # The batches sample one hop: the second comes from the history.
+    fanouts = train_recipe.batch_fanouts(train_recipe.load_config(straight / "config.yaml"), _graph(straight))
+    assert set(map(tuple, fanouts.values())) == {(4,)}
+
+    # A checkpoint at a refresh step resumes exactly: the history is rebuilt from the same weights.
+    resumed = tmp_path / "resumed"
+    main(["--config", "configs/default.yaml", *history, "--max-steps", "3", "--output-dir", str(resumed)])
+    main(["--config", "configs/default.yaml", *history, "--max-steps", "7", "--output-dir", str(resumed), "--resume"])
+    assert losses(resumed) == losses(straight)
+
+    # The exported model refreshes its own history from model.pt: the run's metrics again.
+    metrics = evaluate_run(straight, "test")
+    assert metrics["click"]["auc"] == pytest.approx(results["test"]["click"]["auc"], abs=1e-5)
+
+
+def _graph(run: Path):
+    from torchrec_gnn.graph.hetero_graph import HeteroGraph
+    return HeteroGraph.load(run / "graph", mmap=True)

@@ -17,6 +17,7 @@ from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
+from torchrec_gnn.modules.history import HistoricalEmbeddings
 
 
 @dataclass
@@ -71,10 +72,12 @@ def build_graph_tower(
     config: ModelConfig,
     device: Optional[torch.device] = None,
     edge_objective: Optional[bool] = None,
+    history: Optional[bool] = None,
 ) -> GNNTower:
     """The GNN tower: one node table per node type, the GNN and (optionally) the GFAE's feature
     part and its edge decoder (``edge_objective``; default ``config.gfae.edge_objective``, always
-    on for link-prediction pre-training)."""
+    on for link-prediction pre-training) and the outer hop's historical embeddings (``history``;
+    default ``config.gnn.outer_hop == "history"``, always off for pre-training)."""
     dim = config.node_embedding_dim
     tables = [
         EmbeddingConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
@@ -88,7 +91,10 @@ def build_graph_tower(
     if config.use_gfae or edges:
         targets = {t: feature_channels.get(t, dim) for t in seed_types} if config.use_gfae else {}
         gfae = GFAE(dim, gnn.out_channels, targets, replace(config.gfae, edge_objective=edges))
-    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
+    cache = None
+    if config.gnn.outer_hop == "history" if history is None else history:
+        cache = HistoricalEmbeddings(graph.num_nodes, gnn.last_layer_in_channels, device)
+    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels, cache)
     return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
 
 

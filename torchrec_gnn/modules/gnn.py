@@ -17,9 +17,11 @@ from torch_geometric.nn.conv.hetero_conv import group
 from torch_geometric.utils import degree
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
+from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
 
 CONV_TYPES = ("sage", "gat", "lightgcn")
 NORM_TYPES = ("layer", "none")
+OUTER_HOPS = ("sample", "history")
 
 
 @dataclass
@@ -38,6 +40,13 @@ class GNNConfig:
             nodes within ``num_layers - l`` hops of a seed and computes only those within
             ``num_layers - l - 1`` (PyG's ``trim_to_layer`` trims the inputs; this also trims
             the outputs), so the last layer computes the seeds' rows alone. Default True.
+        outer_hop (str): ``"sample"`` (the sampler expands all ``num_layers`` hops) or
+            ``"history"`` (it stops one hop short and the last layer reads the hop-1 nodes'
+            inputs from historical embeddings, :mod:`torchrec_gnn.modules.history`; end-to-end
+            training only, pre-training always samples). Default ``"sample"``.
+        history_refresh_every (int): with ``outer_hop="history"``, refresh the whole cache by
+            full-graph inference every this many training steps (and before every evaluation).
+            Default 50.
     """
 
     conv: str = "sage"
@@ -47,8 +56,18 @@ class GNNConfig:
     dropout: float = 0.1
     heads: int = 2
     trim: bool = True
+    outer_hop: str = "sample"
+    history_refresh_every: int = 50
 
     def __post_init__(self) -> None:
+        if self.outer_hop not in OUTER_HOPS:
+            raise ValueError(f"GNNConfig.outer_hop must be one of {OUTER_HOPS}, got {self.outer_hop!r}")
+        if self.outer_hop == "history":
+            if self.num_layers < 2 or not self.trim:
+                raise ValueError("GNNConfig: outer_hop='history' needs num_layers >= 2 and trim=True "
+                                 f"(got num_layers={self.num_layers}, trim={self.trim})")
+            if self.history_refresh_every < 1:
+                raise ValueError(f"GNNConfig.history_refresh_every must be >= 1, got {self.history_refresh_every}")
         if self.conv not in CONV_TYPES:
             raise ValueError(f"GNNConfig.conv must be one of {CONV_TYPES}, got {self.conv!r}")
         if self.norm not in NORM_TYPES:
@@ -179,6 +198,11 @@ class HeteroGNN(nn.Module):
     def out_channels(self) -> int:
         return self.config.hidden_channels
 
+    @property
+    def last_layer_in_channels(self) -> int:
+        """Width of the last layer's input (the width a history of it holds)."""
+        return self.in_channels if self.num_layers == 1 or self.config.conv == "lightgcn" else self.config.hidden_channels
+
     def reset_parameters(self) -> None:
         for conv in self.convs:
             conv.reset_parameters()
@@ -202,6 +226,8 @@ class HeteroGNN(nn.Module):
         edge_index_dict: Dict[EdgeType, torch.Tensor],
         num_sampled_nodes: Optional[Dict[NodeType, List[int]]] = None,
         num_sampled_edges: Optional[Dict[EdgeType, List[int]]] = None,
+        history: Optional[HistoricalEmbeddings] = None,
+        node_ids: Optional[Dict[NodeType, torch.Tensor]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
         """
         Args:
@@ -209,6 +235,11 @@ class HeteroGNN(nn.Module):
             edge_index_dict (Dict[EdgeType, Tensor]): (2, E_r) local edges per relation.
             num_sampled_nodes (Dict[str, List[int]], optional): per-hop node counts, for trimming.
             num_sampled_edges (Dict[EdgeType, List[int]], optional): per-hop edge counts.
+            history (HistoricalEmbeddings, optional): the last layer's inputs of every node
+                (:mod:`torchrec_gnn.modules.history`); the sample then has ``num_layers - 1``
+                hops, the hop-1 nodes' last-layer inputs are read from it and (in training
+                mode) the seeds' are written to it. Needs the per-hop counts and ``node_ids``.
+            node_ids (Dict[str, Tensor], optional): (N_t,) global ids of the sampled nodes.
 
         Returns:
             Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t is
@@ -216,14 +247,23 @@ class HeteroGNN(nn.Module):
         """
         edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
         trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
+        if history is not None and (not trim or node_ids is None):
+            raise ValueError("HeteroGNN: a history needs trimming (config.trim and per-hop counts) and node_ids")
+        # With a history the sample stops one hop short: the layers before the last see L - 1 hops.
+        sampled_hops = self.num_layers - (history is not None)
         layers: List[Dict[NodeType, torch.Tensor]] = [x_dict]
         for layer in range(self.num_layers):
             x_dst_dict = None
+            if history is not None and layer == self.num_layers - 1:
+                x_dict = history_inputs(
+                    history, x_dict, node_ids, {t: num_sampled_nodes[t][0] for t in x_dict},
+                    {t: num_sampled_nodes[t][1] for t in x_dict}, push=self.training,
+                )
             if trim:
                 # Layer l reads nodes within L - l hops of a seed and writes only those within
                 # L - l - 1 hops, through the edges of the first L - l hops (seeds first, hop by
                 # hop, as the sampler orders them): the last layer writes the seeds' rows alone.
-                hops = self.num_layers - layer
+                hops = max(sampled_hops - layer, 1)
                 x_dst_dict = {t: x[: sum(num_sampled_nodes[t][:hops])] for t, x in x_dict.items()}
                 edge_index_dict = {
                     et: e[:, : sum(num_sampled_edges[et][:hops])] for et, e in edge_index_dict.items()

@@ -23,7 +23,10 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
 from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.gnn import HeteroGNN
+from torchrec_gnn.modules.history import HistoricalEmbeddings
+from torchrec_gnn.modules.inference import full_graph_embeddings
 
 
 class GraphEmbeddings(NamedTuple):
@@ -72,6 +75,8 @@ class GraphEncoder(nn.Module):
         feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
             side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
             through a linear projection. They are also that type's GFAE target.
+        history (HistoricalEmbeddings, optional): the last GNN layer's input of every node
+            (batches then hold one hop fewer; fill it with :meth:`refresh_history`).
     """
 
     def __init__(
@@ -81,8 +86,12 @@ class GraphEncoder(nn.Module):
         item_type: NodeType,
         gfae: Optional[GFAE] = None,
         feature_channels: Optional[Mapping[NodeType, int]] = None,
+        history: Optional[HistoricalEmbeddings] = None,
     ) -> None:
         super().__init__()
+        if history is not None and history.channels != gnn.last_layer_in_channels:
+            raise ValueError(f"GraphEncoder: the history holds {history.channels} channels, the GNN's last layer "
+                             f"reads {gnn.last_layer_in_channels}")
         for t in (user_type, item_type):
             if t not in gnn.node_types:
                 raise ValueError(f"GraphEncoder: node type {t!r} is not one of the GNN's {gnn.node_types}")
@@ -99,6 +108,7 @@ class GraphEncoder(nn.Module):
         self.feature_projection = nn.ModuleDict(
             {t: nn.Linear(f, gnn.in_channels) for t, f in (feature_channels or {}).items()}
         )
+        self.history = history
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -133,6 +143,22 @@ class GraphEncoder(nn.Module):
             inputs[t] = inputs[t] + projection(node_features[t])
         return inputs
 
+    @torch.no_grad()
+    def refresh_history(
+        self, tables: Mapping[NodeType, torch.Tensor], node_features: Mapping[NodeType, torch.Tensor],
+        graph: HeteroGraph, chunk_size: int = 8192,
+    ) -> None:
+        """Fill the history with every node's last-layer input: the node tables ``tables[t]``
+        (N_t, D) and side features ``node_features[t]`` (N_t, F_t) through the GNN's first
+        L - 1 layers by layer-wise full-graph inference over ``graph`` (eval mode)."""
+        if self.history is None:
+            raise ValueError("GraphEncoder.refresh_history: this encoder has no history")
+        device = next(iter(tables.values())).device
+        x_dict = self.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
+        gnn = self.gnn
+        self.history.load(full_graph_embeddings(gnn, x_dict, graph, chunk_size, progress=False,
+                                                num_layers=gnn.num_layers - 1))
+
     def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         """
         Args:
@@ -157,7 +183,9 @@ class GraphEncoder(nn.Module):
             else:
                 candidates = {t: x.shape[0] for t, x in inputs.items()}
             inputs, masked = self.gfae.mask(inputs, candidates)
-        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges)
+        node_ids = None if self.history is None else {t: batch.node_ids[t].values() for t in inputs}
+        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges,
+                          self.history, node_ids)
         zero = h_dict[self.user_type].sum() * 0.0
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero
@@ -252,6 +280,7 @@ class GNNTower(nn.Module):
             GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
-        embeddings = self.node_embeddings(batch.node_ids)
-        x_dict = {t: embeddings[t].values() for t in self.node_types}  # (N_t, D) each
+        with record_function("## node_tables ##"):
+            embeddings = self.node_embeddings(batch.node_ids)
+            x_dict = {t: embeddings[t].values() for t in self.node_types}  # (N_t, D) each
         return self.encoder(x_dict, batch)

@@ -12,7 +12,7 @@ width, H GNN width.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ def full_graph_embeddings(
     graph: HeteroGraph,
     chunk_size: int = 8192,
     progress: bool = True,
+    num_layers: Optional[int] = None,
 ) -> Dict[NodeType, torch.Tensor]:
     """Run ``gnn`` over the whole ``graph`` layer by layer (eval mode: no dropout).
 
@@ -60,15 +61,22 @@ def full_graph_embeddings(
         chunk_size (int): C, destination nodes per step (bounds the memory of one step to the
             edges of C nodes). Default 8192.
         progress (bool): show a progress bar over layers and chunks. Default True.
+        num_layers (int, optional): run only the first ``num_layers`` layers (fewer than the
+            GNN's: the last layer's input of every node, for its history). Default: all.
 
     Returns:
-        Dict[str, Tensor]: (N_t, H) for every type of ``gnn.out_node_types``.
+        Dict[str, Tensor]: (N_t, H) for every type of ``gnn.out_node_types``; with fewer
+        ``num_layers`` than the GNN's, that layer's output for every node type.
 
     LightGCN's symmetric normalisation uses the graph's true degrees here (training counts them
     within each sampled subgraph), so the result does not depend on ``chunk_size``.
     """
     if chunk_size < 1:
         raise ValueError(f"full_graph_embeddings: chunk_size must be >= 1, got {chunk_size}")
+    num_layers = gnn.num_layers if num_layers is None else num_layers
+    if not 1 <= num_layers <= gnn.num_layers:
+        raise ValueError(f"full_graph_embeddings: num_layers must be in [1, {gnn.num_layers}], got {num_layers}")
+    partial = num_layers < gnn.num_layers
     missing = [et for et in gnn.edge_types if et not in set(graph.edge_types)]
     if missing:
         raise ValueError(f"full_graph_embeddings: the graph lacks the GNN's relations {missing}")
@@ -76,10 +84,10 @@ def full_graph_embeddings(
     gnn.eval()
     x = dict(x_dict)
     device = next(iter(x.values())).device
-    history: Dict[NodeType, List[torch.Tensor]] = {t: [x[t]] for t in gnn.out_node_types}
+    layer_outputs: Dict[NodeType, List[torch.Tensor]] = {t: [x[t]] for t in gnn.out_node_types}
     steps = [
         (layer, t, start)
-        for layer in range(gnn.num_layers)
+        for layer in range(num_layers)
         for t in (gnn.out_node_types if layer == gnn.num_layers - 1 else gnn.node_types)
         for start in range(0, graph.num_nodes[t], chunk_size)
     ]
@@ -93,7 +101,7 @@ def full_graph_embeddings(
             for et in gnn.edge_types
         }
     bar = tqdm(total=len(steps), desc="layer-wise inference", disable=not progress, dynamic_ncols=True)
-    for layer in range(gnn.num_layers):
+    for layer in range(num_layers):
         receivers = gnn.out_node_types if layer == gnn.num_layers - 1 else gnn.node_types
         relations = list(gnn.convs[layer].convs.keys())
         out: Dict[NodeType, torch.Tensor] = {}
@@ -106,11 +114,13 @@ def full_graph_embeddings(
                 bar.update(1)
             out[t] = torch.cat(rows)
         x = out
-        for t in history:
-            history[t].append(x[t])
+        for t in layer_outputs:
+            layer_outputs[t].append(x[t])
     bar.close()
     gnn.train(was_training)
+    if partial:
+        return x
     if gnn.config.conv == "lightgcn":
-        return gnn.lightgcn_readout(history)
+        return gnn.lightgcn_readout(layer_outputs)
     return {t: x[t] for t in gnn.out_node_types}
 

@@ -76,6 +76,8 @@ VARIANTS: Dict[str, List[str]] = {
     "e2e_uncertainty": ["balancer.kind=uncertainty"],
     "e2e_input_fusion_only": ["model.ranker.prehead_fusion=none"],
     "e2e_prehead_fusion_only": ["model.ranker.input_fusion=false"],
+    # The outer hop read from historical embeddings instead of sampled (the step-cost lever).
+    "e2e_history": ["model.gnn.outer_hop=history"],
 }
 SPLITS = ("val", "test")
 # (title in results.md, metric, which value is best: "higher", "lower" or "closer to 1")

@@ -25,6 +25,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import build_graph_dlrm
 from torchrec_gnn.recipes.train import batches, score_batch
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+from torchrec_gnn.train.sharding import refresh_outer_hop
 
 SPLITS = ("train", "val", "test")
 
@@ -52,6 +53,7 @@ def evaluate_run(run_dir: Path, split: str = "test", overrides: Sequence[str] = 
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
+    refresh_outer_hop(model, graph, dataset.node_features)  # a history is not saved: rebuilt from the weights
     # The same batches as the training job's evaluation (one process).
     data = batches(config, graph, dataset, examples, train=False)
     evaluator = MultiTaskEvaluator(dataset.tasks)

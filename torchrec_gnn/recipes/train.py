@@ -55,7 +55,9 @@ from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
 from torchrec_gnn.train.run_dir import check_run_directory, clear_run
-from torchrec_gnn.train.sharding import copy_into_sharded, make_optimizer, node_pooling_factors, shard_model, unwrap
+from torchrec_gnn.train.sharding import (
+    copy_into_sharded, make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap,
+)
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -127,6 +129,18 @@ def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[Edg
     return fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
 
 
+def batch_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType, List[int]]:
+    """What the ranker's batches sample: the configured fanouts, less the last hop when the
+    outer hop comes from the history, none for the two-stage ranker (it reads its users' and
+    items' embeddings from a table)."""
+    if config.model.two_stage:
+        return {et: [] for et in graph.edge_types}
+    fanouts = configured_fanouts(config, graph)
+    if config.model.gnn.outer_hop == "history":
+        fanouts = {et: f[:-1] for et, f in fanouts.items()}
+    return fanouts
+
+
 def pretrain_stage(
     config: ExperimentConfig, dataset: GraphRecDataset, graph_at_start: Callable[[], HeteroGraph],
     ctx: DistributedContext, directory: Path, initial_tower: Optional[Path] = None,
@@ -141,7 +155,7 @@ def pretrain_stage(
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
                               export=config.model.two_stage)
-        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True)
+        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True, history=False)
         if initial_tower is not None:
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
         save_result(pretrain_and_export(tower, dataset, graph, setup), directory)
@@ -170,9 +184,7 @@ def batches(
     streaming protocol (time order, as a streaming trainer reads them); the edge objective's
     links are the graph's edges older than ``links_before`` when given."""
     loader, model = config.loader, config.model
-    # The two-stage ranker reads its users' and items' embeddings from a table: seeds only.
-    fanouts = [] if model.two_stage else configured_fanouts(config, graph)
-    sampler = NeighborSampler(graph, fanouts, replace=loader.replace, temporal=loader.temporal,
+    sampler = NeighborSampler(graph, batch_fanouts(config, graph), replace=loader.replace, temporal=loader.temporal,
                               temporal_strategy=loader.temporal_strategy)
     end_to_end = model.use_graph and not model.two_stage
     links = None
@@ -226,7 +238,7 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
         model.model.graph_tower.check_num_nodes(graph.num_nodes)
         degrees = {et: graph.num_edges(et) / max(graph.num_nodes[et[2]], 1) for et in graph.edge_types}
         seeds = {t: config.loader.batch_size for t in {dataset.user_type, dataset.item_type}}
-        pooling = node_pooling_factors(graph.num_nodes, degrees, configured_fanouts(config, graph), seeds)
+        pooling = node_pooling_factors(graph.num_nodes, degrees, batch_fanouts(config, graph), seeds)
     dmp, plan = shard_model(model, ctx.device, config.sharding, pooling_factors=pooling)
     if config.model.two_stage:  # DMP built the frozen tables empty on every rank: fill them
         unwrap(dmp).model.graph_tower.load_embeddings(load_pretrained(pretrained))
@@ -251,6 +263,7 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
 @torch.no_grad()
 def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures)."""
+    refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
     model = job.pipeline.detach()
     model.eval()
     evaluator = MultiTaskEvaluator(job.dataset.tasks)
@@ -353,6 +366,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     window_start, window_examples = time.perf_counter(), 0
     window_metrics = TrainingWindowMetrics(job.dataset.tasks, cfg.loader.batch_size, cfg.train.metrics_window,
                                            ctx.world_size, ctx.rank, ctx.device)
+    has_history = refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
+    refresh_every = cfg.model.gnn.history_refresh_every
     for epoch in range(position["epoch"], cfg.train.epochs):
         if step >= total_steps:
             break
@@ -367,6 +382,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
                 break
             step += 1
             in_epoch += 1
+            if has_history and step % refresh_every == 0:
+                refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
             window_examples += out.outputs.shape[0] * ctx.world_size
             check_finite(out, f"step {step}")
             window_metrics.update(out.outputs, out.labels)

@@ -27,6 +27,9 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.models.builder import node_table_name
+
 # Sharding types an EmbeddingCollection can use per device type (TORCHREC_FACTS.md).
 EC_SHARDING_TYPES = {
     "cpu": ("table_wise", "row_wise", "column_wise"),
@@ -258,3 +261,50 @@ def copy_into_sharded(model: nn.Module, state: Mapping[str, torch.Tensor], prefi
                 shard.tensor.copy_(value[rows])
         else:
             destination.copy_(value)
+
+
+@torch.no_grad()
+def refresh_history(tower: nn.Module, graph: HeteroGraph, node_features: Mapping[str, torch.Tensor],
+                    chunk_size: int = 8192) -> None:
+    """Refill a GNN tower's history of the outer hop (:mod:`torchrec_gnn.modules.history`) from
+    its current weights, the same on every rank (collective when distributed): rank 0 gathers
+    the node tables' shards, runs the GNN's first L - 1 layers over the whole ``graph`` and
+    broadcasts the result.
+
+    Args:
+        tower (nn.Module): a :class:`~torchrec_gnn.modules.gnn_tower.GNNTower` whose encoder has
+            a history, sharded (inside DMP) or not.
+        graph (HeteroGraph): the graph the batches are sampled from.
+        node_features (Mapping[str, Tensor]): (N_t, F_t) side features of the typed nodes.
+        chunk_size (int): destination nodes per inference step.
+    """
+    encoder = tower.encoder
+    if encoder.history is None:
+        raise ValueError("refresh_history: the tower's encoder has no history (model.gnn.outer_hop is not 'history')")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    state = tower.node_embeddings.state_dict()
+    tables: Dict[str, torch.Tensor] = {}
+    for t in tower.node_types:
+        weight = state[f"embeddings.{node_table_name(t)}.weight"]
+        if isinstance(weight, ShardedTensor):
+            shape = (encoder.history.num_nodes[t], encoder.gnn.in_channels)
+            out = torch.empty(shape, device=encoder.history.cache(t).device) if rank == 0 else None
+            weight.gather(dst=0, out=out)
+            weight = out
+        tables[t] = weight
+    if rank == 0:
+        encoder.refresh_history(tables, node_features, graph, chunk_size)
+    else:  # the rows arrive below; load() only marks the cache as filled
+        encoder.history.load({t: encoder.history.cache(t) for t in encoder.history.num_nodes})
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        encoder.history.broadcast(src=0)
+
+
+def refresh_outer_hop(model: nn.Module, graph: HeteroGraph, node_features: Mapping[str, torch.Tensor]) -> bool:
+    """:func:`refresh_history` of the graph tower of ``model`` (a ``GraphDLRMTrain``, inside DMP
+    or not) if that tower has a history; returns whether it had one (all ranks call it)."""
+    tower = getattr(unwrap(model).model, "graph_tower", None)
+    if getattr(getattr(tower, "encoder", None), "history", None) is None:
+        return False
+    refresh_history(tower, graph, node_features)
+    return True
