@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=2 examples/add_gnn_tower.py --model dcn
 
 The diff against a plain TorchRec DLRM set-up is the block marked "the GNN tower": node tables
-in an EmbeddingCollection, a heterogeneous GNN over them, and ``GraphDLRM.from_dlrm``. Batches
+in an EmbeddingBagCollection (the batch gives it one node id per bag), a heterogeneous GNN over them, and ``GraphDLRM.from_dlrm``. Batches
 come from ``GraphBatchDataset`` (a TorchRec ``Batch`` plus the sampled subgraph).
 """
 
@@ -13,8 +13,8 @@ import argparse
 import torch
 import torch.distributed as dist
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader
@@ -59,8 +59,8 @@ def main(steps: int, kind: str) -> None:
     dlrm = stock_model(kind, ebc, len(dataset.dense_names))
 
     # --- the GNN tower: node tables (sharded like any table), a GNN, both fusion levels -------
-    node_tables = EmbeddingCollection(
-        tables=[EmbeddingConfig(name=f"node_{t}", num_embeddings=n, embedding_dim=D, feature_names=[t])
+    node_tables = EmbeddingBagCollection(
+        tables=[EmbeddingBagConfig(name=f"node_{t}", num_embeddings=n, embedding_dim=D, feature_names=[t])
                 for t, n in graph.num_nodes.items()],
         device=torch.device("meta"),
     )

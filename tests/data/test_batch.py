@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphBatch, node_id_bags
 
 WATCHES = ("user", "watches", "video")
 
@@ -19,8 +19,7 @@ def literal_batch() -> GraphBatch:
                                           lengths=torch.ones(3, dtype=torch.int32), stride=3),
         labels=torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 2.5]]),
         label_mask=torch.tensor([[True, False], [True, True], [True, True]]),
-        node_ids=KeyedJaggedTensor(keys=["user", "video"], values=torch.tensor([7, 2, 4, 5, 9, 1, 3]),
-                                   lengths=torch.tensor([3, 4], dtype=torch.int32), stride=1),
+        node_ids=node_id_bags(["user", "video"], [torch.tensor([7, 2, 4]), torch.tensor([5, 9, 1, 3])]),
         edge_index={WATCHES: torch.tensor([[2, 0, 1], [2, 3, 0]])},
         user_index=torch.tensor([0, 1, 0]),
         item_index=torch.tensor([0, 1, 0]),
@@ -49,6 +48,8 @@ def test_properties_of_the_docstring_batch() -> None:
     batch = literal_batch()
     assert batch.batch_size == 3
     assert batch.num_nodes == {"user": 3, "video": 4}
+    # One id per bag, padded with empty bags to the largest node count.
+    assert batch.node_ids.stride() == 4 and batch.node_ids.lengths().tolist() == [1, 1, 1, 0, 1, 1, 1, 1]
     assert batch.node_ids["video"].values()[batch.item_index].tolist() == [5, 9, 5]
 
 
@@ -78,5 +79,5 @@ def test_mismatched_batch_sizes_are_listed() -> None:
         dataclasses.replace(batch, labels=batch.labels[:2], item_index=batch.item_index[:2])
     kjt = KeyedJaggedTensor(keys=["user"], values=torch.arange(4), lengths=torch.tensor([2, 2], dtype=torch.int32),
                             stride=2)
-    with pytest.raises(ValueError, match=r"node_ids must have one row per key, got stride 2"):
+    with pytest.raises(ValueError, match=r"node_ids must hold one id per bag \(see node_id_bags\), got a bag of 2"):
         dataclasses.replace(batch, node_ids=kjt)

@@ -98,8 +98,10 @@ def test_node_ids_one_row_per_node_type_seeds_first(dataset, batches, tiny_split
     ex = dataset.examples
     for b in batches:
         kjt = b.node_ids
-        assert kjt.keys() == tiny_split.graph.node_types and kjt.stride() == 1
-        assert kjt.lengths().tolist() == [sum(b.num_sampled_nodes[t]) for t in kjt.keys()]
+        counts = [sum(b.num_sampled_nodes[t]) for t in kjt.keys()]
+        assert kjt.keys() == tiny_split.graph.node_types and kjt.stride() == max(counts)
+        assert kjt.length_per_key() == counts  # one id per bag, then empty bags up to the stride
+        assert kjt.lengths().tolist() == sum(([1] * n + [0] * (max(counts) - n) for n in counts), [])
         assert b.num_nodes == {t: sum(b.num_sampled_nodes[t]) for t in kjt.keys()}
         rows = rows_of(b)
         for t, seeds in (("user", ex.user[rows]), ("item", ex.item[rows]), ("genre", torch.empty(0, dtype=torch.long))):
@@ -117,7 +119,7 @@ def test_node_ids_one_row_per_node_type_seeds_first(dataset, batches, tiny_split
 def test_node_type_without_sampled_nodes_keeps_its_empty_key(tiny_split) -> None:
     fanouts = {et: ([0, 0] if et in GENRE_RELATIONS else [4, 2]) for et in tiny_split.graph.edge_types}
     b = make_dataset(tiny_split, fanouts=fanouts)[0]
-    assert b.node_ids.keys() == ["user", "item", "genre"] and b.node_ids.stride() == 1
+    assert b.node_ids.keys() == ["user", "item", "genre"]
     assert b.num_nodes["genre"] == 0 and b.node_ids["genre"].values().numel() == 0
     assert b.num_sampled_nodes["genre"] == [0, 0, 0]
     assert all(b.edge_index[et].shape == (2, 0) for et in GENRE_RELATIONS)

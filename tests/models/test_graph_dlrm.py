@@ -40,7 +40,7 @@ def test_every_loss_reaches_the_gnn_and_the_sampled_node_rows(tiny_split, tiny_b
     tower = model.model.graph_tower
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.shared_parameters())
     for node_type in ("user", "item"):
-        weight = tower.node_embeddings.embeddings[f"node_{node_type}"].weight
+        weight = tower.node_embeddings.embedding_bags[f"node_{node_type}"].weight
         rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
         sampled = set(batch.node_ids[node_type].values().tolist())
         assert rows_with_grad and rows_with_grad <= sampled
@@ -183,7 +183,7 @@ def test_edge_loss_reaches_the_gnn_and_only_the_sampled_node_rows(tiny_split, ti
     tower = model.model.graph_tower
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.shared_parameters())
     for node_type in ("user", "item"):
-        weight = tower.node_embeddings.embeddings[f"node_{node_type}"].weight
+        weight = tower.node_embeddings.embedding_bags[f"node_{node_type}"].weight
         rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
         assert rows_with_grad and rows_with_grad <= set(batch.node_ids[node_type].values().tolist())
     # The ranker's own parameters get nothing from the edge loss.

@@ -172,8 +172,8 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
     trained = tmp_path / "trained"
     main([*argv[:-1], str(trained), "--max-steps", "2"])
     state = torch.load(trained / "model.pt")
-    assert not torch.equal(state["model.graph_tower.node_embeddings.embeddings.node_user.weight"],
-                           pretrained["node_embeddings.embeddings.node_user.weight"])
+    assert not torch.equal(state["model.graph_tower.node_embeddings.embedding_bags.node_user.weight"],
+                           pretrained["node_embeddings.embedding_bags.node_user.weight"])
     record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["losses"])[-2:] == ["gfae", "edge"] and record["losses"]["edge"] > 0
 

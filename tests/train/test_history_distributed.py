@@ -1,4 +1,4 @@
-"""Two ranks refresh the outer hop's history from row-wise sharded node tables: both hold the
+"""Two ranks refresh the outer hop's history from column-wise sharded node tables: both hold the
 same cache, equal to the one an unsharded model computes from the same weights."""
 
 import os
@@ -28,8 +28,8 @@ def _refresh_two_ranks(rank: int, world_size: int) -> None:
         config = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=16, outer_hop="history"))
         torch.manual_seed(0)
         model = build_graph_dlrm(dataset, split.graph, config, device=torch.device("meta"))
-        dmp, plan = shard_model(model, torch.device("cpu"), ShardingConfig(node_sharding_types=["row_wise"]))
-        assert {p.sharding_type for p in plan.plan["model.graph_tower.node_embeddings"].values()} == {"row_wise"}
+        dmp, plan = shard_model(model, torch.device("cpu"), ShardingConfig(node_sharding_types=["column_wise"]))
+        assert {p.sharding_type for p in plan.plan["model.graph_tower.node_embeddings"].values()} == {"column_wise"}
         torch.manual_seed(1)
         reference = build_graph_dlrm(dataset, split.graph, config, device=torch.device("cpu"))
         copy_into_sharded(dmp, reference.state_dict())

@@ -6,7 +6,7 @@ from typing import List
 
 import pytest
 import torch
-from torchrec.distributed.embedding import ShardedEmbeddingCollection
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.test_utils.multi_process import MultiProcessContext, MultiProcessTestBase
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest in ranks
@@ -51,8 +51,9 @@ def _pipelined_equals_plain(rank: int, world_size: int, balancer_kind: str) -> N
                 break
             pipelined.append(step.losses)
             weights.append(step.weights)
-        assert any(isinstance(m, ShardedEmbeddingCollection) for m in pipeline._pipeline._pipelined_modules), \
-            "node tables were not pipelined"
+        node_tables = unwrap(dmp).model.graph_tower.node_embeddings
+        assert isinstance(node_tables, ShardedEmbeddingBagCollection)
+        assert any(m is node_tables for m in pipeline._pipeline._pipelined_modules), "node tables were not pipelined"
 
         balancer = make_balancer()
         dmp_plain, optimizer_plain = _sharded(split, 0, balancer)

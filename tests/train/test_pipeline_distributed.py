@@ -87,12 +87,12 @@ class PipelineDistributedTest(MultiProcessTestBase):
         self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="table_wise")
 
     @pytest.mark.timeout(300)
-    def test_two_ranks_row_wise(self) -> None:
-        self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="row_wise")
+    def test_two_ranks_column_wise(self) -> None:
+        self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="column_wise")
 
     @pytest.mark.timeout(300)
     def test_two_ranks_edge_objective(self) -> None:
-        self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="row_wise",
+        self._run_multi_process_test(callable=_train_two_ranks, world_size=2, sharding_type="column_wise",
                                      edge_objective=True)
 
 

@@ -109,7 +109,7 @@ def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Pa
     assert report["pretrain_seconds"] > 0 and report["export_seconds"] > 0
     assert {t: tuple(e.shape) for t, e in result.embeddings.items()} == {"user": (USERS, 8), "item": (ITEMS, 8)}
     # The export is layer-wise inference of the trained tower over the whole graph.
-    tables = {t: tower.node_embeddings.embeddings[f"node_{t}"].weight.detach() for t in graph.node_types}
+    tables = {t: tower.node_embeddings.embedding_bags[f"node_{t}"].weight.detach() for t in graph.node_types}
     expected = full_graph_embeddings(tower.encoder.gnn, tables, graph, progress=False)
     torch.testing.assert_close(result.embeddings["user"], expected["user"])
 

@@ -20,11 +20,14 @@ def test_constraints_pin_tables_to_fused_kernels_and_valid_types() -> None:
     dataset = tiny_log_dataset()
     split = time_split(dataset, history_fraction=0.5)
     model = build_graph_dlrm(dataset, split.graph, ModelConfig(), device=torch.device("meta"))
-    constraints = table_constraints(model, ["row_wise"], "cpu", {"user": 12.0})
-    assert constraints["node_user"].sharding_types == ["row_wise"]
-    assert constraints["node_user"].compute_kernels == ["fused"] and constraints["node_user"].pooling_factors == [12.0]
+    constraints = table_constraints(model, ["column_wise"], "cpu", {"user": 12.0})
+    assert constraints["node_user"].sharding_types == ["column_wise"]
+    # 12 expected nodes per batch: 12 one-id bags.
+    node_user = constraints["node_user"]
+    assert node_user.compute_kernels == ["fused"] and node_user.pooling_factors == [1.0] and node_user.batch_sizes == [12]
+    assert table_constraints(model, None, "cpu")["node_item"].sharding_types == ["table_wise", "column_wise", "table_column_wise"]
     assert "data_parallel" not in constraints["t_user_id"].sharding_types  # no DENSE kernel on CPU
-    with pytest.raises(ValueError, match=r"\['data_parallel'\] not possible for node tables \(EmbeddingCollection\) on cpu"):
-        table_constraints(model, ["data_parallel"], "cpu")
+    with pytest.raises(ValueError, match=r"\['row_wise'\] not possible for node tables on cpu"):
+        table_constraints(model, ["row_wise"], "cpu")
     with pytest.raises(ValueError, match="table_optimizer must be one of"):
         ShardingConfig(table_optimizer="adam")

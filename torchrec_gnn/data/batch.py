@@ -8,9 +8,10 @@ Layout for B=3 examples whose users are (7, 2, 7) and items (5, 5, 9), one relat
     labels           (B, T)          0 where a label is missing, see label_mask
     label_mask       (B, T) bool     True = label present
 
-    node_ids  KJT, ONE row per key (what an EmbeddingCollection over node tables takes):
-                  key "user"   [7, 2, 4]      seeds first (deduplicated), then sampled
-                  key "video"  [5, 9, 1, 3]
+    node_ids  KJT of one-id bags (what an EmbeddingBagCollection over node tables takes, its
+              pooled output row i being node i's embedding), stride = the largest N_t:
+                  key "user"   [7] [2] [4] [ ]    seeds first (deduplicated), then sampled,
+                  key "video"  [5] [9] [1] [3]    then empty bags up to the stride
     edge_index[("user", "watches", "video")] = [[2, 0, 1],    row = source, local to "user"
                                                 [2, 3, 0]]    col = destination, local to "video"
     user_index = [0, 1, 0]   row of each example's user in node_ids["user"]
@@ -36,6 +37,22 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 
 
+def node_id_bags(node_types: List[NodeType], nodes: List[torch.Tensor]) -> KeyedJaggedTensor:
+    """The node tables' input: ``nodes[i]`` (N_t,) global ids of type ``node_types[i]`` as bags
+    of one id each, padded with empty bags to the stride max_t N_t.
+
+    Pooled one-id bags give each node its own row, as a sequence lookup would, but train
+    through fbgemm's pooled backward, which on CPU is several times faster than its sequence
+    (no-bag) backward for the same rows (``benchmarks/bench_step.py`` shows the op).
+    """
+    stride = max([n.numel() for n in nodes] + [1])
+    lengths = torch.zeros(len(nodes), stride, dtype=torch.int32)
+    for i, n in enumerate(nodes):
+        lengths[i, : n.numel()] = 1
+    values = torch.cat(nodes) if nodes else torch.empty(0, dtype=torch.int64)
+    return KeyedJaggedTensor(keys=list(node_types), values=values, lengths=lengths.flatten(), stride=stride)
+
+
 @dataclass
 class GraphBatch(Batch):
     """TorchRec ``Batch`` fields plus the batch subgraph (see the module docstring for a picture).
@@ -45,8 +62,8 @@ class GraphBatch(Batch):
         sparse_features (KeyedJaggedTensor): ranker sparse features, B rows per key.
         labels (Tensor): (B, T) float32, 0 where missing.
         label_mask (Tensor): (B, T) bool, True where the label is present.
-        node_ids (KeyedJaggedTensor): one key per node type, one row of length N_t per key:
-            the global ids of the subgraph's nodes, seeds first.
+        node_ids (KeyedJaggedTensor): one key per node type, the global ids of the subgraph's
+            nodes, seeds first, one id per bag (:func:`node_id_bags`).
         edge_index (Dict[EdgeType, Tensor]): (2, E_r) int64 local ``[source; destination]``
             indices into ``node_ids[src]`` and ``node_ids[dst]``.
         user_index (Tensor): (B,) int64 row of each example's user in ``node_ids[user_type]``.
@@ -86,8 +103,9 @@ class GraphBatch(Batch):
         if self.link_index.dim() != 2 or self.link_index.shape[0] != 2 or self.link_index.shape[1] != self.link_label.numel():
             raise ValueError(f"GraphBatch: link_index must be (2, L) with L = len(link_label), got "
                              f"{tuple(self.link_index.shape)} and {self.link_label.numel()} labels")
-        if self.node_ids.stride() != 1:
-            raise ValueError(f"GraphBatch: node_ids must have one row per key, got stride {self.node_ids.stride()}")
+        if self.node_ids.lengths().numel() and int(self.node_ids.lengths().max()) > 1:
+            raise ValueError("GraphBatch: node_ids must hold one id per bag (see node_id_bags), got a bag of "
+                             f"{int(self.node_ids.lengths().max())}")
 
     @property
     def batch_size(self) -> int:
@@ -97,7 +115,7 @@ class GraphBatch(Batch):
     @property
     def num_nodes(self) -> Dict[NodeType, int]:
         """N_t, the sampled node count of each node type."""
-        return dict(zip(self.node_ids.keys(), self.node_ids.lengths().tolist()))
+        return dict(zip(self.node_ids.keys(), self.node_ids.length_per_key()))
 
     def _map(self, fn_tensor, fn_kjt) -> "GraphBatch":  # noqa: ANN001 - two small callables
         return GraphBatch(

@@ -18,7 +18,7 @@ from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphBatch, node_id_bags
 from torchrec_gnn.data.dataset import EdgeType, Interactions, NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
@@ -261,12 +261,7 @@ class GraphBatchDataset(Dataset):
 
         empty = torch.empty(0, dtype=torch.int64)
         nodes = [out.node.get(t, empty) for t in self.node_types]
-        node_ids = KeyedJaggedTensor(
-            keys=self.node_types,
-            values=torch.cat(nodes),
-            lengths=torch.tensor([n.numel() for n in nodes], dtype=torch.int32),
-            stride=1,
-        )
+        node_ids = node_id_bags(self.node_types, nodes)
         sparse_features = KeyedJaggedTensor(
             keys=self.sparse_names,
             values=torch.cat([ex.sparse[k] for k in self.sparse_names]) if self.sparse_names else empty,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -80,7 +80,7 @@ def build_graph_tower(
     default ``config.gnn.outer_hop == "history"``, always off for pre-training)."""
     dim = config.node_embedding_dim
     tables = [
-        EmbeddingConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
+        EmbeddingBagConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
         for t, n in graph.num_nodes.items()
     ]
     seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])
@@ -95,7 +95,7 @@ def build_graph_tower(
     if config.gnn.outer_hop == "history" if history is None else history:
         cache = HistoricalEmbeddings(graph.num_nodes, gnn.last_layer_in_channels, device)
     encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels, cache)
-    return GNNTower(EmbeddingCollection(tables=tables, device=device), encoder)
+    return GNNTower(EmbeddingBagCollection(tables=tables, device=device), encoder)
 
 
 def build_frozen_tower(

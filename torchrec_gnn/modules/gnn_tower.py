@@ -1,10 +1,11 @@
-"""GNNTower: node tables (a TorchRec EmbeddingCollection) + heterogeneous GNN + GFAE.
+"""GNNTower: node tables (a TorchRec EmbeddingBagCollection) + heterogeneous GNN + GFAE.
 
 The tower is split in two so TorchRec's train pipeline can overlap the node tables' input
 distribution with the previous step:
 
-* :class:`GNNTower` owns the ``EmbeddingCollection`` and feeds it ``batch.node_ids`` straight
-  from the batch (the pattern the pipeline's tracer recognises);
+* :class:`GNNTower` owns the ``EmbeddingBagCollection`` and feeds it ``batch.node_ids`` (one id
+  per bag, so each pooled row is one node's embedding) straight from the batch (the pattern
+  the pipeline's tracer recognises);
 * :class:`GraphEncoder` (no sharded children, so the pipeline treats it as a leaf) does all the
   tensor work: side-feature projection, GFAE masking, message passing, GFAE loss, and gathering
   each example's user and item rows.
@@ -17,7 +18,8 @@ from typing import Dict, List, Mapping, NamedTuple, Optional
 import torch
 from torch import nn
 from torch.autograd.profiler import record_function
-from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_gnn.data.batch import GraphBatch
@@ -162,7 +164,8 @@ class GraphEncoder(nn.Module):
     def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         """
         Args:
-            x_dict (Dict[str, Tensor]): (N_t, D) node-table rows of the batch's sampled nodes.
+            x_dict (Dict[str, Tensor]): (N_t, D) node-table rows of the batch's sampled nodes,
+                in ``batch.node_ids`` order; rows past N_t (padding bags) are dropped.
             batch (GraphBatch): edges, per-hop counts, side features and seed rows.
 
         Returns:
@@ -173,6 +176,8 @@ class GraphEncoder(nn.Module):
             return self._encode(x_dict, batch)
 
     def _encode(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
+        counts = {t: sum(c) for t, c in batch.num_sampled_nodes.items()} or batch.num_nodes
+        x_dict = {t: x[: counts[t]] for t, x in x_dict.items()}
         targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
         inputs = self.input_features(x_dict, batch.node_features)
         use_gfae = self.gfae is not None and self.gfae.reconstructs_features and self.training
@@ -207,32 +212,37 @@ class GNNTower(nn.Module):
     """A drop-in TorchRec module: node tables + GNN, giving graph embeddings per example.
 
     Args:
-        node_embeddings (EmbeddingCollection): one table per node type, each with
-            ``feature_names=[node_type]`` and the same embedding dim D; DMP shards it like any
-            other table (keep it off data_parallel on CPU, see ``torchrec_gnn.train.sharding``).
+        node_embeddings (EmbeddingBagCollection): one table per node type, each with
+            ``feature_names=[node_type]``, sum pooling and the same embedding dim D; the batch
+            gives it one id per bag (:func:`~torchrec_gnn.data.batch.node_id_bags`). DMP shards
+            it like any other table (see ``torchrec_gnn.train.sharding``).
         encoder (GraphEncoder): everything after the lookup.
 
     Example::
 
-        ec = EmbeddingCollection(tables=[
-            EmbeddingConfig(name="t_user", num_embeddings=1000, embedding_dim=16, feature_names=["user"]),
-            EmbeddingConfig(name="t_video", num_embeddings=500, embedding_dim=16, feature_names=["video"]),
+        tables = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name="t_user", num_embeddings=1000, embedding_dim=16, feature_names=["user"]),
+            EmbeddingBagConfig(name="t_video", num_embeddings=500, embedding_dim=16, feature_names=["video"]),
         ])
         gnn = HeteroGNN(graph.node_types, graph.edge_types, in_channels=16, config=GNNConfig())
-        tower = GNNTower(ec, GraphEncoder(gnn, "user", "video"))
+        tower = GNNTower(tables, GraphEncoder(gnn, "user", "video"))
         graph_emb = tower(batch)   # user (B, 64), item (B, 64), gfae_loss ()
     """
 
-    def __init__(self, node_embeddings: EmbeddingCollection, encoder: GraphEncoder) -> None:
+    def __init__(self, node_embeddings: EmbeddingBagCollection, encoder: GraphEncoder) -> None:
         super().__init__()
-        features = {f for config in node_embeddings.embedding_configs() for f in config.feature_names}
+        configs = node_embeddings.embedding_bag_configs()
+        features = {f for config in configs for f in config.feature_names}
         missing = [t for t in encoder.gnn.node_types if t not in features]
         if missing:
             raise ValueError(
-                f"GNNTower: node types {missing} have no table in the EmbeddingCollection "
+                f"GNNTower: node types {missing} have no table in the EmbeddingBagCollection "
                 f"(its feature names: {sorted(features)}); add one table per node type"
             )
-        dims = {config.embedding_dim for config in node_embeddings.embedding_configs()}
+        sums = [c.name for c in configs if c.pooling != PoolingType.SUM]
+        if sums:
+            raise ValueError(f"GNNTower: node tables {sums} must use sum pooling (one id per bag: the node's row)")
+        dims = {config.embedding_dim for config in configs}
         if dims != {encoder.gnn.in_channels}:
             raise ValueError(
                 f"GNNTower: node tables have embedding dims {sorted(dims)} but the GNN expects "
@@ -250,7 +260,7 @@ class GNNTower(nn.Module):
         """Raise unless every node table has a row for every node of its type in the graph
         (a batch's node ids go straight into the tables, where an id past the end would fail
         deep inside the lookup kernel or read another rank's rows)."""
-        rows = {c.feature_names[0]: (c.name, c.num_embeddings) for c in self.node_embeddings.embedding_configs()}
+        rows = {c.feature_names[0]: (c.name, c.num_embeddings) for c in self.node_embeddings.embedding_bag_configs()}
         short = {
             t: f"table {rows[t][0]!r} has {rows[t][1]} rows, the graph {n} nodes"
             for t, n in num_nodes.items() if t in rows and rows[t][1] < n
@@ -281,6 +291,6 @@ class GNNTower(nn.Module):
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
         with record_function("## node_tables ##"):
-            embeddings = self.node_embeddings(batch.node_ids)
-            x_dict = {t: embeddings[t].values() for t in self.node_types}  # (N_t, D) each
+            pooled = self.node_embeddings(batch.node_ids)
+            x_dict = {t: pooled[t] for t in self.node_types}  # (stride, D): N_t rows, then padding
         return self.encoder(x_dict, batch)

@@ -319,7 +319,7 @@ def export_tower(
     """Every output node's embedding (N_t, H), on the CPU: the tower's node tables and side
     features through its GNN by layer-wise full-graph inference (eval mode, no GFAE masking)."""
     tower.eval()
-    tables = {t: tower.node_embeddings.embeddings[node_table_name(t)].weight.detach() for t in tower.node_types}
+    tables = {t: tower.node_embeddings.embedding_bags[node_table_name(t)].weight.detach() for t in tower.node_types}
     device = next(iter(tables.values())).device
     x_dict = tower.encoder.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
     embeddings = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, chunk_size, progress)

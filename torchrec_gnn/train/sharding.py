@@ -1,13 +1,14 @@
 """Sharding the model with TorchRec: planner constraints for node tables, DMP, optimizers.
 
-Node tables live in an ``EmbeddingCollection`` (no pooling). On CPU, fbgemm's dense kernel
-ignores "no pooling", so an EC must never be data_parallel or on the DENSE kernel there: every
-node table is pinned to the fused kernel and to sharding types the device can do.
+Node tables live in an ``EmbeddingBagCollection`` fed one id per bag (see
+:func:`~torchrec_gnn.data.batch.node_id_bags`), like the ranker's feature tables. Every table
+is pinned to the fused kernel (the CPU DENSE kernel has no autograd) and to sharding types the
+device can do; node tables may be further restricted by ``node_sharding_types``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -15,29 +16,25 @@ import torch.distributed as dist
 import torchrec
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import node_table_name
+from torchrec_gnn.modules.gnn_tower import GNNTower
 
-# Sharding types an EmbeddingCollection can use per device type (TORCHREC_FACTS.md).
-EC_SHARDING_TYPES = {
-    "cpu": ("table_wise", "row_wise", "column_wise"),
-    "cuda": ("table_wise", "row_wise", "column_wise", "data_parallel"),
-}
-# Feature tables (EmbeddingBagCollection) stay on the fused kernel too: on CPU the planner would
-# put small ones on data_parallel + DENSE, whose fbgemm lookup has no autograd kernel
-# ("trying to backprop through it ... silently incorrect"), and the planner refuses row_wise.
+# Sharding types of an EmbeddingBagCollection on the fused kernel per device type
+# (TORCHREC_FACTS.md): on CPU the planner would put small tables on data_parallel + DENSE, whose
+# fbgemm lookup has no autograd kernel ("trying to backprop through it ... silently incorrect"),
+# and it refuses row_wise.
 EBC_SHARDING_TYPES = {
     "cpu": ("table_wise", "column_wise", "table_column_wise"),
     "cuda": ("table_wise", "row_wise", "column_wise", "table_column_wise"),
@@ -57,15 +54,16 @@ class ShardingConfig:
     """How tables are sharded and optimised.
 
     Args:
-        node_sharding_types (List[str]): sharding types the planner may pick for node tables
-            (CPU: table_wise, row_wise, column_wise). Default ["table_wise", "row_wise"].
+        node_sharding_types (List[str], optional): sharding types the planner may pick for node
+            tables (CPU: table_wise, column_wise, table_column_wise; CUDA also row_wise).
+            Default: every type the device can do.
         table_optimizer (str): fused in-backward optimizer of all tables:
             ``"rowwise_adagrad"`` (default), ``"adagrad"`` or ``"sgd"``.
         table_lr (float): its learning rate. Default 0.05.
         dense_lr (float): Adam learning rate of the dense parameters. Default 1e-3.
     """
 
-    node_sharding_types: List[str] = field(default_factory=lambda: ["table_wise", "row_wise"])
+    node_sharding_types: Optional[List[str]] = None
     table_optimizer: str = "rowwise_adagrad"
     table_lr: float = 0.05
     dense_lr: float = 1e-3
@@ -109,54 +107,55 @@ def node_pooling_factors(
 
 def table_constraints(
     model: nn.Module,
-    sharding_types: Sequence[str],
+    sharding_types: Optional[Sequence[str]],
     device_type: str,
     pooling_factors: Optional[Dict[str, float]] = None,
 ) -> Dict[str, ParameterConstraints]:
-    """Planner constraints for every table in ``model``: fused kernels everywhere; node tables
-    (EmbeddingCollection) only on ``sharding_types``, each checked against what ``device_type``
-    supports; feature tables (EmbeddingBagCollection) on the types the device supports.
-    ``pooling_factors`` (by node type, see :func:`node_pooling_factors`) become the node
-    tables' planner hints: one KJT row per batch holding that many ids.
+    """Planner constraints for every table in ``model``: fused kernels and the sharding types
+    ``device_type`` supports everywhere; node tables (a ``GNNTower``'s) only on
+    ``sharding_types`` (default: all of those). ``pooling_factors`` (by node type, see
+    :func:`node_pooling_factors`) become the node tables' planner hints: that many one-id bags
+    per batch.
 
     Raises:
-        ValueError: a sharding type the device cannot do for an EC, or two tables sharing a name.
+        ValueError: a sharding type the device cannot do, or two tables sharing a name.
     """
-    allowed = EC_SHARDING_TYPES.get(device_type, EC_SHARDING_TYPES["cuda"])
+    allowed = list(EBC_SHARDING_TYPES.get(device_type, EBC_SHARDING_TYPES["cuda"]))
+    sharding_types = allowed if sharding_types is None else list(sharding_types)
     bad = [s for s in sharding_types if s not in allowed]
     if bad or not sharding_types:
         raise ValueError(
-            f"node_sharding_types {list(sharding_types)}: {bad or 'empty'} not possible for node tables "
-            f"(EmbeddingCollection) on {device_type}; choose from {list(allowed)}"
+            f"node_sharding_types {sharding_types}: {bad or 'empty'} not possible for node tables on {device_type}; "
+            f"choose from {allowed}"
         )
-    node_tables = {
-        c.name: c.feature_names[0] for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()
-    }
-    names = list(node_tables)
+    node_modules = [m.node_embeddings for m in model.modules() if isinstance(m, GNNTower)]
+    node_tables = {c.name: c.feature_names[0] for m in node_modules for c in m.embedding_bag_configs()}
     feature_names = [
-        c.name for m in model.modules() if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()
+        c.name for m in model.modules()
+        if isinstance(m, EmbeddingBagCollection) and not any(m is n for n in node_modules)
+        for c in m.embedding_bag_configs()
     ]
-    everything = names + feature_names
+    everything = [c.name for m in node_modules for c in m.embedding_bag_configs()] + feature_names
     duplicates = sorted({n for n in everything if everything.count(n) > 1})
     if duplicates:
         raise ValueError(f"table_constraints: table names {duplicates} are used twice; constraints need unique names")
-    feature_types = list(EBC_SHARDING_TYPES.get(device_type, EBC_SHARDING_TYPES["cuda"]))
     return {
         **{
             name: ParameterConstraints(
-                sharding_types=list(sharding_types),
+                sharding_types=sharding_types,
                 compute_kernels=["fused"],
-                **({"pooling_factors": [pooling_factors[t]], "batch_sizes": [1]} if pooling_factors and t in pooling_factors else {}),
+                **({"pooling_factors": [1.0], "batch_sizes": [max(1, round(pooling_factors[t]))]}
+                   if pooling_factors and t in pooling_factors else {}),
             )
             for name, t in node_tables.items()
         },
-        **{name: ParameterConstraints(sharding_types=feature_types, compute_kernels=["fused"]) for name in feature_names},
+        **{name: ParameterConstraints(sharding_types=allowed, compute_kernels=["fused"]) for name in feature_names},
     }
 
 
 def _table_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     for module in model.modules():
-        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+        if isinstance(module, EmbeddingBagCollection):
             yield from module.parameters()
 
 
@@ -194,7 +193,7 @@ def shard_model(
         kernel_config=KernelConfig(compute_device=device.type),
     )
     constraints = table_constraints(model, config.node_sharding_types, device.type, pooling_factors)
-    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    sharders = [EmbeddingBagCollectionSharder()]
     # TorchRec's recommended policy: a fixed share of each device's memory kept free, instead of
     # the heuristic guess of the dense parameters' size (which it deprecates).
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints,
@@ -285,7 +284,7 @@ def refresh_history(tower: nn.Module, graph: HeteroGraph, node_features: Mapping
     state = tower.node_embeddings.state_dict()
     tables: Dict[str, torch.Tensor] = {}
     for t in tower.node_types:
-        weight = state[f"embeddings.{node_table_name(t)}.weight"]
+        weight = state[f"embedding_bags.{node_table_name(t)}.weight"]
         if isinstance(weight, ShardedTensor):
             shape = (encoder.history.num_nodes[t], encoder.gnn.in_channels)
             out = torch.empty(shape, device=encoder.history.cache(t).device) if rank == 0 else None
