@@ -322,12 +322,11 @@ class GradNorm(LossBalancer):
         L_grad = sum_i | G_i - G_bar * r_i ** alpha |              target held constant
         w <- optimizer step on dL_grad/dw, then clamp to >= 1e-4 and rescale to sum to L
 
-    ``||dL_i/dW||`` comes from one ``torch.autograd.grad(L_i, W, retain_graph=True)`` per
-    loss, without ``create_graph``: since ``G_i = w_i * ||dL_i/dW||`` exactly, the gradient
-    w.r.t. ``w`` needs no double backward. Each call only runs the part of the graph between
-    the losses and ``W`` (heads and fusion when ``W`` is the last GNN layer); through
-    ``torch.stack`` it runs the other losses' part too, with zero gradients, so a step costs
-    about L backwards of that top part. :meth:`combine` uses the weights detached, so the main
+    All ``||dL_i/dW||`` come from one vectorised backward (``torch.autograd.grad`` of the
+    (L,) losses with the identity as ``grad_outputs`` and ``is_grads_batched=True``), without
+    ``create_graph``: since ``G_i = w_i * ||dL_i/dW||`` exactly, the gradient w.r.t. ``w``
+    needs no double backward. It runs only the part of the graph between the losses and ``W``
+    (heads and fusion when ``W`` is the last GNN layer), for the L losses at once. :meth:`combine` uses the weights detached, so the main
     backward never reaches them; GradNorm owns its optimizer (do not give :meth:`parameters`
     to the model's optimizer).
 
@@ -471,12 +470,13 @@ class GradNorm(LossBalancer):
         norms = torch.zeros(self.num_losses, device=self.loss_weights.device, dtype=self.loss_weights.dtype)
         if not losses.requires_grad:
             return norms
-        for i in range(self.num_losses):
-            grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
-            squares = [g.detach().pow(2).sum() for g in grads if g is not None]
-            if squares:
-                norms[i] = torch.stack(squares).sum().sqrt()
-        return norms
+        one_hot = torch.eye(self.num_losses, device=losses.device, dtype=losses.dtype)  # row i selects L_i
+        grads = torch.autograd.grad(losses, params, grad_outputs=one_hot, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=True)  # each (L, *W.shape)
+        for g in grads:
+            if g is not None:
+                norms += g.detach().flatten(1).pow(2).sum(1).to(norms.dtype)
+        return norms.sqrt()
 
     def _check_shared_parameters(self, shared_parameters: Optional[Iterable[Tensor]]) -> List[Tensor]:
         params = [] if shared_parameters is None else list(shared_parameters)
