@@ -7,12 +7,16 @@ real code paths and the same machine:
 
 * **E2E step**: a GraphDLRM + GNN tower + GradNorm step (DMP world size 1, TorchRec's train
   pipeline) on pre-built batches of 1024 with fanouts [10, 5];
+* **E2E step with the outer hop from history** (``model.gnn.outer_hop=history``): the same on
+  batches that sample the first hop only, plus the history's full-graph refresh (timed in full,
+  counted once per ``history_refresh_every`` steps);
 * **two-stage pre-training step**: the link-prediction + GFAE step of
   ``torchrec_gnn.train.pretrain`` on pre-built batches of 1024 pairs;
 * **two-stage export**: layer-wise full-graph inference over the whole graph (timed in full);
 * **two-stage ranker step**: the same ranker over frozen embeddings (seeds only, no sampling).
 
-From these it projects one epoch over the training split: E2E = steps x E2E step; two-stage =
+From these it projects one epoch over the training split: E2E = steps x E2E step (history:
++ steps / refresh_every x refresh); two-stage =
 pre-training steps (one pass over the held-out watches, as ``configs/ablations/two_stage.yaml``)
 x pre-training step + export + steps x ranker step. Step times are medians of a few timed steps
 after warm-up; neighbour sampling runs in DataLoader workers in training and is not timed here
@@ -27,7 +31,8 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from dataclasses import replace
+from typing import Callable, Dict, List, Tuple
 
 import matplotlib
 
@@ -47,7 +52,9 @@ from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
 from torchrec_gnn.train.pretrain import (  # noqa: E402
     LinkPredictionModel, PretrainConfig, export_tower, hold_out_edges, link_batches,
 )
-from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap  # noqa: E402
+from torchrec_gnn.train.sharding import (  # noqa: E402
+    ShardingConfig, make_optimizer, refresh_outer_hop, shard_model, unwrap,
+)
 
 
 def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
@@ -62,17 +69,21 @@ def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def pipeline_step_seconds(dataset, graph, config: ModelConfig, batches, steps: int, frozen=None) -> float:
-    """Median seconds of one GradNorm train-pipeline step over ``batches`` (cycled)."""
+def pipeline_step_seconds(dataset, graph, config: ModelConfig, batches, steps: int, frozen=None) -> Tuple[float, float]:
+    """Median seconds of one GradNorm train-pipeline step over ``batches`` (cycled), and the
+    seconds of the tower's history refresh (0 without a history)."""
     torch.manual_seed(0)
     model = build_graph_dlrm(dataset, graph, config, device=torch.device("meta"))
     dmp, _ = shard_model(model, torch.device("cpu"), ShardingConfig())
     if frozen is not None:
         unwrap(dmp).model.graph_tower.load_embeddings(frozen)
+    start = time.perf_counter()
+    has_history = refresh_outer_hop(dmp, graph, dataset.node_features)
+    refresh_seconds = time.perf_counter() - start if has_history else 0.0
     pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, 1e-3), BalancerConfig().build(len(model.loss_names)),
                                      torch.device("cpu"))
     iterator = itertools.cycle(batches)
-    return median_seconds(lambda: pipeline.progress(iterator), 2, steps)
+    return median_seconds(lambda: pipeline.progress(iterator), 2, steps), refresh_seconds
 
 
 def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dict[str, float]:
@@ -96,8 +107,14 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
 
     e2e_batches = ranker_batches(NeighborSampler(graph, per_relation), dataset.node_features)
     sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
-    e2e_step = pipeline_step_seconds(dataset, graph, config, e2e_batches, steps)
+    e2e_step, _ = pipeline_step_seconds(dataset, graph, config, e2e_batches, steps)
     print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
+    history_config = replace(config, gnn=replace(config.gnn, outer_hop="history"))
+    one_hop = {et: f[:-1] for et, f in per_relation.items()}
+    history_step, refresh_s = pipeline_step_seconds(
+        dataset, graph, history_config, ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features), steps)
+    print(f"  E2E step, outer hop from history {history_step * 1e3:.0f} ms; refresh {refresh_s:.2f} s "
+          f"every {history_config.gnn.history_refresh_every} steps", flush=True)
 
     # Two-stage, stage 1: pre-training steps, then the full export.
     pretrain = PretrainConfig()
@@ -128,19 +145,22 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
 
     # Two-stage, stage 2: the ranker over the frozen embeddings (seeds only).
     frozen_config = ModelConfig(two_stage=True)
-    ranker_step = pipeline_step_seconds(dataset, graph, frozen_config, ranker_batches(NeighborSampler(graph, []), None),
-                                        steps, frozen=exported)
+    ranker_step, _ = pipeline_step_seconds(dataset, graph, frozen_config, ranker_batches(NeighborSampler(graph, []), None),
+                                           steps, frozen=exported)
     train_steps = len(split.train) // batch_size
     e2e_epoch = train_steps * e2e_step
+    history_epoch = train_steps * history_step + (train_steps // history_config.gnn.history_refresh_every + 1) * refresh_s
     two_stage_epoch = pretrain_steps * pretrain_step_s + export_seconds + train_steps * ranker_step
     print(f"  ranker step over frozen embeddings {ranker_step * 1e3:.0f} ms; projected epoch: E2E {e2e_epoch:.0f} s, "
-          f"two-stage {two_stage_epoch:.0f} s", flush=True)
+          f"E2E with history {history_epoch:.0f} s, two-stage {two_stage_epoch:.0f} s", flush=True)
     return {
         "preset": preset, "graph_edges": graph.num_edges(), "graph_nodes": sum(graph.num_nodes.values()),
         "train_examples": len(split.train), "sampled_edges_per_batch": sampled_edges,
-        "e2e_step_s": e2e_step, "pretrain_step_s": pretrain_step_s, "pretrain_steps": pretrain_steps,
+        "e2e_step_s": e2e_step, "e2e_history_step_s": history_step, "history_refresh_s": refresh_s,
+        "pretrain_step_s": pretrain_step_s, "pretrain_steps": pretrain_steps,
         "export_s": export_seconds, "ranker_step_s": ranker_step, "train_steps": train_steps,
-        "projected_e2e_epoch_s": e2e_epoch, "projected_two_stage_epoch_s": two_stage_epoch,
+        "projected_e2e_epoch_s": e2e_epoch, "projected_e2e_history_epoch_s": history_epoch,
+        "projected_two_stage_epoch_s": two_stage_epoch,
         "projected_two_stage_pretrain_s": pretrain_steps * pretrain_step_s,
     }
 
@@ -150,6 +170,7 @@ def plot(rows: List[Dict[str, float]], path: Path) -> None:
     edges = [r["graph_edges"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.loglog(edges, [r["projected_e2e_epoch_s"] for r in rows], "o-", label="E2E epoch (projected)")
+    ax.loglog(edges, [r["projected_e2e_history_epoch_s"] for r in rows], "o:", label="E2E, outer hop from history")
     ax.loglog(edges, [r["projected_two_stage_epoch_s"] for r in rows], "s-", label="two-stage total (projected)")
     ax.loglog(edges, [r["export_s"] for r in rows], "^--", label="two-stage export (measured)")
     for r in rows:
@@ -172,13 +193,14 @@ def main() -> None:
     args = parser.parse_args()
     init_distributed("cpu")  # DMP needs a process group, even for one process
     rows = [measure(p, args.steps, args.batch_size, args.fanouts) for p in args.presets]
-    header = (f"{'preset':<8} {'edges':>12} {'examples':>10} {'E2E step':>9} {'pre step':>9} {'export':>8} "
-              f"{'rank step':>9} {'E2E epoch*':>11} {'2-stage*':>9}")
+    header = (f"{'preset':<8} {'edges':>12} {'examples':>10} {'E2E step':>9} {'hist step':>9} {'pre step':>9} "
+              f"{'export':>8} {'rank step':>9} {'E2E epoch*':>11} {'hist epoch*':>11} {'2-stage*':>9}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         print(f"{r['preset']:<8} {r['graph_edges']:>12,} {r['train_examples']:>10,} {r['e2e_step_s'] * 1e3:>7.0f}ms "
-              f"{r['pretrain_step_s'] * 1e3:>7.0f}ms {r['export_s']:>7.1f}s {r['ranker_step_s'] * 1e3:>7.0f}ms "
-              f"{r['projected_e2e_epoch_s']:>10.0f}s {r['projected_two_stage_epoch_s']:>8.0f}s")
+              f"{r['e2e_history_step_s'] * 1e3:>7.0f}ms {r['pretrain_step_s'] * 1e3:>7.0f}ms {r['export_s']:>7.1f}s "
+              f"{r['ranker_step_s'] * 1e3:>7.0f}ms {r['projected_e2e_epoch_s']:>10.0f}s "
+              f"{r['projected_e2e_history_epoch_s']:>10.0f}s {r['projected_two_stage_epoch_s']:>8.0f}s")
     print("* projected from the measured step times and the epoch's step counts")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "fanouts": args.fanouts,
