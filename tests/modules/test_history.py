@@ -42,11 +42,11 @@ def test_one_hop_and_a_fresh_history_equal_full_graph_inference(conv: str) -> No
     graph, gnn, x = gnn_and_inputs(conv)
     gnn.eval()
     exported = full_graph_embeddings(gnn, x, graph, progress=False)
-    history = HistoricalEmbeddings(NUM_NODES, gnn.last_layer_in_channels)
+    history = gnn.add_history(NUM_NODES)
     history.load(full_graph_embeddings(gnn, x, graph, progress=False, num_layers=1))
     sub = NeighborSampler(graph, [-1]).sample(SEEDS, generator=torch.Generator().manual_seed(0))
     x_sub = {t: x[t][sub.node[t]] for t in NUM_NODES}
-    out = gnn(x_sub, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges, history, sub.node)
+    out = gnn(x_sub, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges, sub.node)
     for t, ids in SEEDS.items():
         assert out[t].shape == (len(ids), 8)
         torch.testing.assert_close(out[t][sub.seed_index[t]], exported[t][ids], atol=1e-5, rtol=1e-5)
@@ -55,14 +55,14 @@ def test_one_hop_and_a_fresh_history_equal_full_graph_inference(conv: str) -> No
 def test_training_pushes_the_seeds_and_reads_hop_one_without_gradient() -> None:
     graph, gnn, x = gnn_and_inputs(dropout=0.0)
     gnn.train()
-    history = HistoricalEmbeddings(NUM_NODES, gnn.last_layer_in_channels)
+    history = gnn.add_history(NUM_NODES)
     history.load({t: torch.full((n, 8), 0.5) for t, n in NUM_NODES.items()})
     sub = NeighborSampler(graph, [3]).sample(SEEDS, generator=torch.Generator().manual_seed(0))
     x_sub = {t: x[t][sub.node[t]].requires_grad_() for t in NUM_NODES}
     seeds = {t: sub.num_sampled_nodes[t][0] for t in NUM_NODES}
     # The seeds' last-layer input: layer 0 over the hop-1 edges, written to the seeds' rows only.
     expected = gnn.layer_forward(0, x_sub, sub.edge_index_dict, {t: v[: seeds[t]] for t, v in x_sub.items()})
-    out = gnn(x_sub, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges, history, sub.node)
+    out = gnn(x_sub, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges, sub.node)
     for t in ("user", "item"):
         ids = sub.node[t][: seeds[t]]
         torch.testing.assert_close(history.cache(t)[ids], expected[t].detach())
@@ -77,9 +77,9 @@ def test_training_pushes_the_seeds_and_reads_hop_one_without_gradient() -> None:
 
 def test_history_needs_trimming_and_node_ids() -> None:
     graph, gnn, x = gnn_and_inputs()
-    history = HistoricalEmbeddings(NUM_NODES, 8)
+    gnn.add_history(NUM_NODES)
     with pytest.raises(ValueError, match="a history needs trimming"):
-        gnn(x, {et: graph.edge_index(et) for et in graph.edge_types}, history=history)
+        gnn(x, {et: graph.edge_index(et) for et in graph.edge_types})
     with pytest.raises(ValueError, match="outer_hop='history' needs num_layers >= 2"):
         GNNConfig(num_layers=1, outer_hop="history")
     with pytest.raises(ValueError, match="outer_hop must be one of"):

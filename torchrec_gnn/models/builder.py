@@ -17,7 +17,6 @@ from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
-from torchrec_gnn.modules.history import HistoricalEmbeddings
 
 
 @dataclass
@@ -91,10 +90,9 @@ def build_graph_tower(
     if config.use_gfae or edges:
         targets = {t: feature_channels.get(t, dim) for t in seed_types} if config.use_gfae else {}
         gfae = GFAE(dim, gnn.out_channels, targets, replace(config.gfae, edge_objective=edges))
-    cache = None
     if config.gnn.outer_hop == "history" if history is None else history:
-        cache = HistoricalEmbeddings(graph.num_nodes, gnn.last_layer_in_channels, device)
-    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels, cache)
+        gnn.add_history(graph.num_nodes, device)
+    encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
     return GNNTower(EmbeddingBagCollection(tables=tables, device=device), encoder)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -184,7 +184,16 @@ class HeteroGNN(nn.Module):
             for _ in range(config.num_layers - 1 if config.norm == "layer" and config.conv != "lightgcn" else 0)
         )
         self.dropout = nn.Dropout(config.dropout)
+        self.history: Optional[HistoricalEmbeddings] = None
         self.reset_parameters()
+
+    def add_history(self, num_nodes: Mapping[NodeType, int], device: Optional[torch.device] = None) -> HistoricalEmbeddings:
+        """Give the last layer a history of its inputs for every node (``num_nodes[t]`` = N_t;
+        :mod:`torchrec_gnn.modules.history`): from then on :meth:`forward` takes samples one hop
+        short and needs ``node_ids``. Returns the (empty) history; fill it before the first
+        forward pass (``GraphEncoder.refresh_history``)."""
+        self.history = HistoricalEmbeddings(num_nodes, self.last_layer_in_channels, device)
+        return self.history
 
     def _conv(self, width: int) -> MessagePassing:
         cfg = self.config
@@ -226,7 +235,6 @@ class HeteroGNN(nn.Module):
         edge_index_dict: Dict[EdgeType, torch.Tensor],
         num_sampled_nodes: Optional[Dict[NodeType, List[int]]] = None,
         num_sampled_edges: Optional[Dict[EdgeType, List[int]]] = None,
-        history: Optional[HistoricalEmbeddings] = None,
         node_ids: Optional[Dict[NodeType, torch.Tensor]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
         """
@@ -235,11 +243,10 @@ class HeteroGNN(nn.Module):
             edge_index_dict (Dict[EdgeType, Tensor]): (2, E_r) local edges per relation.
             num_sampled_nodes (Dict[str, List[int]], optional): per-hop node counts, for trimming.
             num_sampled_edges (Dict[EdgeType, List[int]], optional): per-hop edge counts.
-            history (HistoricalEmbeddings, optional): the last layer's inputs of every node
-                (:mod:`torchrec_gnn.modules.history`); the sample then has ``num_layers - 1``
-                hops, the hop-1 nodes' last-layer inputs are read from it and (in training
-                mode) the seeds' are written to it. Needs the per-hop counts and ``node_ids``.
-            node_ids (Dict[str, Tensor], optional): (N_t,) global ids of the sampled nodes.
+            node_ids (Dict[str, Tensor], optional): (N_t,) global ids of the sampled nodes; needed
+                with a history (:meth:`add_history`): the sample then has ``num_layers - 1``
+                hops, the hop-1 nodes' last-layer inputs are read from the history and (in
+                training mode) the seeds' are written to it.
 
         Returns:
             Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t is
@@ -247,6 +254,7 @@ class HeteroGNN(nn.Module):
         """
         edge_index_dict = {et: edge_index_dict[et] for et in self.edge_types}
         trim = self.config.trim and num_sampled_nodes is not None and num_sampled_edges is not None
+        history = self.history
         if history is not None and (not trim or node_ids is None):
             raise ValueError("HeteroGNN: a history needs trimming (config.trim and per-hop counts) and node_ids")
         # With a history the sample stops one hop short: the layers before the last see L - 1 hops.

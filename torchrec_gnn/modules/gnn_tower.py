@@ -77,8 +77,6 @@ class GraphEncoder(nn.Module):
         feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
             side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
             through a linear projection. They are also that type's GFAE target.
-        history (HistoricalEmbeddings, optional): the last GNN layer's input of every node
-            (batches then hold one hop fewer; fill it with :meth:`refresh_history`).
     """
 
     def __init__(
@@ -88,12 +86,8 @@ class GraphEncoder(nn.Module):
         item_type: NodeType,
         gfae: Optional[GFAE] = None,
         feature_channels: Optional[Mapping[NodeType, int]] = None,
-        history: Optional[HistoricalEmbeddings] = None,
     ) -> None:
         super().__init__()
-        if history is not None and history.channels != gnn.last_layer_in_channels:
-            raise ValueError(f"GraphEncoder: the history holds {history.channels} channels, the GNN's last layer "
-                             f"reads {gnn.last_layer_in_channels}")
         for t in (user_type, item_type):
             if t not in gnn.node_types:
                 raise ValueError(f"GraphEncoder: node type {t!r} is not one of the GNN's {gnn.node_types}")
@@ -110,7 +104,6 @@ class GraphEncoder(nn.Module):
         self.feature_projection = nn.ModuleDict(
             {t: nn.Linear(f, gnn.in_channels) for t, f in (feature_channels or {}).items()}
         )
-        self.history = history
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -144,6 +137,12 @@ class GraphEncoder(nn.Module):
         for t, projection in self.feature_projection.items():
             inputs[t] = inputs[t] + projection(node_features[t])
         return inputs
+
+    @property
+    def history(self) -> Optional[HistoricalEmbeddings]:
+        """The GNN's history of its last layer's inputs, if it has one (``HeteroGNN.add_history``:
+        batches then hold one hop fewer; fill it with :meth:`refresh_history`)."""
+        return self.gnn.history
 
     @torch.no_grad()
     def refresh_history(
@@ -189,8 +188,7 @@ class GraphEncoder(nn.Module):
                 candidates = {t: x.shape[0] for t, x in inputs.items()}
             inputs, masked = self.gfae.mask(inputs, candidates)
         node_ids = None if self.history is None else {t: batch.node_ids[t].values() for t in inputs}
-        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges,
-                          self.history, node_ids)
+        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges, node_ids)
         zero = h_dict[self.user_type].sum() * 0.0
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero
