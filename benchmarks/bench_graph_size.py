@@ -3,13 +3,14 @@
     python benchmarks/bench_graph_size.py --json size.json --plot size.png     # tiny, default, large
 
 For each synthetic preset (tiny ~13k, default ~1.4M, large ~29M raw edges) it measures, on the
-real code paths and the same machine:
+real code paths and the same machine, with the model, balancer, batch size and fanouts of a
+training config (``--config``, default ``configs/default.yaml``; ``--set`` overrides):
 
-* **E2E step**: a GraphDLRM + GNN tower + GradNorm step (DMP world size 1, TorchRec's train
-  pipeline) on pre-built batches of 1024 with fanouts [10, 5];
+* **E2E step**: a GraphDLRM + GNN tower + balancer step (DMP world size 1, TorchRec's train
+  pipeline) on pre-built batches that sample every hop (``model.gnn.outer_hop=sample``);
 * **E2E step with the outer hop from history** (``model.gnn.outer_hop=history``): the same on
-  batches that sample the first hop only, plus the history's full-graph refresh (timed in full,
-  counted once per ``history_refresh_every`` steps);
+  batches that sample all hops but the last, plus the history's full-graph refresh (timed in
+  full, counted once per ``history_refresh_every`` steps);
 * **two-stage pre-training step**: the link-prediction + GFAE step of
   ``torchrec_gnn.train.pretrain`` on pre-built batches of 1024 pairs;
 * **two-stage export**: layer-wise full-graph inference over the whole graph (timed in full);
@@ -30,8 +31,8 @@ import itertools
 import json
 import statistics
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import matplotlib
@@ -41,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from torchrec_gnn.config import ExperimentConfig, load_config  # noqa: E402
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
@@ -69,7 +71,8 @@ def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def pipeline_step_seconds(dataset, graph, config: ModelConfig, batches, steps: int, frozen=None) -> Tuple[float, float]:
+def pipeline_step_seconds(dataset, graph, config: ModelConfig, balancer: BalancerConfig, batches, steps: int,
+                          frozen=None) -> Tuple[float, float]:
     """Median seconds of one GradNorm train-pipeline step over ``batches`` (cycled), and the
     seconds of the tower's history refresh (0 without a history)."""
     torch.manual_seed(0)
@@ -80,13 +83,13 @@ def pipeline_step_seconds(dataset, graph, config: ModelConfig, batches, steps: i
     start = time.perf_counter()
     has_history = refresh_outer_hop(dmp, graph, dataset.node_features)
     refresh_seconds = time.perf_counter() - start if has_history else 0.0
-    pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, 1e-3), BalancerConfig().build(len(model.loss_names)),
+    pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, 1e-3), balancer.build(len(model.loss_names)),
                                      torch.device("cpu"))
     iterator = itertools.cycle(batches)
     return median_seconds(lambda: pipeline.progress(iterator), 2, steps), refresh_seconds
 
 
-def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dict[str, float]:
+def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, float]:
     """Every figure of one preset (see the module docstring)."""
     start = time.perf_counter()
     dataset = make_synthetic(SyntheticConfig.preset(preset))
@@ -95,7 +98,8 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
     build_seconds = time.perf_counter() - start
     print(f"\n== {preset}: {graph.num_edges():,} graph edges, {sum(graph.num_nodes.values()):,} nodes, "
           f"{len(split.train):,} training examples (built in {build_seconds:.0f} s)", flush=True)
-    config = ModelConfig()
+    config, balancer = experiment.model, experiment.balancer
+    batch_size, fanouts = experiment.loader.batch_size, experiment.loader.fanouts
     per_relation = fanouts_by_relation(graph, fanouts, {})
     count = steps + 3  # distinct batches at most (cycled when the split has fewer)
 
@@ -107,12 +111,14 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
 
     e2e_batches = ranker_batches(NeighborSampler(graph, per_relation), dataset.node_features)
     sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
-    e2e_step, _ = pipeline_step_seconds(dataset, graph, config, e2e_batches, steps)
+    sampled_config = replace(config, gnn=replace(config.gnn, outer_hop="sample"))
+    e2e_step, _ = pipeline_step_seconds(dataset, graph, sampled_config, balancer, e2e_batches, steps)
     print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
     history_config = replace(config, gnn=replace(config.gnn, outer_hop="history"))
     one_hop = {et: f[:-1] for et, f in per_relation.items()}
     history_step, refresh_s = pipeline_step_seconds(
-        dataset, graph, history_config, ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features), steps)
+        dataset, graph, history_config, balancer, ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features),
+        steps)
     print(f"  E2E step, outer hop from history {history_step * 1e3:.0f} ms; refresh {refresh_s:.2f} s "
           f"every {history_config.gnn.history_refresh_every} steps", flush=True)
 
@@ -144,9 +150,9 @@ def measure(preset: str, steps: int, batch_size: int, fanouts: List[int]) -> Dic
           f"({sum(e.shape[0] for e in exported.values()):,} embeddings)", flush=True)
 
     # Two-stage, stage 2: the ranker over the frozen embeddings (seeds only).
-    frozen_config = ModelConfig(two_stage=True)
-    ranker_step, _ = pipeline_step_seconds(dataset, graph, frozen_config, ranker_batches(NeighborSampler(graph, []), None),
-                                           steps, frozen=exported)
+    frozen_config = replace(sampled_config, two_stage=True)
+    ranker_step, _ = pipeline_step_seconds(dataset, graph, frozen_config, balancer,
+                                           ranker_batches(NeighborSampler(graph, []), None), steps, frozen=exported)
     train_steps = len(split.train) // batch_size
     e2e_epoch = train_steps * e2e_step
     history_epoch = train_steps * history_step + (train_steps // history_config.gnn.history_refresh_every + 1) * refresh_s
@@ -186,13 +192,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "default", "large"])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"),
+                        help="model, balancer, batch size and fanouts (its data preset is replaced by --presets)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override as in `train` (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
     args = parser.parse_args()
     init_distributed("cpu")  # DMP needs a process group, even for one process
-    rows = [measure(p, args.steps, args.batch_size, args.fanouts) for p in args.presets]
+    experiment = load_config(args.config, args.overrides)
+    rows = [measure(p, args.steps, experiment) for p in args.presets]
     header = (f"{'preset':<8} {'edges':>12} {'examples':>10} {'E2E step':>9} {'hist step':>9} {'pre step':>9} "
               f"{'export':>8} {'rank step':>9} {'E2E epoch*':>11} {'hist epoch*':>11} {'2-stage*':>9}")
     print("\n" + header + "\n" + "-" * len(header))
@@ -203,8 +212,9 @@ def main() -> None:
               f"{r['projected_e2e_history_epoch_s']:>10.0f}s {r['projected_two_stage_epoch_s']:>8.0f}s")
     print("* projected from the measured step times and the epoch's step counts")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "fanouts": args.fanouts,
-                                         "batch_size": args.batch_size}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "config": str(args.config),
+                                         "overrides": args.overrides, "fanouts": experiment.loader.fanouts,
+                                         "batch_size": experiment.loader.batch_size}, indent=1))
     if args.plot:
         plot(rows, args.plot)
     dist.destroy_process_group()
