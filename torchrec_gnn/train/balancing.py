@@ -66,7 +66,9 @@ class BalancerConfig:
         lr (float): learning rate of GradNorm's Adam on the weights. Default 0.025 (the value
             most public GradNorm implementations use).
         update_every (int): GradNorm updates its weights every ``update_every`` steps and
-            keeps them constant in between. Default 1.
+            keeps them constant in between. Default 4: on the default synthetic data the final
+            task weights and the validation AUC of every-step updates (3 seeds each, README
+            "Step cost") at a quarter of GradNorm's cost.
         weights (List[float], optional): the constant weights of ``kind="fixed"`` (one per
             loss); ``None`` means all ones. Only valid with ``kind="fixed"``.
 
@@ -79,7 +81,7 @@ class BalancerConfig:
     kind: str = "gradnorm"
     alpha: float = 1.5
     lr: float = 0.025
-    update_every: int = 1
+    update_every: int = 4
     weights: Optional[List[float]] = None
 
     def __post_init__(self) -> None:
