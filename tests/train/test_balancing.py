@@ -223,8 +223,8 @@ def test_factory_and_config() -> None:
     assert isinstance(build_balancer("uncertainty", 3), UncertaintyWeighting)
     fixed = BalancerConfig(kind="fixed", weights=[1.0, 2.0]).build(2)
     assert fixed.weights().tolist() == [1.0, 2.0]
-    default = BalancerConfig().build(5)
-    assert isinstance(default, GradNorm) and (default.alpha, default.lr, default.update_every) == (1.5, 0.025, 1)
+    default = BalancerConfig().build(5)  # the config's default updates every 4 steps, the class's every step
+    assert isinstance(default, GradNorm) and (default.alpha, default.lr, default.update_every) == (1.5, 0.025, 4)
 
 
 def test_reprs() -> None:

@@ -18,14 +18,14 @@ from typing import Dict, List, Mapping, NamedTuple, Optional
 import torch
 from torch import nn
 from torch.autograd.profiler import record_function
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
-from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
 from torchrec_gnn.modules.inference import full_graph_embeddings
@@ -156,9 +156,8 @@ class GraphEncoder(nn.Module):
             raise ValueError("GraphEncoder.refresh_history: this encoder has no history")
         device = next(iter(tables.values())).device
         x_dict = self.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
-        gnn = self.gnn
-        self.history.load(full_graph_embeddings(gnn, x_dict, graph, chunk_size, progress=False,
-                                                num_layers=gnn.num_layers - 1))
+        self.history.load(full_graph_embeddings(self.gnn, x_dict, graph, chunk_size, progress=False,
+                                                num_layers=self.gnn.num_layers - 1))
 
     def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         """

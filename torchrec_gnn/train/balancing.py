@@ -373,7 +373,7 @@ class GradNorm(LossBalancer):
         num_losses: int,
         alpha: float = BalancerConfig.alpha,
         lr: float = BalancerConfig.lr,
-        update_every: int = BalancerConfig.update_every,
+        update_every: int = 1,
         optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.Adam,
     ) -> None:
         super().__init__(num_losses)
