@@ -48,6 +48,7 @@ from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower  # noqa: E402
+from torchrec_gnn.recipes.train import batch_fanouts  # noqa: E402
 from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
 from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
@@ -100,7 +101,6 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
           f"{len(split.train):,} training examples (built in {build_seconds:.0f} s)", flush=True)
     config, balancer = experiment.model, experiment.balancer
     batch_size, fanouts = experiment.loader.batch_size, experiment.loader.fanouts
-    per_relation = fanouts_by_relation(graph, fanouts, {})
     count = steps + 3  # distinct batches at most (cycled when the split has fewer)
 
     def ranker_batches(sampler: NeighborSampler, features) -> list:
@@ -109,13 +109,14 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
                                  drop_last=True)
         return [data[i] for i in range(min(count, len(data)))]
 
-    e2e_batches = ranker_batches(NeighborSampler(graph, per_relation), dataset.node_features)
-    sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
     sampled_config = replace(config, gnn=replace(config.gnn, outer_hop="sample"))
+    every_hop = batch_fanouts(replace(experiment, model=sampled_config), graph)
+    e2e_batches = ranker_batches(NeighborSampler(graph, every_hop), dataset.node_features)
+    sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
     e2e_step, _ = pipeline_step_seconds(dataset, graph, sampled_config, balancer, e2e_batches, steps)
     print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
     history_config = replace(config, gnn=replace(config.gnn, outer_hop="history"))
-    one_hop = {et: f[:-1] for et, f in per_relation.items()}
+    one_hop = batch_fanouts(replace(experiment, model=history_config), graph)
     history_step, refresh_s = pipeline_step_seconds(
         dataset, graph, history_config, balancer, ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features),
         steps)

@@ -41,7 +41,7 @@ from torchrec_gnn.recipes.train import batches as training_batches
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
-from torchrec_gnn.train.sharding import make_optimizer, refresh_history, shard_model, unwrap
+from torchrec_gnn.train.sharding import make_optimizer, refresh_outer_hop, shard_model
 
 # The stages a step is cut into (record_function ranges in the model, the pipeline and TorchRec).
 STAGES = {
@@ -67,16 +67,12 @@ class Bench:
         optimizer = make_optimizer(self.dmp, config.sharding.dense_lr, extra)
         self.pipeline = BalancedTrainPipeline(self.dmp, optimizer, balancer, torch.device("cpu"))
         self.graph, self.node_features = graph, dataset.node_features
-        tower = unwrap(self.dmp).model.graph_tower
-        self.history = tower if tower is not None and getattr(tower.encoder, "history", None) is not None else None
-        self.refresh_every = config.model.gnn.history_refresh_every
-        if self.history is not None:
-            self.refresh()
+        self.has_history = refresh_outer_hop(self.dmp, graph, dataset.node_features)
 
     def refresh(self) -> float:
         """Seconds of one full refresh of the history."""
         start = time.perf_counter()
-        refresh_history(self.history, self.graph, self.node_features)
+        refresh_outer_hop(self.dmp, self.graph, self.node_features)
         return time.perf_counter() - start
 
     def steps_per_s(self, batches: List[GraphBatch]) -> float:
@@ -150,7 +146,7 @@ def main() -> None:
         for name in list(benches) if r % 2 == 0 else list(reversed(benches)):
             rates[name].append(benches[name].steps_per_s(batches))
     refresh_s: Optional[float] = None
-    if benches["tower"].history is not None:
+    if benches["tower"].has_history:
         refresh_s = statistics.median(benches["tower"].refresh() for _ in range(3))
     step_s = {name: 1.0 / statistics.median(values) for name, values in rates.items()}
     for name in ("tower", "tower_fixed"):

@@ -45,10 +45,9 @@ def node_id_bags(node_types: List[NodeType], nodes: List[torch.Tensor]) -> Keyed
     through fbgemm's pooled backward, which on CPU is several times faster than its sequence
     (no-bag) backward for the same rows (``benchmarks/bench_step.py`` shows the op).
     """
-    stride = max([n.numel() for n in nodes] + [1])
-    lengths = torch.zeros(len(nodes), stride, dtype=torch.int32)
-    for i, n in enumerate(nodes):
-        lengths[i, : n.numel()] = 1
+    counts = torch.tensor([n.numel() for n in nodes], dtype=torch.int64)
+    stride = max(int(counts.max()) if len(nodes) else 0, 1)
+    lengths = (torch.arange(stride) < counts.unsqueeze(1)).to(torch.int32)  # (T, stride): 1 then 0
     values = torch.cat(nodes) if nodes else torch.empty(0, dtype=torch.int64)
     return KeyedJaggedTensor(keys=list(node_types), values=values, lengths=lengths.flatten(), stride=stride)
 

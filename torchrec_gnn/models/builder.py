@@ -90,7 +90,8 @@ def build_graph_tower(
     if config.use_gfae or edges:
         targets = {t: feature_channels.get(t, dim) for t in seed_types} if config.use_gfae else {}
         gfae = GFAE(dim, gnn.out_channels, targets, replace(config.gfae, edge_objective=edges))
-    if config.gnn.outer_hop == "history" if history is None else history:
+    use_history = config.gnn.outer_hop == "history" if history is None else history
+    if use_history:
         gnn.add_history(graph.num_nodes, device)
     encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
     return GNNTower(EmbeddingBagCollection(tables=tables, device=device), encoder)

@@ -191,7 +191,7 @@ class HeteroGNN(nn.Module):
         """Give the last layer a history of its inputs for every node (``num_nodes[t]`` = N_t;
         :mod:`torchrec_gnn.modules.history`): from then on :meth:`forward` takes samples one hop
         short and needs ``node_ids``. Returns the (empty) history; fill it before the first
-        forward pass (``GraphEncoder.refresh_history``)."""
+        forward pass (``torchrec_gnn.train.sharding.refresh_history``)."""
         self.history = HistoricalEmbeddings(num_nodes, self.last_layer_in_channels, device)
         return self.history
 

@@ -141,23 +141,32 @@ class GraphEncoder(nn.Module):
     @property
     def history(self) -> Optional[HistoricalEmbeddings]:
         """The GNN's history of its last layer's inputs, if it has one (``HeteroGNN.add_history``:
-        batches then hold one hop fewer; fill it with :meth:`refresh_history`)."""
+        batches then hold one hop fewer; fill it with :meth:`history_rows`, or
+        ``torchrec_gnn.train.sharding.refresh_history`` for a sharded tower)."""
         return self.gnn.history
 
     @torch.no_grad()
-    def refresh_history(
+    def full_graph(
         self, tables: Mapping[NodeType, torch.Tensor], node_features: Mapping[NodeType, torch.Tensor],
-        graph: HeteroGraph, chunk_size: int = 8192,
-    ) -> None:
-        """Fill the history with every node's last-layer input: the node tables ``tables[t]``
-        (N_t, D) and side features ``node_features[t]`` (N_t, F_t) through the GNN's first
-        L - 1 layers by layer-wise full-graph inference over ``graph`` (eval mode)."""
-        if self.history is None:
-            raise ValueError("GraphEncoder.refresh_history: this encoder has no history")
+        graph: HeteroGraph, chunk_size: int = 8192, progress: bool = False, num_layers: Optional[int] = None,
+    ) -> Dict[NodeType, torch.Tensor]:
+        """The node tables ``tables[t]`` (N_t, D) and side features ``node_features[t]``
+        (N_t, F_t) through the GNN by layer-wise full-graph inference over ``graph`` (eval mode,
+        no GFAE masking; :func:`~torchrec_gnn.modules.inference.full_graph_embeddings`, whose
+        ``num_layers`` stops early). Returns (N_t, H) per node type it computes."""
         device = next(iter(tables.values())).device
         x_dict = self.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
-        self.history.load(full_graph_embeddings(self.gnn, x_dict, graph, chunk_size, progress=False,
-                                                num_layers=self.gnn.num_layers - 1))
+        return full_graph_embeddings(self.gnn, x_dict, graph, chunk_size, progress, num_layers)
+
+    def history_rows(
+        self, tables: Mapping[NodeType, torch.Tensor], node_features: Mapping[NodeType, torch.Tensor],
+        graph: HeteroGraph, chunk_size: int = 8192,
+    ) -> Dict[NodeType, torch.Tensor]:
+        """What the history holds: every node's last-layer input, (N_t, H) per node type (the
+        GNN's first L - 1 layers of :meth:`full_graph`)."""
+        if self.history is None:
+            raise ValueError("GraphEncoder.history_rows: this encoder has no history")
+        return self.full_graph(tables, node_features, graph, chunk_size, num_layers=self.gnn.num_layers - 1)
 
     def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
         """

@@ -9,7 +9,7 @@ sampler stops one hop earlier and the last layer reads those inputs from a cache
   (training mode only), as GNNAutoScale pushes its in-batch nodes;
 * the hop-1 nodes' last-layer inputs are **pulled** from the cache (no gradient);
 * the cache is **refreshed** for every node by layer-wise full-graph inference of the first L - 1
-  layers (:func:`refresh_history`) every ``GNNConfig.history_refresh_every`` steps and before
+  layers (:func:`torchrec_gnn.train.sharding.refresh_history`) every ``GNNConfig.history_refresh_every`` steps and before
   each evaluation. This is what reaches node types that are never seeds (authors, queries,
   products on the synthetic data): their rows change only at a refresh.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Dict, Mapping, Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from torchrec_gnn.data.dataset import NodeType
@@ -56,7 +55,7 @@ class HistoricalEmbeddings(nn.Module):
         self.channels = channels
         for t, n in self.num_nodes.items():
             self.register_buffer(self._name(t), torch.empty(n, channels, device=device), persistent=False)
-        self.refreshes = 0  # how often load() filled the cache; 0 = never (pull refuses)
+        self.filled = False  # set by load(); pull refuses an empty cache
 
     @staticmethod
     def _name(node_type: NodeType) -> str:
@@ -68,7 +67,7 @@ class HistoricalEmbeddings(nn.Module):
 
     def pull(self, node_type: NodeType, ids: torch.Tensor) -> torch.Tensor:
         """(K, H) cached rows of global node ids ``ids`` (K,), without gradient."""
-        if not self.refreshes:
+        if not self.filled:
             raise RuntimeError(
                 "HistoricalEmbeddings: the cache was never filled; call refresh_history (or load) before the "
                 "first forward pass"
@@ -92,15 +91,10 @@ class HistoricalEmbeddings(nn.Module):
                 raise ValueError(f"HistoricalEmbeddings.load: {t!r} rows have shape {tuple(rows.shape)}, "
                                  f"the cache {tuple(cache.shape)}")
             cache.copy_(rows)
-        self.refreshes += 1
-
-    def broadcast(self, src: int = 0) -> None:
-        """Copy rank ``src``'s cache to every rank (collective)."""
-        for t in self.num_nodes:
-            dist.broadcast(self.cache(t), src=src)
+        self.filled = True
 
     def extra_repr(self) -> str:
-        return f"num_nodes={self.num_nodes}, channels={self.channels}, refreshes={self.refreshes}"
+        return f"num_nodes={self.num_nodes}, channels={self.channels}, filled={self.filled}"
 
 
 def history_inputs(

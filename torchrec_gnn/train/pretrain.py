@@ -43,7 +43,6 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
-from torchrec_gnn.modules.inference import full_graph_embeddings
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
@@ -320,9 +319,7 @@ def export_tower(
     features through its GNN by layer-wise full-graph inference (eval mode, no GFAE masking)."""
     tower.eval()
     tables = {t: tower.node_embeddings.embedding_bags[node_table_name(t)].weight.detach() for t in tower.node_types}
-    device = next(iter(tables.values())).device
-    x_dict = tower.encoder.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
-    embeddings = full_graph_embeddings(tower.encoder.gnn, x_dict, graph, chunk_size, progress)
+    embeddings = tower.encoder.full_graph(tables, node_features, graph, chunk_size, progress)
     return {t: e.cpu() for t, e in embeddings.items()}
 
 

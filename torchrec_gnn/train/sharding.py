@@ -278,8 +278,8 @@ def refresh_history(tower: nn.Module, graph: HeteroGraph, node_features: Mapping
         node_features (Mapping[str, Tensor]): (N_t, F_t) side features of the typed nodes.
         chunk_size (int): destination nodes per inference step.
     """
-    encoder = tower.encoder
-    if encoder.history is None:
+    encoder, history = tower.encoder, tower.encoder.history
+    if history is None:
         raise ValueError("refresh_history: the tower's encoder has no history (model.gnn.outer_hop is not 'history')")
     rank = dist.get_rank() if dist.is_initialized() else 0
     state = tower.node_embeddings.state_dict()
@@ -287,24 +287,26 @@ def refresh_history(tower: nn.Module, graph: HeteroGraph, node_features: Mapping
     for t in tower.node_types:
         weight = state[f"embedding_bags.{node_table_name(t)}.weight"]
         if isinstance(weight, ShardedTensor):
-            shape = (encoder.history.num_nodes[t], encoder.gnn.in_channels)
-            out = torch.empty(shape, device=encoder.history.cache(t).device) if rank == 0 else None
+            shape = (history.num_nodes[t], encoder.gnn.in_channels)
+            out = torch.empty(shape, device=history.cache(t).device) if rank == 0 else None
             weight.gather(dst=0, out=out)
             weight = out
         tables[t] = weight
     if rank == 0:
-        encoder.refresh_history(tables, node_features, graph, chunk_size)
-    else:  # the rows arrive below; load() only marks the cache as filled
-        encoder.history.load({t: encoder.history.cache(t) for t in encoder.history.num_nodes})
+        rows = encoder.history_rows(tables, node_features, graph, chunk_size)
+    else:  # filled by rank 0's broadcast below
+        rows = {t: torch.empty_like(history.cache(t)) for t in history.num_nodes}
     if dist.is_initialized() and dist.get_world_size() > 1:
-        encoder.history.broadcast(src=0)
+        for t in history.num_nodes:
+            dist.broadcast(rows[t], src=0)
+    history.load(rows)
 
 
 def refresh_outer_hop(model: nn.Module, graph: HeteroGraph, node_features: Mapping[str, torch.Tensor]) -> bool:
     """:func:`refresh_history` of the graph tower of ``model`` (a ``GraphDLRMTrain``, inside DMP
     or not) if that tower has a history; returns whether it had one (all ranks call it)."""
-    tower = getattr(unwrap(model).model, "graph_tower", None)
-    if getattr(getattr(tower, "encoder", None), "history", None) is None:
+    tower = unwrap(model).model.graph_tower
+    if not isinstance(tower, GNNTower) or tower.encoder.history is None:
         return False
     refresh_history(tower, graph, node_features)
     return True
