@@ -86,7 +86,18 @@ def test_runs_that_cannot_train_as_asked_fail_at_load() -> None:
 def test_temporal_strategy_needs_temporal_sampling() -> None:
     assert load_config(None, ["loader.temporal_strategy=last", "loader.temporal=true"]).loader.temporal_strategy == "last"
     assert load_config(None, ["loader.temporal_strategy=last", "train.protocol=streaming"]).loader.temporal_strategy == "last"
-    with pytest.raises(ConfigError, match=r"temporal_strategy 'last' .* needs loader.temporal true or train.protocol streaming"):
+    assert load_config(None, ["loader.temporal_strategy=last", "train.graph=fresh"]).fresh_graph
+    with pytest.raises(ConfigError, match=r"temporal_strategy 'last' .* needs loader.temporal true, train.graph fresh "
+                                          r"or train.protocol streaming"):
         load_config(None, ["loader.temporal_strategy=last"])
     with pytest.raises(ConfigError, match=r"loader.temporal_strategy must be one of \['uniform', 'last'\], got 'newest'"):
         load_config(None, ["loader.temporal_strategy=newest"])
+
+
+def test_fresh_graph_reads_the_graph_temporally() -> None:
+    assert not load_config(None, []).fresh_graph
+    assert load_config(None, ["train.protocol=streaming"]).fresh_graph
+    with pytest.raises(ConfigError, match=r"train.graph must be one of \('frozen', 'fresh'\), got 'live'"):
+        load_config(None, ["train.graph=live"])
+    with pytest.raises(ConfigError, match=r"outer_hop 'history' is not supported with temporal sampling"):
+        load_config(None, ["train.graph=fresh", "model.gnn.outer_hop=history"])

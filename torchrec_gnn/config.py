@@ -30,6 +30,7 @@ from torchrec_gnn.train.sharding import ShardingConfig
 DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
 DEVICES = ("auto", "cpu", "cuda")
 PROTOCOLS = ("static", "streaming")
+GRAPHS = ("frozen", "fresh")
 
 
 @dataclass
@@ -140,6 +141,11 @@ class TrainConfig:
             ``periods`` time-ordered parts, each scored before the model trains on it, over a
             graph that grows with time; see ``torchrec_gnn.recipes.stream``).
         periods (int): parts of the labelled window under the streaming protocol. Default 5.
+        graph (str): under the static protocol, ``"frozen"`` (the graph holds only edges older
+            than every example; default) or ``"fresh"`` (every edge with its time, and temporal
+            sampling shows each batch only the edges older than its earliest example, as a model
+            served on the live graph would see them; training batches keep consecutive
+            examples so each spans a short time). The streaming protocol always reads it fresh.
     """
 
     epochs: int = 1
@@ -158,8 +164,11 @@ class TrainConfig:
     plots: bool = True
     protocol: str = "static"
     periods: int = 5
+    graph: str = "frozen"
 
     def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise ValueError(f"train.graph must be one of {GRAPHS}, got {self.graph!r}")
         if self.device not in DEVICES:
             raise ValueError(f"train.device must be one of {DEVICES}, got {self.device!r}")
         if self.early_stopping_patience and not self.eval_every:
@@ -203,16 +212,23 @@ class ExperimentConfig:
                 f"loader.fanouts (and loader.relation_fanouts) give {sorted(hops)} hop(s) but model.gnn.num_layers is "
                 f"{self.model.gnn.num_layers}: each GNN layer needs one hop of neighbours; set one fanout per layer"
             )
-        if samples and self.model.gnn.outer_hop == "history" and (self.loader.temporal or self.train.protocol == "streaming"):
+        if samples and self.model.gnn.outer_hop == "history" and (self.loader.temporal or self.fresh_graph):
             raise ValueError(
-                "model.gnn.outer_hop 'history' is not supported with temporal sampling (loader.temporal or "
-                "train.protocol streaming) yet: its full-graph refresh would read edges newer than an example"
+                "model.gnn.outer_hop 'history' is not supported with temporal sampling (loader.temporal, "
+                "train.graph fresh or train.protocol streaming) yet: its full-graph refresh would read edges "
+                "newer than an example"
             )
-        if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.train.protocol == "streaming"):
+        if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.fresh_graph):
             raise ValueError(
                 "loader.temporal_strategy 'last' picks each node's most recent edges before the example; "
-                "it needs loader.temporal true or train.protocol streaming"
+                "it needs loader.temporal true, train.graph fresh or train.protocol streaming"
             )
+
+    @property
+    def fresh_graph(self) -> bool:
+        """The graph holds every edge with its time and batches sample it temporally (the
+        streaming protocol, or ``train.graph: fresh``)."""
+        return self.train.protocol == "streaming" or self.train.graph == "fresh"
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,7 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.data.split import TimeSplit
+from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
 
@@ -396,6 +397,49 @@ def test_temporal_receptive_field_of_each_example_is_older_than_the_example() ->
                     nxt[src].update(sub.row[(src, rel, dst)][into].tolist() if into.numel() else [])
                 frontier = nxt
     assert leaks == 0, f"{leaks} (example, edge) pairs where the edge is not older than the example"
+
+
+def test_batches_by_time_keep_consecutive_examples_and_shuffle_whole_batches(tiny_split) -> None:
+    data = make_dataset(tiny_split, batch_size=64, shuffle=True, batch_by_time=True, drop_last=True, seed=1)
+    orders = []
+    for epoch in (0, 1):
+        data.set_epoch(epoch)
+        starts = []
+        for i in range(len(data)):
+            rows = rows_of(data[i])
+            assert torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + 64)), (epoch, i)
+            starts.append(int(rows[0]))
+        assert sorted(starts) == list(range(0, 64 * len(data), 64))  # every full block once, the short one left out
+        orders.append(starts)
+    assert orders[0] != orders[1]  # each epoch its own batch order
+
+
+def test_degree_columns_count_only_edges_older_than_the_batch() -> None:
+    """Under temporal sampling each sampled node's degree columns equal its standardised log
+    in-degree per relation counted before the batch's earliest example, after the side features."""
+    graph, sampler, _ = temporal_setup()
+    ds = tiny_log_dataset()
+    side = {"item": torch.randn(graph.num_nodes["item"], 2, generator=torch.Generator().manual_seed(0))}
+    degrees = DegreeFeatures.fit(graph, before=2_000)
+    data = GraphBatchDataset(with_row_ids(ds.examples), sampler, "user", "item", 64, graph.node_types, ["row"],
+                             node_features=side, degree=degrees, shuffle=True, seed=5)
+    checked = 0
+    for i in range(len(data)):
+        batch = data[i]
+        earliest = int(ds.examples.timestamp[rows_of(batch)].min())
+        for t in graph.node_types:
+            nodes = batch.node_ids[t].values()
+            relations = [et for et in graph.edge_types if et[2] == t]
+            columns = [graph.csc(et).degree(nodes.numpy(), np.full(nodes.numel(), earliest)) for et in relations]
+            mean = torch.tensor([degrees.mean[et] for et in relations])
+            std = torch.tensor([degrees.std[et] for et in relations])
+            expected = (torch.log1p(torch.from_numpy(np.stack(columns, axis=1)).float()) - mean) / std
+            if t in side:
+                expected = torch.cat([side[t][nodes], expected], dim=1)
+            assert torch.equal(batch.node_features[t], expected), (i, t)
+            future = [graph.csc(et).degree(nodes.numpy()) for et in relations if graph.csc(et).time is not None]
+            checked += int(sum((f > c).sum() for f, c in zip(future, columns)))
+    assert checked > 0  # some sampled node had an edge from the batch's future, which no column counted
 
 
 def test_pad_for_ranks_keeps_every_row_and_adds_only_unlabelled_ones(tiny_split) -> None:

@@ -179,6 +179,39 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
 
 
 @pytest.mark.timeout(600)
+def test_fresh_graph_run_with_degrees_trains_and_evaluates_alike(tmp_path: Path) -> None:
+    """``train.graph: fresh``: the run's graph holds the window's edges, batches sample it
+    temporally, warm start pre-trains on the graph before the window, degree columns widen the
+    side features, and ``eval`` scores exactly as the training job did."""
+    from torchrec_gnn.config import load_config
+    from torchrec_gnn.data.registry import load_dataset
+    from torchrec_gnn.data.split import time_split
+    from torchrec_gnn.graph.degree import degree_channels
+    from torchrec_gnn.graph.hetero_graph import HeteroGraph
+
+    run = tmp_path / "fresh"
+    results = main(["--config", "configs/ablations/warm_start_edge.yaml", *TINY, "--set", "pretrain.batch_size=256",
+                    "--set", "model.gfae.edge_links_per_batch=64", "--set", "train.graph=fresh",
+                    "--set", "model.node_degree=true", "--max-steps", "3", "--output-dir", str(run)])
+    config = load_config(run / "config.yaml")
+    assert config.loader.temporal and config.fresh_graph
+    dataset = load_dataset(config.data)
+    frozen = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
+    graph = HeteroGraph.load(run / "graph")
+    assert graph.num_edges() > frozen.graph.num_edges()  # the window's edges are in it, with their times
+    state = torch.load(run / "model.pt")
+    for t, extra in degree_channels(graph).items():
+        width = dataset.node_features[t].shape[1] if t in dataset.node_features else 0
+        assert state[f"model.graph_tower.encoder.feature_projection.{t}.weight"].shape[1] == width + extra, t
+    pretrained = torch.load(run / "pretrain" / "tower.pt")
+    assert pretrained["encoder.feature_projection.video.weight"].shape == state[
+        "model.graph_tower.encoder.feature_projection.video.weight"].shape
+    metrics = evaluate_run(run, "test")
+    for task in ("click", "like"):
+        assert metrics[task]["auc"] == pytest.approx(results["test"][task]["auc"], abs=1e-5)
+
+
+@pytest.mark.timeout(600)
 def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchrec_gnn.recipes import train as train_recipe
 

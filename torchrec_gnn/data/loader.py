@@ -20,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_gnn.data.batch import GraphBatch, node_id_bags
 from torchrec_gnn.data.dataset import EdgeType, Interactions, NodeType
+from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 
@@ -110,7 +111,13 @@ class GraphBatchDataset(Dataset):
         sparse_names (Sequence[str]): keys of ``sparse_features``, in ranker order.
         node_features (Dict[str, Tensor]): optional (num_nodes[t], F_t) side features to
             gather for the sampled nodes.
-        shuffle (bool): reshuffle examples every epoch (see :meth:`set_epoch`). Default False.
+        shuffle (bool): reshuffle every epoch (see :meth:`set_epoch`). Default False.
+        batch_by_time (bool): with ``shuffle``, each batch keeps consecutive examples (give them in
+            time order) and the shuffle permutes whole batches, so a batch spans a short time and
+            temporal sampling (the graph before its earliest example) loses little. Default False.
+        degree (DegreeFeatures, optional): append each sampled node's degree columns to its
+            side features (:mod:`torchrec_gnn.graph.degree`), counted before the batch's time
+            under temporal sampling. Default None (no degree columns).
         drop_last (bool): drop the last partial batch. Default False.
         seed (int): seed of the shuffling and of the sampler's random draws. Default 0.
         rank (int): this process's rank; batches ``rank, rank + world_size, ...`` are its own.
@@ -132,6 +139,8 @@ class GraphBatchDataset(Dataset):
         sparse_names: Sequence[str],
         node_features: Optional[Dict[NodeType, torch.Tensor]] = None,
         shuffle: bool = False,
+        batch_by_time: bool = False,
+        degree: Optional[DegreeFeatures] = None,
         drop_last: bool = False,
         seed: int = 0,
         rank: int = 0,
@@ -168,6 +177,7 @@ class GraphBatchDataset(Dataset):
         self.sparse_names = list(sparse_names)
         self.node_features = dict(node_features or {})
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.batch_by_time, self.degree = batch_by_time, degree
         self.rank, self.world_size = rank, world_size
         self.links = links
         self.epoch = 0
@@ -195,10 +205,15 @@ class GraphBatchDataset(Dataset):
 
     def _example_order(self) -> torch.Tensor:
         if self._order is None:
-            n = len(self.examples)
-            self._order = (
-                torch.randperm(n, generator=_generator(self.seed, self.epoch)) if self.shuffle else torch.arange(n)
-            )
+            n, generator = len(self.examples), _generator(self.seed, self.epoch)
+            if not self.shuffle:
+                self._order = torch.arange(n)
+            elif self.batch_by_time:  # whole batches of consecutive examples in shuffled order, a short one last
+                full = n // self.batch_size
+                blocks = torch.randperm(full, generator=generator)[:, None] * self.batch_size + torch.arange(self.batch_size)
+                self._order = torch.cat([blocks.flatten(), torch.arange(full * self.batch_size, n)])
+            else:
+                self._order = torch.randperm(n, generator=generator)
         return self._order
 
     def _batch_links(self, global_index: int) -> Optional[torch.Tensor]:
@@ -235,7 +250,7 @@ class GraphBatchDataset(Dataset):
             seeds = {self.user_type: torch.cat([ex.user, ex.item])}
         else:
             seeds = {self.user_type: ex.user, self.item_type: ex.item}
-        seed_time = link_time = None
+        seed_time = link_time = earliest = None
         if self.sampler.temporal:
             # One subgraph serves the whole batch and a GNN mixes it across examples, so every
             # seed gets the batch's earliest time: no example can see an edge from its future
@@ -281,10 +296,22 @@ class GraphBatchDataset(Dataset):
             item_index=item_index,
             num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in self.node_types},
             num_sampled_edges={et: list(c) for et, c in out.num_sampled_edges.items()},
-            node_features={t: x[out.node.get(t, empty)] for t, x in self.node_features.items()},
+            node_features=self._node_features(out.node, earliest),
             link_index=link_index,
             link_label=link_label,
         )
+
+
+    def _node_features(self, nodes: Dict[NodeType, torch.Tensor], before: Optional[int]) -> Dict[NodeType, torch.Tensor]:
+        """(N_t, F_t [+ R_t]) side features of the sampled ``nodes``, with their degree columns
+        (counted before ``before`` when given) if :attr:`degree` is set."""
+        empty = torch.empty(0, dtype=torch.int64)
+        features = {t: x[nodes.get(t, empty)] for t, x in self.node_features.items()}
+        if self.degree is not None:
+            for t in degree_channels(self.sampler.graph):
+                columns = self.degree(self.sampler.graph, t, nodes.get(t, empty), before)
+                features[t] = torch.cat([features[t], columns], dim=1) if t in features else columns
+        return features
 
 
 def pad_for_ranks(examples: Interactions, batch_size: int, world_size: int) -> Interactions:

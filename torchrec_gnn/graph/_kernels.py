@@ -78,6 +78,16 @@ def _older_prefix_end(etime, s, e, t):
 
 
 @njit(cache=True, nogil=True)
+def older_degree(colptr, etime, nodes, times):
+    """(N,) how many in-edges of each of ``nodes`` are older than its entry of ``times``."""
+    out = np.empty(nodes.shape[0], dtype=np.int64)
+    for i in range(nodes.shape[0]):
+        s = colptr[nodes[i]]
+        out[i] = _older_prefix_end(etime, s, colptr[nodes[i] + 1], times[i]) - s
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _count_one(colptr, etime, eweight, g, t, k, replace, weighted, temporal):
     """``(segment start, usable degree, edges to draw)`` of one frontier node."""
     s = colptr[g]

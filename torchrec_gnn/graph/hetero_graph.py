@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from torchrec_gnn.data.dataset import EdgeList, EdgeType, NodeType
+from torchrec_gnn.graph._kernels import older_degree
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 FORMAT_VERSION = 1
@@ -54,9 +55,22 @@ class CSC:
     def num_edges(self) -> int:
         return int(self.row.shape[0])
 
-    def degree(self) -> np.ndarray:
-        """(num_dst,) int64 in-degree of every destination node."""
-        return np.diff(self.colptr)
+    def degree(self, nodes: Optional[np.ndarray] = None, before: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N,) int64 in-degree of ``nodes`` (default: every destination node, in id order);
+        with ``before`` ((N,) int64 times) and a timed relation, only the edges older than each
+        node's time count (a binary search in its time-sorted segment)."""
+        if nodes is None:
+            nodes = np.arange(self.colptr.shape[0] - 1, dtype=np.int64)
+        nodes = np.asarray(nodes, dtype=np.int64)
+        if nodes.size and (nodes.min() < 0 or nodes.max() >= self.colptr.shape[0] - 1):
+            bad = int(nodes[(nodes < 0) | (nodes >= self.colptr.shape[0] - 1)][0])
+            raise ValueError(f"CSC.degree: node id {bad} outside [0, {self.colptr.shape[0] - 1})")
+        if before is None or self.time is None:
+            return self.colptr[nodes + 1] - self.colptr[nodes]
+        before = np.asarray(before, dtype=np.int64)
+        if before.shape != nodes.shape:
+            raise ValueError(f"CSC.degree: before has shape {before.shape}, expected {nodes.shape}")
+        return older_degree(self.colptr, self.time, nodes, before)
 
 
 GRAPH_VALIDATION = ("cheap", "full")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from torchrec_gnn.data.dataset import GraphRecDataset
+from torchrec_gnn.data.dataset import GraphRecDataset, NodeType
+from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
@@ -35,6 +36,10 @@ class ModelConfig:
         warm_start (bool): pre-train the tower exactly as the two-stage baseline does, then
             train the whole model end to end from those weights (the tower is not frozen).
             Default False.
+        node_degree (bool): every node's standardised ``log1p`` in-degree per relation joins
+            its side features (:mod:`torchrec_gnn.graph.degree`), counted in the graph as each
+            batch sees it (temporal sampling: before the batch), so the GNN can tell a node with
+            many neighbours from one with few. Default False.
         gnn (GNNConfig): message passing.
         gfae (GFAEConfig): masking and reconstruction loss.
         ranker (RankerConfig): DLRM arches and fusion switches.
@@ -47,6 +52,7 @@ class ModelConfig:
     use_gfae: bool = True
     two_stage: bool = False
     warm_start: bool = False
+    node_degree: bool = False
     gnn: GNNConfig = field(default_factory=GNNConfig)
     gfae: GFAEConfig = field(default_factory=GFAEConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -63,6 +69,15 @@ class ModelConfig:
 def node_table_name(node_type: str) -> str:
     """Table name of a node type's embeddings (unique, so planner constraints can name it)."""
     return f"node_{node_type}"
+
+
+def tower_node_features(
+    dataset: GraphRecDataset, graph: HeteroGraph, degree: Optional[DegreeFeatures]
+) -> Dict[NodeType, torch.Tensor]:
+    """Every node's side features as the tower reads them, (N_t, F_t [+ R_t]): the data set's,
+    with ``degree``'s columns over the whole ``graph`` when given (for full-graph passes;
+    batches count degrees themselves, before their own time)."""
+    return degree.append(dataset.node_features, graph) if degree is not None else dict(dataset.node_features)
 
 
 def build_graph_tower(
@@ -85,6 +100,9 @@ def build_graph_tower(
     seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])
     gnn = HeteroGNN(graph.node_types, graph.edge_types, dim, config.gnn, out_node_types=seed_types)
     feature_channels = {t: int(x.shape[1]) for t, x in dataset.node_features.items()}
+    if config.node_degree:
+        for t, columns in degree_channels(graph).items():
+            feature_channels[t] = feature_channels.get(t, 0) + columns
     edges = config.gfae.edge_objective if edge_objective is None else edge_objective
     gfae = None
     if config.use_gfae or edges:

@@ -22,8 +22,8 @@ from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.models.builder import build_graph_dlrm
-from torchrec_gnn.recipes.train import batches, score_batch
+from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
+from torchrec_gnn.recipes.train import batches, node_degrees, score_batch
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.sharding import refresh_outer_hop
 
@@ -47,15 +47,16 @@ def evaluate_run(run_dir: Path, split: str = "test", overrides: Sequence[str] = 
     dataset = load_dataset(config.data)
     # The graph the run trained on, read back from disk: checked in full before any kernel uses it.
     graph = HeteroGraph.load(run_dir / "graph", mmap=True, validate="full")
-    examples = time_split(
+    time_splits = time_split(
         dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction, graph=graph
-    ).split(split)
+    )
+    examples, degree = time_splits.split(split), node_degrees(config, time_splits)
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
-    refresh_outer_hop(model, graph, dataset.node_features)  # a history is not saved: rebuilt from the weights
+    refresh_outer_hop(model, graph, tower_node_features(dataset, graph, degree))  # a history is not saved: rebuilt from the weights
     # The same batches as the training job's evaluation (one process).
-    data = batches(config, graph, dataset, examples, train=False)
+    data = batches(config, graph, dataset, examples, train=False, degree=degree)
     evaluator = MultiTaskEvaluator(dataset.tasks)
     for i in tqdm(range(len(data)), desc=f"eval {split}"):
         batch = data[i]

@@ -78,7 +78,8 @@ def _train_period(job: "Job", examples: Interactions, period: int) -> int:
     from torchrec_gnn.recipes.train import batches, check_finite  # the recipe module imports this one
 
     start = int(examples.timestamp.min())
-    data = batches(job.config, job.split.graph, job.dataset, examples, train=True, ctx=job.ctx, links_before=start)
+    data = batches(job.config, job.split.graph, job.dataset, examples, train=True, ctx=job.ctx, links_before=start,
+                   degree=job.degree)
     data.set_epoch(period)
     iterator = iter(make_dataloader(data, job.config.loader.num_workers, pin_memory=job.ctx.device.type == "cuda"))
     steps = 0
@@ -99,7 +100,8 @@ def _refresh(job: "Job", cutoff: int, period: int, previous: Path) -> Path:
 
     directory = job.output_dir / PRETRAIN_DIR / f"refresh_{period:02d}"
     snapshot = lambda: graph_before(job.dataset, cutoff)  # noqa: E731 - built on rank 0 only
-    directory = pretrain_stage(job.config, job.dataset, snapshot, job.ctx, directory, initial_tower=previous)
+    directory = pretrain_stage(job.config, job.dataset, snapshot, job.ctx, directory, initial_tower=previous,
+                               degree=job.degree)
     unwrap(job.model).model.graph_tower.load_embeddings(load_pretrained(directory))
     return directory
 

@@ -37,9 +37,10 @@ from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, graph_before, streaming_graph, time_split
+from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
-from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower
+from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
@@ -78,6 +79,11 @@ class Job:
     pipeline: BalancedTrainPipeline
     loss_names: List[str]
     output_dir: Path
+    degree: Optional[DegreeFeatures] = None
+
+    def full_node_features(self) -> Dict[str, torch.Tensor]:
+        """Every node's side features as the tower reads them in a full-graph pass."""
+        return tower_node_features(self.dataset, self.split.graph, self.degree)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,9 +121,8 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
     fractions = (config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
     graph_dir = output_dir / "graph"
     if ctx.is_main:  # rank 0 builds the graph once and saves it
-        # Streaming: every edge with its time (temporal sampling shows each batch its past only).
-        streaming = config.train.protocol == "streaming"
-        (streaming_graph(dataset) if streaming else time_split(dataset, *fractions).graph).save(graph_dir)
+        # A fresh graph: every edge with its time (temporal sampling shows each batch its past only).
+        (streaming_graph(dataset) if config.fresh_graph else time_split(dataset, *fractions).graph).save(graph_dir)
     dist.barrier()
     # Every rank maps the same files: the topology is held once per host.
     split = time_split(dataset, *fractions, graph=HeteroGraph.load(graph_dir, mmap=True))
@@ -141,9 +146,18 @@ def batch_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType
     return fanouts
 
 
+def node_degrees(config: ExperimentConfig, split: TimeSplit) -> Optional[DegreeFeatures]:
+    """The degree columns of ``model.node_degree``, standardised on the graph as the training
+    window opens (the same on every rank and in ``eval``); None when off."""
+    if not (config.model.node_degree and config.model.use_graph):
+        return None
+    return DegreeFeatures.fit(split.graph, before=split.cutoffs["train"])
+
+
 def pretrain_stage(
     config: ExperimentConfig, dataset: GraphRecDataset, graph_at_start: Callable[[], HeteroGraph],
     ctx: DistributedContext, directory: Path, initial_tower: Optional[Path] = None,
+    degree: Optional[DegreeFeatures] = None,
 ) -> Path:
     """Stage 1 of the two-stage baseline and of warm start: rank 0 pre-trains the GNN tower on
     the graph ``graph_at_start()`` builds (called on rank 0 only) by link prediction (from the
@@ -154,7 +168,7 @@ def pretrain_stage(
         graph = graph_at_start()
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
-                              export=config.model.two_stage)
+                              export=config.model.two_stage, degree=degree)
         tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True, history=False)
         if initial_tower is not None:
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
@@ -177,12 +191,13 @@ def warm_start(model: torch.nn.Module, directory: Path, ctx: DistributedContext)
 def batches(
     config: ExperimentConfig, graph: HeteroGraph, dataset: GraphRecDataset, examples: Interactions,
     train: bool, ctx: Optional[DistributedContext] = None, batch_size: Optional[int] = None,
-    links_before: Optional[int] = None,
+    links_before: Optional[int] = None, degree: Optional[DegreeFeatures] = None,
 ) -> GraphBatchDataset:
     """The GraphBatchDataset of ``examples`` for this rank (one process without ``ctx``;
-    ``batch_size`` overrides the config's). Training batches are shuffled, except under the
-    streaming protocol (time order, as a streaming trainer reads them); the edge objective's
-    links are the graph's edges older than ``links_before`` when given."""
+    ``batch_size`` overrides the config's). Training batches are shuffled (whole batches of
+    consecutive examples on a fresh graph), except under the streaming protocol (time order, as
+    a streaming trainer reads them); the edge objective's links are the graph's edges older than
+    ``links_before`` when given; ``degree`` adds degree columns to an end-to-end tower's side features."""
     loader, model = config.loader, config.model
     sampler = NeighborSampler(graph, batch_fanouts(config, graph), replace=loader.replace, temporal=loader.temporal,
                               temporal_strategy=loader.temporal_strategy)
@@ -196,7 +211,8 @@ def batches(
         batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
         node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
         node_features=dataset.node_features if end_to_end else None,
-        shuffle=train and config.train.protocol == "static", drop_last=train, seed=config.train.seed,
+        shuffle=train and config.train.protocol == "static", batch_by_time=config.fresh_graph,
+        degree=degree if end_to_end else None, drop_last=train, seed=config.train.seed,
         rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1, links=links,
     )
 
@@ -224,11 +240,12 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     torch.manual_seed(config.train.seed)
     dataset, split = prepare_data(config, ctx, output_dir)
     static = config.train.protocol == "static"
+    degree = node_degrees(config, split)
     pretrained = None
     if config.model.two_stage or config.model.warm_start:
         # Pre-training sees the graph as it stands when the labelled window opens.
-        history = (lambda: split.graph) if static else (lambda: graph_before(dataset, split.cutoffs["train"]))
-        pretrained = pretrain_stage(config, dataset, history, ctx, output_dir / PRETRAIN_DIR)
+        history = (lambda: graph_before(dataset, split.cutoffs["train"])) if config.fresh_graph else (lambda: split.graph)
+        pretrained = pretrain_stage(config, dataset, history, ctx, output_dir / PRETRAIN_DIR, degree=degree)
     model = build_graph_dlrm(dataset, split.graph, config.model, device=torch.device("meta"))
     loss_names = model.loss_names
     balancer = config.balancer.build(len(loss_names))
@@ -256,14 +273,14 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
     pipeline = BalancedTrainPipeline(dmp, optimizer, balancer, ctx.device)
     if ctx.is_main:
         save_config(config, output_dir / "config.yaml")
-    return Job(config, ctx, dataset, split, dmp, optimizer, balancer, pipeline, loss_names, output_dir)
+    return Job(config, ctx, dataset, split, dmp, optimizer, balancer, pipeline, loss_names, output_dir, degree)
 
 
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures)."""
-    refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
+    refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
     model = job.pipeline.detach()
     model.eval()
     evaluator = MultiTaskEvaluator(job.dataset.tasks)
@@ -272,7 +289,8 @@ def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     world = job.ctx.world_size
     batch_size = min(job.config.loader.eval_batch_size, -(-len(examples) // world))
     examples = pad_for_ranks(examples, batch_size, world)
-    data = batches(job.config, job.split.graph, job.dataset, examples, train=False, ctx=job.ctx, batch_size=batch_size)
+    data = batches(job.config, job.split.graph, job.dataset, examples, train=False, ctx=job.ctx, batch_size=batch_size,
+                   degree=job.degree)
     pin = job.ctx.device.type == "cuda"
     for batch in make_dataloader(data, job.config.loader.num_workers, pin_memory=pin):
         batch = batch.to(job.ctx.device, non_blocking=pin)
@@ -346,7 +364,10 @@ def resume(job: Job, manager: CheckpointManager, fingerprint: str) -> Dict[str, 
 def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, object]]:
     """The loop; returns the logged records (also appended to ``metrics.jsonl`` on rank 0)."""
     cfg, ctx = job.config, job.ctx
-    data = batches(cfg, job.split.graph, job.dataset, job.split.train, train=True, ctx=ctx)
+    # On a fresh graph the edge objective predicts only edges older than the training window.
+    links_before = job.split.cutoffs["train"] if cfg.fresh_graph else None
+    data = batches(cfg, job.split.graph, job.dataset, job.split.train, train=True, ctx=ctx, links_before=links_before,
+                   degree=job.degree)
     total_steps = cfg.train.epochs * len(data)
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -366,7 +387,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     window_start, window_examples = time.perf_counter(), 0
     window_metrics = TrainingWindowMetrics(job.dataset.tasks, cfg.loader.batch_size, cfg.train.metrics_window,
                                            ctx.world_size, ctx.rank, ctx.device)
-    has_history = refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
+    has_history = refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
     refresh_every = cfg.model.gnn.history_refresh_every
     for epoch in range(position["epoch"], cfg.train.epochs):
         if step >= total_steps:
@@ -383,7 +404,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
             step += 1
             in_epoch += 1
             if has_history and step % refresh_every == 0:
-                refresh_outer_hop(job.model, job.split.graph, job.dataset.node_features)
+                refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
             window_examples += out.outputs.shape[0] * ctx.world_size
             check_finite(out, f"step {step}")
             window_metrics.update(out.outputs, out.labels)
@@ -443,9 +464,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
     streaming = config.train.protocol == "streaming"
-    if streaming:
-        if args.resume:
-            raise CheckpointError("--resume: a streaming run keeps no checkpoints between periods; run it again")
+    if streaming and args.resume:
+        raise CheckpointError("--resume: a streaming run keeps no checkpoints between periods; run it again")
+    if config.fresh_graph:
         config.loader.temporal = True  # each batch sees only the graph's past
     # torchrun --max-restarts N restarts every worker after a failure: the run continues.
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, NodeType
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
+from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
@@ -119,6 +120,8 @@ class PretrainSetup:
         progress (bool): show progress bars.
         device (torch.device): where the tower trains and the export runs.
         export (bool): export the embeddings (two-stage); warm start only needs the tower.
+        degree (DegreeFeatures, optional): degree columns joining the side features
+            (``ModelConfig.node_degree``).
     """
 
     pretrain: PretrainConfig
@@ -128,6 +131,7 @@ class PretrainSetup:
     progress: bool = True
     device: torch.device = torch.device("cpu")
     export: bool = True
+    degree: Optional[DegreeFeatures] = None
 
 
 def _edge_list(graph: HeteroGraph, edge_type: EdgeType) -> EdgeList:
@@ -246,8 +250,10 @@ def pretrain_and_export(
     model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = NeighborSampler(message_graph, config.fanouts)
-    train_data = link_batches(LinkTargets(relation, train_edges, per_batch), sampler, dataset, train=True, seed=seed)
-    val_data = link_batches(LinkTargets(relation, val_pairs, per_batch), sampler, dataset, train=False, seed=seed + 1)
+    train_data = link_batches(LinkTargets(relation, train_edges, per_batch), sampler, dataset, train=True, seed=seed,
+                              degree=config.degree)
+    val_data = link_batches(LinkTargets(relation, val_pairs, per_batch), sampler, dataset, train=False, seed=seed + 1,
+                            degree=config.degree)
 
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     progress = tqdm(total=total, desc="pre-train", dynamic_ncols=True, disable=not config.progress)
@@ -283,7 +289,8 @@ def pretrain_and_export(
     pretrain_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = export_tower(tower, dataset.node_features, graph, cfg.chunk_size, config.progress) if config.export else {}
+    features = config.degree.append(dataset.node_features, graph) if config.degree is not None else dataset.node_features
+    embeddings = export_tower(tower, features, graph, cfg.chunk_size, config.progress) if config.export else {}
     export_seconds = time.perf_counter() - start
     report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
               "kept_epoch": kept, "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
@@ -295,10 +302,11 @@ def pretrain_and_export(
 
 
 def link_batches(
-    links: LinkTargets, sampler: NeighborSampler, dataset: GraphRecDataset, train: bool, seed: int
+    links: LinkTargets, sampler: NeighborSampler, dataset: GraphRecDataset, train: bool, seed: int,
+    degree: Optional[DegreeFeatures] = None,
 ) -> GraphBatchDataset:
     """GraphBatches of links alone (no ranking examples): a shuffled share to train on, or
-    every link in order to score."""
+    every link in order to score (with ``degree``'s columns when given)."""
     no_examples = Interactions(
         user=torch.empty(0, dtype=torch.int64), item=torch.empty(0, dtype=torch.int64),
         timestamp=torch.empty(0, dtype=torch.int64), labels=torch.empty(0, 0), dense=torch.empty(0, 0),
@@ -306,7 +314,7 @@ def link_batches(
     return GraphBatchDataset(
         no_examples, sampler, dataset.user_type, dataset.item_type, batch_size=1,
         node_types=sampler.graph.node_types, sparse_names=[], node_features=dataset.node_features,
-        shuffle=train, drop_last=train, seed=seed, links=links,
+        shuffle=train, degree=degree, drop_last=train, seed=seed, links=links,
     )
 
 

@@ -1,0 +1,112 @@
+"""How much AUC is there to win on the synthetic data: the Bayes-optimal scores of the split.
+
+The generator knows every latent (tastes, video topics and quality, the click bias), so the
+best any model can do is score each example with its true probability given those latents,
+averaged over the generator's per-impression noise (click noise, watched fraction, skim time).
+This script rebuilds the data set of a config with the latents captured, computes those
+probabilities by Monte Carlo over the noise, and prints each binary task's AUC on the static
+split (validation and test), next to oracles that lack one latent (replaced by its mean):
+
+* ``bayes``: every latent known (the ceiling; no model can beat it in expectation);
+* ``no_quality``: the video's quality unknown;
+* ``new_video_quality``: the quality unknown only for videos uploaded inside the labelled window
+  (what their in-window watches could reveal to a model that sees a fresh graph);
+* ``no_taste``: taste/topic affinity unknown (0).
+
+    python docs/results/synthetic_oracle.py [--config configs/default.yaml] [--set data.synthetic.taste_drift_fraction=0.5]
+"""
+
+import argparse
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+
+from torchrec_gnn.config import load_config
+from torchrec_gnn.data import synthetic
+from torchrec_gnn.data.registry import load_dataset
+from torchrec_gnn.data.split import time_split
+from torchrec_gnn.train.metrics import roc_auc
+
+TASKS = ("click", "long_view", "like", "skip")
+
+
+def capture_world(config) -> Tuple[object, synthetic._World, float]:
+    """The data set of ``config`` with the generator's world and click bias captured."""
+    captured: Dict[str, object] = {}
+    create, calibrate = synthetic._World.create, synthetic._calibrate_bias
+
+    def create_and_keep(rng, cfg):
+        captured["world"] = create(rng, cfg)
+        return captured["world"]
+
+    def calibrate_and_keep(*args):
+        captured["bias"] = calibrate(*args)
+        return captured["bias"]
+
+    synthetic._World.create, synthetic._calibrate_bias = create_and_keep, calibrate_and_keep
+    try:
+        dataset = load_dataset(config.data)
+    finally:
+        synthetic._World.create, synthetic._calibrate_bias = create, calibrate
+    return dataset, captured["world"], captured["bias"]
+
+
+def expected_labels(w: synthetic._World, bias: float, users: np.ndarray, videos: np.ndarray,
+                    times: np.ndarray, aff: np.ndarray, quality: np.ndarray, draws: int,
+                    rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """P(label) (M,) per binary task, given the affinity and quality, by Monte Carlo over the
+    generator's click noise, watched-fraction noise and skim time (the formulas of
+    ``synthetic._click_logit`` and ``synthetic._outcomes``)."""
+    hour = (times // synthetic._HOUR) % 24
+    age_days = (times - w.upload[videos]) / synthetic._DAY
+    base = (w.cfg.taste_strength * aff + 0.5 * quality + 0.3 * np.cos(2 * np.pi * (hour - 21) / 24)
+            - 0.2 * np.log1p(age_days) + 0.2 * np.log(w.activity[users]))
+    duration = w.duration[videos]
+    totals = {t: np.zeros(users.size) for t in TASKS}
+    for _ in range(draws):
+        p_click = synthetic._sigmoid(bias + base + rng.normal(0.0, 0.3, users.size))
+        frac = synthetic._sigmoid(0.3 + 2.0 * aff + 0.3 * quality - 0.4 * np.log(duration / 30.0)
+                                  + rng.normal(0.0, 0.8, users.size))
+        p_like = synthetic._sigmoid(-2.5 + 3.0 * aff + 0.5 * quality + 2.0 * (frac - 0.5))
+        skim = np.minimum(rng.exponential(1.0, users.size) * (1.0 + 2.0 * p_click), duration)
+        totals["click"] += p_click
+        totals["long_view"] += p_click * (frac >= synthetic.WATCH_LONG_FRACTION)
+        totals["like"] += p_click * p_like
+        totals["skip"] += (1.0 - p_click) * (skim < synthetic.SKIP_SECONDS)
+    return {t: v / draws for t, v in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--draws", type=int, default=200, help="Monte Carlo draws per example")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    dataset, w, bias = capture_world(config)
+    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
+    mean_quality = float(w.quality.mean())
+
+    oracles: Dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]] = {
+        "bayes": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v), w.quality[v]),
+        "no_quality": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v),
+                                       np.full(v.size, mean_quality)),
+        "new_video_quality": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v),
+                                              np.where(w.video_new[v], mean_quality, w.quality[v])),
+        "no_taste": lambda u, v, t: (np.zeros(u.size), w.quality[v]),
+    }
+    columns = {t: dataset.task_names.index(t) for t in TASKS}
+    print(f"{'split':<5} {'oracle':<16} " + " ".join(f"{t:>10}" for t in TASKS))
+    for name in ("val", "test"):
+        ex = split.split(name)
+        u, v, t = ex.user.numpy(), ex.item.numpy(), ex.timestamp.numpy()
+        for oracle, latents in oracles.items():
+            aff, quality = latents(u, v, t)
+            probs = expected_labels(w, bias, u, v, t, aff, quality, args.draws, np.random.default_rng(args.seed))
+            aucs = [roc_auc(probs[task], ex.labels[:, columns[task]].numpy()) for task in TASKS]
+            print(f"{name:<5} {oracle:<16} " + " ".join(f"{a:>10.4f}" for a in aucs))
+
+
+if __name__ == "__main__":
+    main()
