@@ -44,21 +44,21 @@ def test_degree_rejects_ids_out_of_range(graph) -> None:
         graph.csc(WATCHES).degree(np.array([0, 1]), np.array([5]))
 
 
-def test_columns_are_standardised_log1p_counts_per_relation_in_graph_order(graph) -> None:
+def test_columns_are_scaled_log1p_counts_per_relation_in_graph_order(graph) -> None:
     assert relations_into(graph, "item") == [et for et in graph.edge_types if et[2] == "item"]
     assert degree_channels(graph) == {t: len(relations_into(graph, t)) for t in graph.node_types}
     degrees = DegreeFeatures.fit(graph, before=5_000)
-    for et in graph.edge_types:  # standardised on the graph as it stood at the reference time
+    for et in graph.edge_types:  # scaled by the largest degree as the graph stood at the reference time
         reference = log_degree(graph, et, np.arange(graph.num_nodes[et[2]]), 5_000)
-        assert degrees.mean[et] == pytest.approx(float(reference.mean()), abs=1e-6)
-        assert degrees.std[et] == pytest.approx(float(reference.std()) or 1.0, abs=1e-6)
+        assert degrees.scale[et] == pytest.approx(float(reference.max()), abs=1e-6)
+        assert degrees(graph, et[2], before=5_000).max() == pytest.approx(1.0)
     nodes = torch.tensor([3, 0, 3, 59])
     columns = degrees(graph, "item", nodes, before=4_000)
     assert columns.shape == (4, len(relations_into(graph, "item"))) and columns.dtype == torch.float32
     for column, et in enumerate(relations_into(graph, "item")):
         csc = graph.csc(et)
         counts = csc.degree(nodes.numpy(), np.full(4, 4_000)) if csc.time is not None else csc.degree(nodes.numpy())
-        expected = (torch.log1p(torch.from_numpy(counts).float()) - degrees.mean[et]) / degrees.std[et]
+        expected = torch.log1p(torch.from_numpy(counts).float()) / degrees.scale[et]
         assert torch.allclose(columns[:, column], expected), et
     # Without a time every edge counts; the full table appends to existing side features.
     full = degrees(graph, "item")

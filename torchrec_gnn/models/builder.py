@@ -36,7 +36,7 @@ class ModelConfig:
         warm_start (bool): pre-train the tower exactly as the two-stage baseline does, then
             train the whole model end to end from those weights (the tower is not frozen).
             Default False.
-        node_degree (bool): every node's standardised ``log1p`` in-degree per relation joins
+        node_degree (bool): every node's scaled ``log1p`` in-degree per relation joins
             its side features (:mod:`torchrec_gnn.graph.degree`), counted in the graph as each
             batch sees it (temporal sampling: before the batch), so the GNN can tell a node with
             many neighbours from one with few. Default False.

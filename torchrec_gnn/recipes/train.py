@@ -147,7 +147,7 @@ def batch_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType
 
 
 def node_degrees(config: ExperimentConfig, split: TimeSplit) -> Optional[DegreeFeatures]:
-    """The degree columns of ``model.node_degree``, standardised on the graph as the training
+    """The degree columns of ``model.node_degree``, scaled on the graph as the training
     window opens (the same on every rank and in ``eval``); None when off."""
     if not (config.model.node_degree and config.model.use_graph):
         return None
