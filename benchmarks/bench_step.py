@@ -36,8 +36,8 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.models.builder import build_graph_dlrm
-from torchrec_gnn.recipes.train import batches as training_batches
+from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
+from torchrec_gnn.recipes.train import batches as training_batches, node_degrees
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
@@ -58,7 +58,7 @@ STAGES = {
 class Bench:
     """One model in its training pipeline, and its history's refresh when it has one."""
 
-    def __init__(self, dataset, graph: HeteroGraph, config: ExperimentConfig) -> None:
+    def __init__(self, dataset, graph: HeteroGraph, config: ExperimentConfig, node_features: Dict[str, torch.Tensor]) -> None:
         torch.manual_seed(config.train.seed)
         model = build_graph_dlrm(dataset, graph, config.model, device=torch.device("meta"))
         self.dmp, _ = shard_model(model, torch.device("cpu"), config.sharding)
@@ -66,8 +66,8 @@ class Bench:
         extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}
         optimizer = make_optimizer(self.dmp, config.sharding.dense_lr, extra)
         self.pipeline = BalancedTrainPipeline(self.dmp, optimizer, balancer, torch.device("cpu"))
-        self.graph, self.node_features = graph, dataset.node_features
-        self.has_history = refresh_outer_hop(self.dmp, graph, dataset.node_features)
+        self.graph, self.node_features = graph, node_features
+        self.has_history = refresh_outer_hop(self.dmp, graph, node_features)
 
     def refresh(self) -> float:
         """Seconds of one full refresh of the history."""
@@ -126,7 +126,9 @@ def main() -> None:
     init_distributed("cpu")  # DMP needs a process group, even for one process
     dataset = load_dataset(config.data)
     split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
-    data = training_batches(config, split.graph, dataset, split.train, train=True)
+    degree = node_degrees(config, split)
+    data = training_batches(config, split.graph, dataset, split.train, train=True, degree=degree)
+    features = tower_node_features(dataset, split.graph, degree)
     batches = [data[i] for i in range(min(args.steps, len(data)))]
     edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in batches)
     nodes = statistics.mean(sum(b.num_nodes.values()) for b in batches)
@@ -134,10 +136,10 @@ def main() -> None:
 
     fixed = BalancerConfig(kind="fixed")
     benches = {
-        "tower": Bench(dataset, split.graph, config),
-        "tower_fixed": Bench(dataset, split.graph, dataclasses.replace(config, balancer=fixed)),
+        "tower": Bench(dataset, split.graph, config, features),
+        "tower_fixed": Bench(dataset, split.graph, dataclasses.replace(config, balancer=fixed), features),
         "no_graph": Bench(dataset, split.graph, dataclasses.replace(
-            config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False))),
+            config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False)), dataset.node_features),
     }
     for bench in benches.values():  # warm-up: tracing, first allocations
         bench.steps_per_s(batches[:3])
