@@ -13,11 +13,17 @@ split (validation and test), next to oracles that lack one latent (replaced by i
   (what their in-window watches could reveal to a model that sees a fresh graph);
 * ``no_taste``: taste/topic affinity unknown (0).
 
+With ``--runs``, also the test AUC of ``--task`` per segment (cold and warm users, videos uploaded
+before and inside the labelled window, videos with no training example) for the Bayes scores
+and each finished run's model (``torchrec-gnn eval --predictions`` scores).
+
     python docs/results/synthetic_oracle.py [--config configs/default.yaml] [--set data.synthetic.taste_drift_fraction=0.5]
+    python docs/results/synthetic_oracle.py --runs runs/compare/two_stage/seed_0 runs/compare/e2e/seed_0
 """
 
 import argparse
-from typing import Callable, Dict, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -25,6 +31,7 @@ from torchrec_gnn.config import load_config
 from torchrec_gnn.data import synthetic
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
+from torchrec_gnn.recipes.evaluate import score_run
 from torchrec_gnn.train.metrics import roc_auc
 
 TASKS = ("click", "long_view", "like", "skip")
@@ -55,23 +62,17 @@ def expected_labels(w: synthetic._World, bias: float, users: np.ndarray, videos:
                     times: np.ndarray, aff: np.ndarray, quality: np.ndarray, draws: int,
                     rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """P(label) (M,) per binary task, given the affinity and quality, by Monte Carlo over the
-    generator's click noise, watched-fraction noise and skim time (the formulas of
-    ``synthetic._click_logit`` and ``synthetic._outcomes``)."""
-    hour = (times // synthetic._HOUR) % 24
-    age_days = (times - w.upload[videos]) / synthetic._DAY
-    base = (w.cfg.taste_strength * aff + 0.5 * quality + 0.3 * np.cos(2 * np.pi * (hour - 21) / 24)
-            - 0.2 * np.log1p(age_days) + 0.2 * np.log(w.activity[users]))
-    duration = w.duration[videos]
+    generator's click noise, watched-fraction noise and skim time (its own formulas)."""
+    base = synthetic.click_base(w, users, videos, times, aff, quality)
+    frac_base = synthetic.watch_fraction_base(aff, quality, w.duration[videos])
     totals = {t: np.zeros(users.size) for t in TASKS}
     for _ in range(draws):
-        p_click = synthetic._sigmoid(bias + base + rng.normal(0.0, 0.3, users.size))
-        frac = synthetic._sigmoid(0.3 + 2.0 * aff + 0.3 * quality - 0.4 * np.log(duration / 30.0)
-                                  + rng.normal(0.0, 0.8, users.size))
-        p_like = synthetic._sigmoid(-2.5 + 3.0 * aff + 0.5 * quality + 2.0 * (frac - 0.5))
-        skim = np.minimum(rng.exponential(1.0, users.size) * (1.0 + 2.0 * p_click), duration)
+        p_click = synthetic._sigmoid(bias + base + rng.normal(0.0, synthetic.CLICK_NOISE, users.size))
+        frac = synthetic._sigmoid(frac_base + rng.normal(0.0, synthetic.WATCH_NOISE, users.size))
+        skim = synthetic.skim_seconds(rng.exponential(1.0, users.size), p_click, w.duration[videos])
         totals["click"] += p_click
         totals["long_view"] += p_click * (frac >= synthetic.WATCH_LONG_FRACTION)
-        totals["like"] += p_click * p_like
+        totals["like"] += p_click * synthetic._sigmoid(synthetic.like_logit(aff, quality, frac))
         totals["skip"] += (1.0 - p_click) * (skim < synthetic.SKIP_SECONDS)
     return {t: v / draws for t, v in totals.items()}
 
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--draws", type=int, default=200, help="Monte Carlo draws per example")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="finished runs of this config to score by segment")
+    parser.add_argument("--task", default="click", choices=TASKS, help="the task of the segment table")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     dataset, w, bias = capture_world(config)
@@ -106,6 +109,31 @@ def main() -> None:
             probs = expected_labels(w, bias, u, v, t, aff, quality, args.draws, np.random.default_rng(args.seed))
             aucs = [roc_auc(probs[task], ex.labels[:, columns[task]].numpy()) for task in TASKS]
             print(f"{name:<5} {oracle:<16} " + " ".join(f"{a:>10.4f}" for a in aucs))
+    if args.runs:
+        print_segments(w, bias, split, args.runs, args.task, columns[args.task], args.draws, args.seed)
+
+
+def print_segments(w: synthetic._World, bias: float, split, runs: List[Path], task: str, column: int,
+                   draws: int, seed: int) -> None:
+    """Test AUC of ``task`` per segment: Bayes scores and each run's model."""
+    test = split.test
+    u, v, t = test.user.numpy(), test.item.numpy(), test.timestamp.numpy()
+    labels = test.labels[:, column].numpy()
+    aff = synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v)
+    scores = {"bayes": expected_labels(w, bias, u, v, t, aff, w.quality[v], draws, np.random.default_rng(seed))[task]}
+    for run in runs:
+        frame = score_run(run, "test").predictions()
+        if not (np.array_equal(frame["user"], u) and np.array_equal(frame["timestamp"], t)):
+            raise ValueError(f"{run}: its test examples are not this config's; pass the config and --set it ran with")
+        scores[str(run)] = frame[task].to_numpy()
+    unseen = ~np.isin(v, split.train.item.numpy())
+    segments = {"all": np.ones(u.size, dtype=bool), "cold user": w.cold[u], "warm user": ~w.cold[u],
+                "old video": ~w.video_new[v], "new video": w.video_new[v], "no training example": unseen}
+    print(f"\ntest {task} AUC by segment")
+    print(f"{'segment':<20} {'share':>6} " + " ".join(f"{name:>{max(10, len(name))}}" for name in scores))
+    for segment, mask in segments.items():
+        cells = [f"{roc_auc(s[mask], labels[mask]):>{max(10, len(name))}.4f}" for name, s in scores.items()]
+        print(f"{segment:<20} {mask.mean():>6.3f} " + " ".join(cells))
 
 
 if __name__ == "__main__":

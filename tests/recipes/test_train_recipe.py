@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -44,6 +45,22 @@ def test_outputs_and_exact_resume(tmp_path: Path) -> None:
     for task in ("click", "like"):
         assert metrics[task]["auc"] == pytest.approx(results["test"][task]["auc"], abs=1e-5)
     assert metrics["stay_duration"]["rmse"] == pytest.approx(results["test"]["stay_duration"]["rmse"], rel=1e-4)
+    # --predictions: one row per test example in order, scores that give the same metrics.
+    from torchrec_gnn.cli import main as cli
+    from torchrec_gnn.train.metrics import roc_auc
+    cli(["eval", "--run-dir", str(straight), "--split", "test", "--predictions", str(tmp_path / "test.parquet")])
+    frame = pd.read_parquet(tmp_path / "test.parquet")
+    assert list(frame.columns[:3]) == ["user", "item", "timestamp"] and len(frame) == metrics["click"]["count"]
+    assert frame["timestamp"].is_monotonic_increasing
+    for task in ("click", "like"):
+        labelled = frame[f"{task}_label"].notna()
+        assert roc_auc(frame[task][labelled].to_numpy(), frame[f"{task}_label"][labelled].to_numpy()) == pytest.approx(
+            metrics[task]["auc"], abs=1e-9)
+    stay = frame.dropna(subset=["stay_duration_label"])
+    rmse = float(np.sqrt(((stay["stay_duration"] - stay["stay_duration_label"]) ** 2).mean()))
+    assert rmse == pytest.approx(metrics["stay_duration"]["rmse"], rel=1e-6)
+    with pytest.raises(SystemExit):  # a user error: message, exit status 2
+        cli(["eval", "--run-dir", str(straight), "--predictions", str(tmp_path / "test.txt")])
 
     resumed = tmp_path / "resumed"
     main(["--config", "configs/default.yaml", *TINY, "--max-steps", "3", "--output-dir", str(resumed)])

@@ -102,6 +102,8 @@ DENSE_NAMES: Tuple[str, ...] = (
 NUM_AGE_BUCKETS = 6
 SKIP_SECONDS = 2.0  # an unclicked impression left faster than this is a skip
 WATCH_LONG_FRACTION = 0.75  # a clicked impression watched at least this fraction is a long view
+CLICK_NOISE = 0.3  # std of the per-impression click logit noise
+WATCH_NOISE = 0.8  # std of the per-impression watched-fraction logit noise
 _DAY = 86_400
 _HOUR = 3_600
 # Impressions simulated at once: bounds peak memory (the "large" preset simulates ~10^8).
@@ -535,20 +537,42 @@ def _draw_impressions(rng: np.random.Generator, w: _World, users: np.ndarray, po
     return videos, times
 
 
+def click_base(w: _World, users: np.ndarray, videos: np.ndarray, times: np.ndarray, aff: np.ndarray,
+               quality: np.ndarray) -> np.ndarray:
+    """(M,) the click logit without bias and noise, given the taste/topic cosine ``aff`` and the
+    videos' ``quality`` (the reaction model's formulas live here and in the two below; the oracle
+    of ``docs/results/synthetic_oracle.py`` reuses them)."""
+    hour = (times // _HOUR) % 24
+    age_days = (times - w.upload[videos]) / _DAY
+    return (
+        w.cfg.taste_strength * aff
+        + 0.5 * quality
+        + 0.3 * np.cos(2 * np.pi * (hour - 21) / 24)  # evening peak
+        - 0.2 * np.log1p(age_days)  # fresh videos are more attractive
+        + 0.2 * np.log(w.activity[users])
+    )
+
+
+def watch_fraction_base(aff: np.ndarray, quality: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """(M,) the watched fraction's logit without noise."""
+    return 0.3 + 2.0 * aff + 0.3 * quality - 0.4 * np.log(duration / 30.0)
+
+
+def like_logit(aff: np.ndarray, quality: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """(M,) the logit of a like given a click and its watched fraction."""
+    return -2.5 + 3.0 * aff + 0.5 * quality + 2.0 * (frac - 0.5)
+
+
+def skim_seconds(unit_exponential: np.ndarray, p_click: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """(M,) seconds an unclicked impression is skimmed: ~1-3 s, longer when it is more attractive."""
+    return np.minimum(unit_exponential * (1.0 + 2.0 * p_click), duration)
+
+
 def _click_logit(rng: np.random.Generator, w: _World, users: np.ndarray, videos: np.ndarray,
                  times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Click logit without bias (M,) and taste/topic cosine (M,) with the taste at the impression's time."""
     aff = _rowdot(w.z_taste, w.z_video, w.taste_row(users, times), videos)
-    hour = (times // _HOUR) % 24
-    age_days = (times - w.upload[videos]) / _DAY
-    logit = (
-        w.cfg.taste_strength * aff
-        + 0.5 * w.quality[videos]
-        + 0.3 * np.cos(2 * np.pi * (hour - 21) / 24)  # evening peak
-        - 0.2 * np.log1p(age_days)  # fresh videos are more attractive
-        + 0.2 * np.log(w.activity[users])
-        + rng.normal(0.0, 0.3, users.size)
-    )
+    logit = click_base(w, users, videos, times, aff, w.quality[videos]) + rng.normal(0.0, CLICK_NOISE, users.size)
     return logit, aff
 
 
@@ -559,14 +583,11 @@ def _outcomes(rng: np.random.Generator, w: _World, users: np.ndarray, videos: np
     logit, aff = _click_logit(rng, w, users, videos, times)
     p_click = _sigmoid(bias + logit)
     click = rng.random(n) < p_click
-    duration = w.duration[videos]
-    frac = _sigmoid(
-        0.3 + 2.0 * aff + 0.3 * w.quality[videos] - 0.4 * np.log(duration / 30.0) + rng.normal(0.0, 0.8, n)
-    )
-    # Unclicked impressions are skimmed for ~1-3 s, longer when the video is more attractive.
-    skim = np.minimum(rng.exponential(1.0, n) * (1.0 + 2.0 * p_click), duration)
+    duration, quality = w.duration[videos], w.quality[videos]
+    frac = _sigmoid(watch_fraction_base(aff, quality, duration) + rng.normal(0.0, WATCH_NOISE, n))
+    skim = skim_seconds(rng.exponential(1.0, n), p_click, duration)
     stay = np.where(click, duration * frac, skim)
-    like = click & (rng.random(n) < _sigmoid(-2.5 + 3.0 * aff + 0.5 * w.quality[videos] + 2.0 * (frac - 0.5)))
+    like = click & (rng.random(n) < _sigmoid(like_logit(aff, quality, frac)))
     return dict(
         user=users, video=videos, time=times, click=click, frac=frac, stay=stay,
         long_view=click & (frac >= WATCH_LONG_FRACTION), like=like, skip=~click & (stay < SKIP_SECONDS),
