@@ -24,6 +24,7 @@ ABLATION_CONFIGS = {
     "e2e_uncertainty": "uncertainty", "e2e_input_fusion_only": "input_fusion_only",
     "e2e_prehead_fusion_only": "prehead_fusion_only", "e2e_edge": "edge_objective", "e2e_warm": "warm_start",
     "e2e_warm_edge": "warm_start_edge", "two_stage_refresh": "two_stage_refresh", "e2e_history": "history",
+    "e2e_fresh": "fresh_graph",
 }
 
 
@@ -123,6 +124,7 @@ def test_variants_match_the_ablation_configs() -> None:
         from_variant = config_to_dict(load_config(None, VARIANTS[variant]))
         for section in ("model", "balancer", "pretrain"):
             assert ablation[section] == from_variant[section], (variant, section)
+        assert ablation["train"]["graph"] == from_variant["train"]["graph"], variant
 
 
 def test_variants_may_not_change_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

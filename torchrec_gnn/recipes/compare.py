@@ -79,6 +79,8 @@ VARIANTS: Dict[str, List[str]] = {
     # The outer hop read from historical embeddings instead of sampled (the step-cost lever),
     # with 15 instead of 10 first-hop neighbours (chosen on validation AUC, README "Step cost").
     "e2e_history": ["model.gnn.outer_hop=history", "loader.fanouts=[15,5]"],
+    # Trained and scored on the graph as it stands at each batch (the window's edges included).
+    "e2e_fresh": ["train.graph=fresh"],
 }
 SPLITS = ("val", "test")
 # (title in results.md, metric, which value is best: "higher", "lower" or "closer to 1")
