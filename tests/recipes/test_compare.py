@@ -98,6 +98,48 @@ def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFi
     assert forced["variants"]["e2e"]["click"]["auc"]["std"] == 0.0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child's death signal is Linux's prctl")
+@pytest.mark.timeout(300)
+def test_a_killed_compare_takes_its_child_along_and_a_rerun_redoes_the_run(tmp_path: Path) -> None:
+    """SIGKILL to ``compare`` (which no handler sees) ends its training child too, and the rerun
+    neither skips the half-written run nor finds it still being written."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    out = tmp_path / "compare"
+    argv = [sys.executable, "-m", "torchrec_gnn", "compare", "--config", "configs/default.yaml", *TINY,
+            "--variants", "no_graph", "--seeds", "1", "--output-dir", str(out)]
+    run_dir = out / "no_graph" / "seed_0"
+    parent = subprocess.Popen([*argv, "--set", "train.epochs=100000"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").is_file():  # the child is training
+            assert parent.poll() is None and time.monotonic() < deadline, "the child never started training"
+            time.sleep(0.2)
+        children = psutil.Process(parent.pid).children(recursive=True)
+        assert children
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"children outlived compare: {alive}"
+    finally:
+        parent.kill()
+    assert not (run_dir / "cost.json").exists()
+    steps = (run_dir / "metrics.jsonl").read_text().count("\n")
+    time.sleep(1.0)
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == steps  # nobody writes there any more
+
+    done = subprocess.run([*argv, "--max-steps", "2"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "[1/1] no_graph seed 0 ..." in done.stdout and "skipped" not in done.stdout
+    assert len([line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"losses"' in line]) == 2
+    assert json.loads((run_dir / "cost.json").read_text())["peak_rss_mb"] > 0
+
+
 def test_unknown_variants_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["--config", "configs/default.yaml", "--output-dir", str(tmp_path / "x")]
     with pytest.raises(CompareError, match=r"unknown variant 'e3e'; available variants: no_graph, two_stage, two_stage_refresh, e2e, "):

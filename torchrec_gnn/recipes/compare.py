@@ -19,10 +19,13 @@ the run's seconds are those of ``train``'s ``main`` (interpreter start and impor
 ``--in-process`` calls :func:`torchrec_gnn.recipes.train.main` instead (no interpreter start,
 but the peak RSS is then this process's peak so far, which never goes down).
 
-A run whose ``eval.json`` exists is skipped, so an interrupted comparison resumes where it
-stopped; ``--force`` reruns everything. A run without ``eval.json`` is removed and rerun from
-scratch. A finished run made with other arguments (``run.json``) is an error, not a skip: one
-``DIR`` never mixes settings. ``DIR`` then receives:
+A run is finished once its ``cost.json`` exists: this process writes it last (atomically, after
+the run's ``eval.json``), so an interrupted comparison resumes where it stopped and never takes
+a half-written run for a finished one; ``--force`` reruns everything. An unfinished run is
+removed and rerun from scratch. A child run dies with this process, even when it is killed
+(``SIGKILL``; Linux), so nothing keeps writing into ``DIR`` behind a rerun. A finished run made
+with other arguments (``run.json``) is an error, not a skip: one ``DIR`` never mixes settings.
+``DIR`` then receives:
 
 * ``results.json``: ``{"variants": {variant: {task: {metric: {"mean", "std", "n"}}}},
   "cost": {variant: {"train_seconds": {...}, "peak_rss_mb": {...}}}, "split", "seeds",
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="static",
                         help="static: train, then score validation and test; streaming: test-then-train over "
                              "time periods with a graph that grows (train.protocol, torchrec_gnn.recipes.stream)")
-    parser.add_argument("--force", action="store_true", help="rerun runs that already have an eval.json")
+    parser.add_argument("--force", action="store_true", help="rerun finished runs too")
     parser.add_argument("--in-process", action="store_true",
                         help="call train.main in this process instead of one child process per run "
                              "(faster start; peak RSS is then this process's peak so far)")
@@ -223,13 +226,34 @@ def timed_train(argv: Sequence[str]) -> float:
     return time.perf_counter() - start
 
 
-def _child(cost_path: str, argv: Sequence[str]) -> None:
-    """Entry point of a child run: ``train`` timed from inside, the seconds written to ``cost_path``."""
-    Path(cost_path).write_text(json.dumps({"train_seconds": timed_train(argv)}))
+COST_FILE = "cost.json"  # written last: its presence marks a finished run
+CHILD_SECONDS_FILE = "train_seconds.json"  # the child's own timing of train's main
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``), and
+    exit now if ``parent`` is already gone; elsewhere nothing (Ctrl-C still reaches the child)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above: nobody would reap this run
+        os._exit(1)
+
+
+def _child(parent: str, seconds_path: str, argv: Sequence[str]) -> None:
+    """Entry point of a child run: dies with ``parent``, runs ``train`` timed from inside and
+    writes the seconds to ``seconds_path``."""
+    die_with_parent(int(parent))
+    Path(seconds_path).write_text(json.dumps({"train_seconds": timed_train(argv)}))
 
 
 # A child run is `python -m torchrec_gnn train ARGV` timed from inside (no interpreter start).
-_CHILD_CODE = "import sys; from torchrec_gnn.recipes.compare import _child; _child(sys.argv[1], sys.argv[2:])"
+_CHILD_CODE = ("import sys; from torchrec_gnn.recipes.compare import _child; "
+               "_child(sys.argv[1], sys.argv[2], sys.argv[3:])")
 
 
 def run_subprocess(run: Run) -> Dict[str, float]:
@@ -250,8 +274,8 @@ def run_subprocess(run: Run) -> Dict[str, float]:
         CompareError: the job failed; the message holds the end of its log.
     """
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
-    log_path, cost_path = run.run_dir / "train.log", run.run_dir / "cost.json"
-    command = [sys.executable, "-c", _CHILD_CODE, str(cost_path), *run.argv]
+    log_path, seconds_path = run.run_dir / "train.log", run.run_dir / CHILD_SECONDS_FILE
+    command = [sys.executable, "-c", _CHILD_CODE, str(os.getpid()), str(seconds_path), *run.argv]
     start = time.perf_counter()
     with log_path.open("w") as log:
         log.write(" ".join([sys.executable, "-m", "torchrec_gnn", "train", *run.argv]) + "\n")
@@ -269,7 +293,7 @@ def run_subprocess(run: Run) -> Dict[str, float]:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
         raise CompareError(f"{run.variant} seed {run.seed}: train exited with {proc.returncode}; "
                            f"end of {log_path}:\n{tail}")
-    inside = json.loads(cost_path.read_text())
+    inside = json.loads(seconds_path.read_text())
     return {"train_seconds": inside["train_seconds"], "process_seconds": seconds, "peak_rss_mb": _rss_mb(usage.ru_maxrss)}
 
 
@@ -294,10 +318,11 @@ def _signature(argv: Sequence[str]) -> List[str]:
 
 
 def execute(runs: Sequence[Run], force: bool = False, in_process: bool = False) -> None:
-    """Run every job that has no ``eval.json`` yet (all with ``force``), one after another.
+    """Run every job that is not finished yet (all with ``force``), one after another.
 
     A rerun starts from an empty run directory. Each run records its arguments in ``run.json``
-    and, once finished, its cost in ``cost.json``.
+    and, once finished, its cost in ``cost.json`` (written last and atomically: the mark of a
+    finished run).
 
     Args:
         runs (Sequence[Run]): the jobs.
@@ -308,7 +333,7 @@ def execute(runs: Sequence[Run], force: bool = False, in_process: bool = False) 
         CompareError: a finished run was made with other arguments (checked before any run
             starts), or a run failed.
     """
-    done = [run for run in runs if (run.run_dir / "eval.json").is_file() and not force]
+    done = [run for run in runs if (run.run_dir / COST_FILE).is_file() and not force]
     for run in done:
         record = run.run_dir / "run.json"
         saved = json.loads(record.read_text())["argv"] if record.is_file() else None
@@ -320,7 +345,7 @@ def execute(runs: Sequence[Run], force: bool = False, in_process: bool = False) 
     for i, run in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {run.variant} seed {run.seed}"
         if run in done:
-            print(f"{prefix}: skipped, {run.run_dir / 'eval.json'} exists", flush=True)
+            print(f"{prefix}: skipped, finished ({run.run_dir / COST_FILE} exists)", flush=True)
             continue
         print(f"{prefix} ...", flush=True)
         if run.run_dir.exists():
@@ -328,7 +353,9 @@ def execute(runs: Sequence[Run], force: bool = False, in_process: bool = False) 
         run.run_dir.mkdir(parents=True)
         (run.run_dir / "run.json").write_text(json.dumps({"variant": run.variant, "seed": run.seed, "argv": run.argv}))
         cost = run_in_process(run) if in_process else run_subprocess(run)
-        (run.run_dir / "cost.json").write_text(json.dumps(cost, indent=1))
+        partial = run.run_dir / f"{COST_FILE}.partial"
+        partial.write_text(json.dumps(cost, indent=1))
+        os.replace(partial, run.run_dir / COST_FILE)
         print(f"{prefix}: done in {cost['train_seconds']:.1f} s, peak RSS {cost['peak_rss_mb']:.0f} MB", flush=True)
 
 
@@ -353,7 +380,7 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
     """Mean and std over the seeds of every variant's metrics on ``split``, and of its cost.
 
     Args:
-        runs (Sequence[Run]): finished runs (each has ``eval.json``; ``cost.json`` if measured).
+        runs (Sequence[Run]): finished runs (each has ``eval.json`` and ``cost.json``).
         split (str): ``"val"`` or ``"test"``.
 
     Returns:
@@ -369,8 +396,8 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
         for task, values in results.items():
             for metric, value in values.items():
                 per_task.setdefault(task, {}).setdefault(metric, []).append(value)
-        cost_file, report = run.run_dir / "cost.json", run.run_dir / PRETRAIN_REPORT
-        cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}  # absent: not measured
+        cost = json.loads((run.run_dir / COST_FILE).read_text())
+        report = run.run_dir / PRETRAIN_REPORT
         for extra in (report, run.run_dir / TRAINING_FILE):  # pre-training seconds; the step evaluated
             if extra.is_file():
                 cost.update({k: v for k, v in json.loads(extra.read_text()).items() if k in COST_KEYS})
