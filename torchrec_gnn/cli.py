@@ -1,7 +1,7 @@
 """``torchrec-gnn`` command line: a thin dispatcher over the job scripts in ``recipes/``.
 
     torchrec-gnn train --config configs/default.yaml [--set key=value ...]
-    torchrec-gnn eval --run-dir runs/default [--split test]
+    torchrec-gnn eval --run-dir runs/default [--split test] [--predictions scores.parquet]
     torchrec-gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare [--variants no_graph,e2e]
     torchrec-gnn bench [sampler|loader|step|graph_size] [benchmark flags]
 
