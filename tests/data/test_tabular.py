@@ -259,3 +259,41 @@ def test_error_unparseable_time(tmp_path: Path) -> None:
         tmp_path, ValueError, r"interactions\.csv: column 'ts': times must be numbers or ISO 8601 dates, could not parse",
         **{"interactions.csv": _edit_csv(ts=["2024-01-01", "yesterday", "2024-01-02", "2024-01-03"])},
     )  # fmt: skip
+
+
+def test_error_edge_file_the_examples_never_reach_and_typo_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _write(tmp_path / "shop")
+    (root / "edges" / "itemz__similar__widget.csv").write_text("src,dst\na,b\n")
+    with pytest.raises(ValueError, match=r"edges/itemz__similar__widget\.csv: none of its node types \['itemz', 'widget'\] "
+                                         r"is 'user', 'item' or a type the other edge files connect to them"):
+        load_tabular(root)
+    (root / "edges" / "itemz__similar__widget.csv").unlink()
+    # Chained new types are fine: brand is reached through item, brand__owned_by__firm through brand.
+    (root / "edges" / "brand__owned_by__firm.csv").write_text("src,dst\nacme,f1\n")
+    (root / "edges" / "usr__likes__item.csv").write_text("src,dst\nu9,3\n")
+    with caplog.at_level("WARNING", logger="torchrec_gnn.data"):
+        ds = load_tabular(root)
+    assert {"firm", "usr"} <= set(ds.num_nodes)
+    assert "edges/usr__likes__item.csv: node type 'usr' is new (it is neither 'user' nor 'item'); did you mean 'user'?" in caplog.text
+    assert "firm" not in caplog.text and "brand" not in caplog.text
+
+
+def test_error_header_only_interactions(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop")
+    (root / "interactions.csv").write_text("user_id,item_id,ts,clicked,amount,country\n")
+    with pytest.raises(ValueError, match=r"interactions\.csv: no rows, only a header"):
+        load_tabular(root)
+
+
+def test_no_interaction_older_than_the_training_examples_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from torchrec_gnn.data.split import time_split
+
+    ds = load_tabular(_write(tmp_path / "shop"))
+    with caplog.at_level("WARNING", logger="torchrec_gnn.data"):
+        time_split(ds, history_fraction=0.0, val_fraction=0.25, test_fraction=0.25)
+    assert "the graph holds no user__interacts__item edge older than the first training example" in caplog.text
+    assert "set data.history_fraction > 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="torchrec_gnn.data"):
+        time_split(ds, history_fraction=0.5, val_fraction=0.2, test_fraction=0.2)
+    assert "graph holds no" not in caplog.text

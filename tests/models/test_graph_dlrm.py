@@ -140,6 +140,20 @@ def test_from_dlrm_refuses_other_models_and_keyed_output_joins_an_ebc(tiny_split
     assert torch.equal(joined[:, -24:-12], graph.user) and torch.equal(joined[:, -12:], graph.item)
 
 
+def test_no_dense_features_read_a_constant_input(tiny_split, tiny_batches) -> None:
+    """ID-only data (no dense feature): the dense slot is one learned vector, and it trains."""
+    dataset = dataclasses.replace(tiny_log_dataset(), dense_names=[])
+    torch.manual_seed(0)
+    model = build_graph_dlrm(dataset, tiny_split.graph, CONFIG)
+    batch = dataclasses.replace(tiny_batches[0], dense_features=tiny_batches[0].dense_features[:, :0])
+    dense = model.model.dense_arch(torch.ones(batch.batch_size, 1))
+    assert torch.equal(dense, dense[:1].expand_as(dense))  # the same vector for every example
+    losses, (_, outputs, _) = model(batch)
+    assert outputs.shape == (batch.batch_size, 2) and bool(torch.isfinite(outputs).all())
+    losses.sum().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.model.dense_arch.parameters())
+
+
 def test_deterministic_for_a_seed(tiny_split, tiny_batches) -> None:
     runs = []
     for _ in range(2):

@@ -199,7 +199,7 @@ def test_two_stage_cost_counts_pretraining_and_export(tmp_path: Path) -> None:
     assert f"{report['pretrain_seconds']:.1f}" in row
 
 
-def write_shop(root: Path, n: int = 1500, seed: int = 0) -> Path:
+def write_shop(root: Path, n: int = 1500, seed: int = 0, dense_features=("price",)) -> Path:
     """A bring-your-own data folder: users click items of their favourite brand."""
     import numpy as np
     import pandas as pd
@@ -213,7 +213,7 @@ def write_shop(root: Path, n: int = 1500, seed: int = 0) -> Path:
     (root / "dataset.yaml").write_text(yaml.safe_dump({
         "user_column": "user_id", "item_column": "item_id", "time_column": "ts",
         "tasks": [{"name": "click", "column": "clicked", "kind": "binary"}],
-        "sparse_features": ["item_id", "brand"], "dense_features": ["price"], "edge_task": "click",
+        "sparse_features": ["item_id", "brand"], "dense_features": list(dense_features), "edge_task": "click",
     }))
     pd.DataFrame({"user_id": users, "item_id": items, "ts": np.arange(n), "clicked": clicked.astype(float)}).to_csv(
         root / "interactions.csv", index=False)
@@ -239,6 +239,18 @@ def test_compare_on_a_bring_your_own_dataset(tmp_path: Path) -> None:
         assert 0.0 <= per_task["click"]["auc"]["mean"] <= 1.0, variant
     report = json.loads((tmp_path / "compare" / "two_stage" / "seed_0" / "pretrain" / "pretrain.json").read_text())
     assert report["relation"] == "user__interacts__item"
+
+
+@pytest.mark.timeout(600)
+def test_id_only_data_without_dense_features_trains_and_evaluates(tmp_path: Path) -> None:
+    from torchrec_gnn.recipes.train import main as train
+
+    shop = write_shop(tmp_path / "shop", dense_features=())
+    results = train(["--set", "data.dataset=tabular", "--set", f"data.path={shop}", "--set", "data.history_fraction=0.4",
+                     "--set", "loader.batch_size=128", "--set", "loader.eval_batch_size=256",
+                     "--set", "loader.fanouts=[5,3]", "--set", "loader.num_workers=0", "--set", "train.plots=false",
+                     "--max-steps", "3", "--output-dir", str(tmp_path / "run")])
+    assert 0.0 <= results["test"]["click"]["auc"] <= 1.0
 
 
 @pytest.mark.timeout(600)

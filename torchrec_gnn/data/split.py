@@ -13,6 +13,7 @@ the interaction being predicted (or any later one) is never visible to the GNN.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -20,6 +21,8 @@ import torch
 
 from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+
+logger = logging.getLogger("torchrec_gnn.data")
 
 
 @dataclass
@@ -109,12 +112,27 @@ def time_split(
     }
     if graph is None:
         graph = graph_before(dataset, cutoffs["train"], add_reverse)
+        _warn_if_no_interaction_edges(dataset, graph, cutoffs["train"], history_fraction)
     return TimeSplit(
         dataset=dataset,
         graph=graph,
         cutoffs=cutoffs,
         **{name: examples.subset(mask) for name, mask in splits.items()},
     )
+
+
+def _warn_if_no_interaction_edges(dataset: GraphRecDataset, graph: HeteroGraph, cutoff: int, history_fraction: float) -> None:
+    """Say loudly when no user-item edge is older than the first training example: the GNN then
+    sees none of the interactions (typically examples and edges from one log, history_fraction 0)."""
+    relations = [et for et in dataset.edges if (et[0], et[2]) == (dataset.user_type, dataset.item_type)]
+    empty = [et for et in relations if dataset.edges[et].src.numel() and not graph.num_edges(et)]
+    if empty and len(empty) == len(relations):
+        logger.warning(
+            "time_split: the graph holds no %s edge older than the first training example (t=%d); with "
+            "history_fraction=%s the GNN never sees an interaction. When examples and edges come from the same "
+            "log, set data.history_fraction > 0 (e.g. 0.3) so the earliest examples become graph history.",
+            " / ".join("__".join(et) for et in empty), cutoff, history_fraction,
+        )
 
 
 # Time given to static edges (no timestamp) in a streaming graph: older than any event, so

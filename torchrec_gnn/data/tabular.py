@@ -73,6 +73,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -83,6 +85,8 @@ import torch
 import yaml
 
 from torchrec_gnn.data.dataset import TASK_KINDS, EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+
+logger = logging.getLogger("torchrec_gnn.data")
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 EDGE_COLUMNS = ("src", "dst", "time", "weight")
@@ -186,6 +190,8 @@ def load_tabular(path: str | Path) -> GraphRecDataset:
     inter_file, inter = _read_named_table(root, "interactions", required=True)
     label_columns = [t.column for t in cfg.tasks]
     require_columns(inter_file, inter, [cfg.user_column, cfg.item_column, cfg.time_column, *label_columns])
+    if inter.empty:
+        raise ValueError(f"{inter_file}: no rows, only a header; the interactions table needs at least one example")
     sides: Dict[str, Tuple[str, str, pd.DataFrame, str]] = {}  # "users"/"items" -> (node type, file, table, key)
     for stem, node_type, key in (("users", cfg.user_type, cfg.user_column), ("items", cfg.item_type, cfg.item_column)):
         found = _read_named_table(root, stem, required=False)
@@ -194,6 +200,7 @@ def load_tabular(path: str | Path) -> GraphRecDataset:
             _check_unique(found[0], found[1], key)
             sides[stem] = (node_type, found[0], found[1], key)
     edge_tables = _read_edge_tables(root / "edges")
+    _check_edge_node_types(edge_tables, cfg.user_type, cfg.item_type)
 
     # Raw id columns per node type, from every table that names the type.
     id_columns = [
@@ -458,6 +465,35 @@ def _read_edge_tables(folder: Path) -> Dict[EdgeType, Tuple[str, pd.DataFrame]]:
             raise ValueError(f"{file}: unknown column(s) {extra}; edge tables have columns {list(EDGE_COLUMNS)}")
         tables[et] = (file, frame)
     return tables
+
+
+def _check_edge_node_types(edge_tables: Dict[EdgeType, Tuple[str, pd.DataFrame]], user_type: str, item_type: str) -> None:
+    """Every edge file must connect to the examples' users or items, directly or through other
+    edge files (a relation the examples never reach would train nothing); a new node type whose
+    name is close to a known one is probably a typo and is logged loudly."""
+    reached = {user_type, item_type}
+    pending = dict(edge_tables)
+    while True:
+        joined = [et for et in pending if et[0] in reached or et[2] in reached]
+        if not joined:
+            break
+        for et in joined:
+            reached.update((et[0], et[2]))
+            del pending[et]
+    if pending:
+        file = pending[next(iter(pending))][0]
+        raise ValueError(
+            f"{file}: none of its node types {sorted({t for et in pending for t in (et[0], et[2])})} is "
+            f"{user_type!r}, {item_type!r} or a type the other edge files connect to them "
+            f"({sorted(reached)}); check the type names in the file name"
+        )
+    known = [user_type, item_type]
+    for et, (file, _) in edge_tables.items():
+        for node_type in (et[0], et[2]):
+            close = difflib.get_close_matches(node_type, known, n=1, cutoff=0.75)
+            if node_type not in known and close:
+                logger.warning("%s: node type %r is new (it is neither %r nor %r); did you mean %r?",
+                               file, node_type, user_type, item_type, close[0])
 
 
 def _check_unique(file: str, frame: pd.DataFrame, column: str) -> None:

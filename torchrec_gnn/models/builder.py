@@ -149,8 +149,6 @@ def build_graph_dlrm(
         frozen_embeddings (Mapping[str, Tensor], optional): the two-stage tower's embeddings;
             without them it is built empty, to fill after DMP or from a state dict.
     """
-    if not dataset.dense_names:
-        raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no dense features; DLRM needs at least one")
     if not dataset.sparse_cardinality:
         raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no sparse features")
     ebc = EmbeddingBagCollection(

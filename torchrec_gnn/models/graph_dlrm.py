@@ -101,7 +101,9 @@ class GraphDLRM(nn.Module):
     Args:
         embedding_bag_collection (EmbeddingBagCollection): the ranker's sparse feature tables
             (one dim D for all).
-        dense_in_features (int): F_dense, width of ``batch.dense_features``.
+        dense_in_features (int): F_dense, width of ``batch.dense_features``; 0 for a data set
+            with none (ID-only data): the DenseArch then reads a constant 1, so the interaction
+            keeps its dense slot as one learned vector.
         tasks (Sequence[TaskSpec]): the T tasks.
         config (RankerConfig): sizes, interaction and fusion switches.
         graph_tower (GNNTower or FrozenGraphTower, optional): the GNN tower (end to end), or
@@ -130,7 +132,8 @@ class GraphDLRM(nn.Module):
         self.tasks = list(tasks)
         self.config = config
         self.sparse_arch = SparseArch(embedding_bag_collection)
-        self.dense_arch = DenseArch(dense_in_features, [*config.dense_arch_hidden_sizes, embedding_dim])
+        self.dense_in_features = dense_in_features
+        self.dense_arch = DenseArch(max(dense_in_features, 1), [*config.dense_arch_hidden_sizes, embedding_dim])
         self.graph_tower = graph_tower
         use_graph = graph_tower is not None
         # The auxiliary losses after the task losses, only those the tower computes: "gfae" (the
@@ -223,7 +226,10 @@ class GraphDLRM(nn.Module):
             :attr:`aux_loss_names` (``"gfae"`` with a feature GFAE, ``"edge"`` with an edge
             decoder; (0,) with neither).
         """
-        dense = self.dense_arch(batch.dense_features)  # (B, D)
+        dense_input = batch.dense_features
+        if not self.dense_in_features:  # (B, 0): no dense feature, a constant input instead
+            dense_input = dense_input.new_ones(dense_input.shape[0], 1)
+        dense = self.dense_arch(dense_input)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
         aux = {}
         if self.graph_tower is not None:
