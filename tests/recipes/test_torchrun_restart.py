@@ -102,3 +102,22 @@ def test_two_stage_under_two_ranks(tmp_path: Path) -> None:
         assert torch.equal(state[f"model.graph_tower.embeddings_{node_type}"], table)
     results = json.loads((tmp_path / "eval.json").read_text())["test"]
     assert results["click"]["count"] == 314 and 0.0 <= results["click"]["auc"] <= 1.0  # every test example once
+
+
+@pytest.mark.timeout(900)
+def test_two_rank_resume_is_exact(tmp_path: Path) -> None:
+    """2 ranks resumed from step 15 give the uninterrupted 2-rank run's losses and task weights
+    at every later step (GradNorm updates and an epoch boundary included), each step logged once."""
+    common = ["--set", "loader.batch_size=64", "--set", "train.epochs=3", "--set", "train.checkpoint_every=5"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for args in (["--output-dir", str(straight), "--max-steps", "36"], ["--output-dir", str(resumed), "--max-steps", "15"],
+                 ["--output-dir", str(resumed), "--max-steps", "36", "--resume"]):
+        run = _train([*args, *common], ranks=2)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    def logged(run_dir: Path) -> list:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["losses"], r["task_weights"]) for r in records if "losses" in r]
+
+    assert [step for step, *_ in logged(resumed)] == list(range(1, 37))  # every step once
+    assert logged(resumed) == logged(straight)

@@ -39,8 +39,9 @@ class MultiTaskModel(nn.Module):
         return torch.stack([(head(h).squeeze(1) - y[:, i]).pow(2).mean() for i, head in enumerate(self.heads)])
 
 
-def _train(rank: int, balancer_cls: Type[GradNorm], static_graph: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """STEPS steps of step -> combine -> backward -> SGD; returns (weights, flat model params, losses)."""
+def _train(rank: int, balancer_cls: Type[GradNorm], static_graph: bool = False) -> Tuple[Tensor, Tensor, Tensor, GradNorm]:
+    """STEPS steps of step -> combine -> backward -> SGD; returns (weights, flat model params,
+    losses, the balancer)."""
     torch.manual_seed(0)
     model = DistributedDataParallel(MultiTaskModel(), static_graph=static_graph)
     balancer = balancer_cls(NUM_TASKS, lr=0.05)
@@ -61,7 +62,7 @@ def _train(rank: int, balancer_cls: Type[GradNorm], static_graph: bool = False) 
         optimizer.step()
         all_losses.append(losses.detach())
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    return balancer.weights(), params, torch.stack(all_losses)
+    return balancer.weights(), params, torch.stack(all_losses), balancer
 
 
 def _gather(tensor: Tensor) -> List[Tensor]:
@@ -73,16 +74,24 @@ def _gather(tensor: Tensor) -> List[Tensor]:
 def _check_ranks(rank: int, world_size: int, store_path: str) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
     try:
-        weights, params, losses = _train(rank, GradNorm)
+        weights, params, losses, balancer = _train(rank, GradNorm)
         assert torch.isfinite(losses).all(), losses
         all_weights, all_params = _gather(weights), _gather(params)
         assert not torch.equal(_gather(losses[0])[0], _gather(losses[0])[1]), "ranks must see different data"
         assert not torch.allclose(weights, torch.ones(NUM_TASKS), atol=1e-3), "GradNorm did not move"
         assert torch.equal(all_weights[0], all_weights[1]), f"task weights differ: {all_weights}"
         assert torch.equal(all_params[0], all_params[1]), "DDP weights differ across ranks"
+        # The whole state is the same on every rank (L_i(0) from the global loss, the optimizer's
+        # moments), so rank 0's checkpoint restores every rank exactly.
+        state = balancer.state_dict()
+        for key in ("initial_losses", "has_initial_loss", "num_steps"):
+            assert torch.equal(*_gather(state[key].to(torch.float64))), key
+        moments = balancer.optimizer.state_dict()["state"][0]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(*_gather(moments[key])), key
 
         # Without the all-reduce each rank follows its own data: the check above would fail.
-        weights, params, _ = _train(rank, UnsyncedGradNorm)
+        weights, params, _, _ = _train(rank, UnsyncedGradNorm)
         all_weights = _gather(weights)
         gap = float((all_weights[0] - all_weights[1]).abs().max())
         assert gap > 1e-3, f"unsynced task weights should differ across ranks, max gap {gap}"
@@ -91,7 +100,7 @@ def _check_ranks(rank: int, world_size: int, store_path: str) -> None:
 
         # autograd.grad before backward desynchronises DDP with static_graph=True (the reason
         # DMP needs DefaultDataParallelWrapper(static_graph=False)): the params check detects it.
-        _, params, _ = _train(rank, GradNorm, static_graph=True)
+        _, params, _, _ = _train(rank, GradNorm, static_graph=True)
         assert not torch.equal(*_gather(params)), "static_graph=True no longer desynchronises DDP"
     finally:
         dist.destroy_process_group()

@@ -345,10 +345,12 @@ class GradNorm(LossBalancer):
       positive value loss i takes (usually at the first step). A loss that is 0 or non-finite
       at the first step waits until it is positive, so no ratio ever divides by 0.
 
-    On several ranks (torch.distributed initialised, world size > 1) every rank computes
-    ``dL_grad/dw`` from its own losses and the gradients are averaged with an all-reduce
-    before the optimizer step, so the weights stay identical on all ranks (each rank keeps its
-    own ``L_i(0)``). Every rank must call :meth:`step` the same number of times.
+    On several ranks (torch.distributed initialised, world size > 1) the loss values that set
+    ``L_i(0)`` and the rates are averaged over the ranks first (the step's global loss, one
+    all-reduce of L numbers), every rank computes ``dL_grad/dw`` from its own gradient norms
+    and these gradients are averaged before the optimizer step: weights, ``L_i(0)`` and the
+    optimizer state stay identical on all ranks, so one rank's state dict restores them all
+    (exact resume). Every rank must call :meth:`step` the same number of times.
 
     Args:
         num_losses (int): L, the number of balanced losses (T task losses + the GFAE loss).
@@ -420,7 +422,11 @@ class GradNorm(LossBalancer):
         self._check_losses(losses)
         update = int(self.num_steps) % self.update_every == 0
         self.num_steps += 1
-        values = losses.detach().to(self.initial_losses.dtype)
+        values = losses.detach().to(self.initial_losses.dtype).clone()
+        if update or not bool(self.has_initial_loss.all()):
+            # The step's loss over all ranks, as DDP's averaged gradient sees it: L_i(0) and the
+            # rates are then the same on every rank, so rank 0's checkpoint restores them all.
+            self._average_across_ranks(values)
         # First finite, positive value of each loss becomes its L_i(0).
         first = ~self.has_initial_loss & torch.isfinite(values) & (values > 0)
         self.initial_losses.copy_(torch.where(first, values, self.initial_losses))
