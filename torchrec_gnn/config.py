@@ -136,6 +136,8 @@ class TrainConfig:
         checkpoint_every (int): steps between checkpoints (0 = only at the end).
         keep_checkpoints (int): how many recent checkpoints to keep.
         plots (bool): write PNG plots at the end.
+        tensorboard (bool): also log every ``metrics.jsonl`` number to TensorBoard event files
+            in ``output_dir/tensorboard`` (``tensorboard --logdir runs``). Default False.
         protocol (str): ``"static"`` (train on the training split over a graph frozen before
             it, score validation and test; default) or ``"streaming"`` (the labelled window in
             ``periods`` time-ordered parts, each scored before the model trains on it, over a
@@ -162,6 +164,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     plots: bool = True
+    tensorboard: bool = False
     protocol: str = "static"
     periods: int = 5
     graph: str = "frozen"
@@ -272,7 +275,7 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
 RESUMABLE_FIELDS = frozenset({
     "train.max_steps", "train.epochs", "train.output_dir", "train.checkpoint_dir", "train.device",
     "train.log_every", "train.metrics_window", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.plots", "loader.num_workers", "loader.num_threads",
+    "train.keep_checkpoints", "train.plots", "train.tensorboard", "loader.num_workers", "loader.num_threads",
 })
 
 

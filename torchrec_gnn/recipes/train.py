@@ -56,6 +56,7 @@ from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )
 from torchrec_gnn.train.run_dir import check_run_directory, clear_run
+from torchrec_gnn.train.run_log import RunLog
 from torchrec_gnn.train.sharding import (
     copy_into_sharded, make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap,
 )
@@ -382,7 +383,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
             stopper.load_state_dict(position["early_stopping"])
     best = CheckpointManager(manager.root / "best", keep=1)  # the best validation step's weights
     records: List[Dict[str, object]] = []
-    metrics_file = (job.output_dir / "metrics.jsonl").open("a" if step else "w") if ctx.is_main else None
+    run_log = RunLog(job.output_dir, step, cfg.train.tensorboard) if ctx.is_main else None
     progress = tqdm(total=total_steps, initial=step, desc="train", disable=not ctx.is_main, dynamic_ncols=True)
     window_start, window_examples = time.perf_counter(), 0
     window_metrics = TrainingWindowMetrics(job.dataset.tasks, cfg.loader.batch_size, cfg.train.metrics_window,
@@ -414,9 +415,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
                                  window_metrics.compute())
                 window_start, window_examples = now, 0
                 records.append(record)
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                if run_log is not None:
+                    run_log.write(record)
                 progress.set_postfix(_postfix(record))
             at_end = in_epoch == len(data)
             trainer_state = {"epoch": epoch + at_end, "batch_in_epoch": 0 if at_end else in_epoch,
@@ -428,9 +428,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
                     if stopper.update(step, val):
                         best.save(step, *_state(job), trainer_state)
                     record["early_stopping"] = stopper.state_dict()
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                if run_log is not None:
+                    run_log.write(record)
             if stopper is not None:
                 trainer_state["early_stopping"] = stopper.state_dict()
             stop_early = stopper is not None and stopper.should_stop
@@ -442,8 +441,8 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
         if stopper is not None and stopper.should_stop:
             break
     progress.close()
-    if metrics_file is not None:
-        metrics_file.close()
+    if run_log is not None:
+        run_log.close()
     kept = step
     if stopper is not None and stopper.best_step is not None and stopper.best_step != step:
         best.load(best.latest(), *_state(job))

@@ -19,7 +19,7 @@ from torchrec_gnn.config import ConfigError, ExperimentConfig, config_difference
 CONFIG_FILE = "config.yaml"
 # What a training run writes into its output directory (compare's run.json/cost.json are not).
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json", "training.json", "model.pt", "streaming.json",
-             "losses.png", "task_weights.png", "auc.png", "checkpoints", "graph", "pretrain")
+             "losses.png", "task_weights.png", "auc.png", "checkpoints", "graph", "pretrain", "tensorboard")
 
 
 class RunDirectoryError(RuntimeError):
