@@ -298,3 +298,28 @@ def test_history_run_refreshes_resumes_exactly_and_evaluates_alike(tmp_path: Pat
 def _graph(run: Path):
     from torchrec_gnn.graph.hetero_graph import HeteroGraph
     return HeteroGraph.load(run / "graph", mmap=True)
+
+
+def test_scoring_groups_gauc_by_global_user_ids(tiny_split) -> None:
+    """The recipe's scoring path groups GAUC by each example's global user id, across batches
+    whose local rows mean different users."""
+    from torchrec_gnn.data.loader import GraphBatchDataset
+    from torchrec_gnn.data.dataset import TaskSpec
+    from torchrec_gnn.graph.sampler import NeighborSampler
+    from torchrec_gnn.recipes.train import score_batch
+    from torchrec_gnn.train.metrics import MultiTaskEvaluator, group_auc
+
+    examples = tiny_split.train
+    data = GraphBatchDataset(examples, NeighborSampler(tiny_split.graph, [2, 2]), "user", "item", 40,
+                             tiny_split.graph.node_types, ["user_id", "item_id", "genre"])
+    tasks = [TaskSpec("click", "binary"), TaskSpec("stay", "regression")]
+    evaluator = MultiTaskEvaluator(tasks)
+    scores = torch.randn(len(examples), 2, generator=torch.Generator().manual_seed(0))
+    for i in range(len(data)):
+        batch = data[i]
+        score_batch(evaluator, scores[i * 40:(i + 1) * 40], batch, "user")
+    metrics = evaluator.compute()
+    expected, used, skipped = group_auc(scores[:, 0].numpy(), examples.labels[:, 0].numpy(), examples.user.numpy())
+    assert metrics["click"]["gauc"] == pytest.approx(expected, abs=1e-12)
+    assert (metrics["click"]["gauc_users"], metrics["click"]["gauc_users_skipped"]) == (used, skipped)
+    assert used > 5

@@ -1,0 +1,103 @@
+"""The tower's wiring, against behaviour: the GFAE scores only masked rows against constant
+targets and really masks them, and each example gets its own user's and item's rows."""
+
+from typing import Dict, List
+
+import torch
+
+from conftest import tiny_log_dataset
+from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
+from torchrec_gnn.models.graph_dlrm import RankerConfig
+from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
+from torchrec_gnn.modules.gnn import GNNConfig
+
+CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=12, dropout=0.0),
+                     gfae=GFAEConfig(mask_rate=0.3), ranker=RankerConfig())
+
+
+def tower_and_inputs(split, batch):
+    torch.manual_seed(0)
+    tower = build_graph_tower(tiny_log_dataset(), split.graph, CONFIG)
+    x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8, requires_grad=True) for t in split.graph.node_types}
+    return tower, x_dict
+
+
+def spy_masks(tower) -> List[Dict[str, torch.Tensor]]:
+    """Record the rows each GFAE.mask call hides (the call itself is unchanged)."""
+    calls = []
+    original = tower.encoder.gfae.mask
+
+    def mask(*args, **kwargs):
+        masked, rows = original(*args, **kwargs)
+        calls.append({"inputs": masked, "rows": rows})
+        return masked, rows
+
+    tower.encoder.gfae.mask = mask
+    return calls
+
+
+def test_gfae_loss_reads_only_the_masked_rows() -> None:
+    torch.manual_seed(0)
+    gfae = GFAE(8, 12, {"user": 5}, GFAEConfig())
+    h, target = {"user": torch.randn(20, 12)}, {"user": torch.randn(20, 5)}
+    rows = {"user": torch.tensor([2, 7, 11])}
+    loss = gfae.loss(h, target, rows)
+    prediction = gfae.decoders["user"](h["user"][rows["user"]])
+    cos = torch.nn.functional.cosine_similarity(prediction, target["user"][rows["user"]], dim=-1)
+    torch.testing.assert_close(loss, (1 - cos).pow(2).mean())
+    others = torch.ones(20, dtype=torch.bool)
+    others[rows["user"]] = False
+    changed_h, changed_target = h["user"].clone(), target["user"].clone()
+    changed_h[others], changed_target[others] = torch.randn(17, 12), torch.randn(17, 5)
+    assert torch.equal(gfae.loss({"user": changed_h}, {"user": changed_target}, rows), loss)  # unmasked rows: no effect
+    changed_h[7] += 1.0
+    assert not torch.equal(gfae.loss({"user": changed_h}, {"user": changed_target}, rows), loss)
+
+
+def test_gfae_masks_its_rows_and_its_targets_carry_no_gradient(tiny_split, tiny_batches) -> None:
+    """A masked row's input is the mask token alone, so the table row itself reaches the GFAE
+    loss only as a target: with a stop-gradient its gradient from that loss is exactly 0."""
+    batch = tiny_batches[0]
+    tower, x_dict = tower_and_inputs(tiny_split, batch)
+    with torch.no_grad():
+        for token in tower.encoder.gfae.mask_token.values():
+            token.normal_()
+    calls = spy_masks(tower)
+    tower.train()
+    loss = tower.encoder(x_dict, batch).gfae_loss
+    (call,) = calls
+    assert loss > 0 and set(call["rows"]) == {"user", "item"}
+    for t, rows in call["rows"].items():
+        assert rows.numel() > 0 and bool((rows < batch.num_sampled_nodes[t][0]).all())  # seeds only
+        token = tower.encoder.gfae.mask_token[t].detach()
+        assert torch.equal(call["inputs"][t][rows].detach(), token.expand(rows.numel(), -1))
+    loss.backward()
+    for t, rows in call["rows"].items():
+        assert torch.equal(x_dict[t].grad[rows], torch.zeros_like(x_dict[t].grad[rows])), t
+        assert x_dict[t].grad.abs().sum() > 0, t  # the unmasked rows do get gradient
+
+
+def test_each_example_gets_its_own_rows_wherever_it_sits_in_the_batch(tiny_split) -> None:
+    """Eval mode, every neighbour: a node's embedding depends on its neighbourhood only, so an
+    example's user and item embeddings must not change when the batch lists it elsewhere."""
+    train = tiny_split.train
+
+    def one_batch(examples):
+        sampler = NeighborSampler(tiny_split.graph, [-1, -1])
+        return GraphBatchDataset(examples, sampler, "user", "item", len(examples), tiny_split.graph.node_types,
+                                 ["user_id", "item_id", "genre"])[0]
+
+    batch, flipped = one_batch(train), one_batch(train.subset(torch.arange(len(train)).flip(0)))
+    assert not torch.equal(batch.user_index, flipped.user_index.flip(0))  # different local rows
+    torch.manual_seed(0)
+    tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG).eval()
+    with torch.no_grad():
+        out, out_flipped = tower(batch), tower(flipped)
+    rows = batch.sparse_features["user_id"].values()
+    flipped_rows = flipped.sparse_features["user_id"].values()
+    assert torch.equal(rows, flipped_rows.flip(0))
+    torch.testing.assert_close(out.user, out_flipped.user.flip(0))
+    torch.testing.assert_close(out.item, out_flipped.item.flip(0))
+    assert not torch.allclose(out.user[0], out.user[1])  # not vacuous: examples differ
