@@ -32,8 +32,13 @@ def scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[Tuple[str, 
 
 
 class RunLog:
-    """Rank 0's ``metrics.jsonl`` in ``output_dir`` (and ``output_dir/tensorboard`` when
-    ``tensorboard``), continued after ``resume_step`` (0: a new log).
+    """Rank 0's ``metrics.jsonl`` (and TensorBoard events) of a run.
+
+    Args:
+        output_dir (Path): the run's output directory.
+        resume_step (int): the step the run resumes from; the records after it are dropped
+            (0: a new log, any old one is replaced). Default 0.
+        tensorboard (bool): also write ``output_dir/tensorboard``. Default False.
 
     Example::
 
