@@ -59,8 +59,7 @@ def load_run(run_dir: Path, split: str, overrides: Sequence[str] = ()) -> Tuple[
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
-    with torch.no_grad():  # a history is not saved: rebuilt from the weights
-        refresh_outer_hop(model, graph, tower_node_features(dataset, graph, degree))
+    refresh_outer_hop(model, graph, tower_node_features(dataset, graph, degree))  # a history is not saved: rebuilt
     return dataset, batches(config, graph, dataset, examples, train=False, degree=degree), model
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -82,8 +83,10 @@ class Job:
     output_dir: Path
     degree: Optional[DegreeFeatures] = None
 
+    @cached_property
     def full_node_features(self) -> Dict[str, torch.Tensor]:
-        """Every node's side features as the tower reads them in a full-graph pass."""
+        """Every node's side features as the tower reads them in a full-graph pass (the graph
+        does not change during a run: built once, for the history's refreshes)."""
         return tower_node_features(self.dataset, self.split.graph, self.degree)
 
 
@@ -281,7 +284,7 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
 @torch.no_grad()
 def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
     """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures)."""
-    refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
+    refresh_outer_hop(job.model, job.split.graph, job.full_node_features)
     model = job.pipeline.detach()
     model.eval()
     evaluator = MultiTaskEvaluator(job.dataset.tasks)
@@ -388,7 +391,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
     window_start, window_examples = time.perf_counter(), 0
     window_metrics = TrainingWindowMetrics(job.dataset.tasks, cfg.loader.batch_size, cfg.train.metrics_window,
                                            ctx.world_size, ctx.rank, ctx.device)
-    has_history = refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
+    has_history = refresh_outer_hop(job.model, job.split.graph, job.full_node_features)
     refresh_every = cfg.model.gnn.history_refresh_every
     for epoch in range(position["epoch"], cfg.train.epochs):
         if step >= total_steps:
@@ -405,7 +408,7 @@ def train(job: Job, resume_from_checkpoint: bool = False) -> List[Dict[str, obje
             step += 1
             in_epoch += 1
             if has_history and step % refresh_every == 0:
-                refresh_outer_hop(job.model, job.split.graph, job.full_node_features())
+                refresh_outer_hop(job.model, job.split.graph, job.full_node_features)
             window_examples += out.outputs.shape[0] * ctx.world_size
             check_finite(out, f"step {step}")
             window_metrics.update(out.outputs, out.labels)

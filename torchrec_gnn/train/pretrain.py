@@ -42,7 +42,7 @@ from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_r
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
-from torchrec_gnn.models.builder import node_table_name
+from torchrec_gnn.models.builder import node_table_name, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
@@ -289,7 +289,7 @@ def pretrain_and_export(
     pretrain_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    features = config.degree.append(dataset.node_features, graph) if config.degree is not None else dataset.node_features
+    features = tower_node_features(dataset, graph, config.degree)
     embeddings = export_tower(tower, features, graph, cfg.chunk_size, config.progress) if config.export else {}
     export_seconds = time.perf_counter() - start
     report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
