@@ -90,37 +90,36 @@ def main() -> None:
     dataset, w, bias = capture_world(config)
     split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
     mean_quality = float(w.quality.mean())
-
-    oracles: Dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]] = {
-        "bayes": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v), w.quality[v]),
-        "no_quality": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v),
-                                       np.full(v.size, mean_quality)),
-        "new_video_quality": lambda u, v, t: (synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v),
-                                              np.where(w.video_new[v], mean_quality, w.quality[v])),
-        "no_taste": lambda u, v, t: (np.zeros(u.size), w.quality[v]),
+    # Each oracle: (affinity, video ids) -> the (affinity, quality) it scores with.
+    oracles: Dict[str, Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]] = {
+        "bayes": lambda aff, v: (aff, w.quality[v]),
+        "no_quality": lambda aff, v: (aff, np.full(v.size, mean_quality)),
+        "new_video_quality": lambda aff, v: (aff, np.where(w.video_new[v], mean_quality, w.quality[v])),
+        "no_taste": lambda aff, v: (np.zeros(v.size), w.quality[v]),
     }
     columns = {t: dataset.task_names.index(t) for t in TASKS}
     print(f"{'split':<5} {'oracle':<16} " + " ".join(f"{t:>10}" for t in TASKS))
+    bayes_test: Dict[str, np.ndarray] = {}
     for name in ("val", "test"):
         ex = split.split(name)
         u, v, t = ex.user.numpy(), ex.item.numpy(), ex.timestamp.numpy()
+        aff = synthetic.affinity(w, u, v, t)
         for oracle, latents in oracles.items():
-            aff, quality = latents(u, v, t)
-            probs = expected_labels(w, bias, u, v, t, aff, quality, args.draws, np.random.default_rng(args.seed))
+            probs = expected_labels(w, bias, u, v, t, *latents(aff, v), args.draws, np.random.default_rng(args.seed))
             aucs = [roc_auc(probs[task], ex.labels[:, columns[task]].numpy()) for task in TASKS]
             print(f"{name:<5} {oracle:<16} " + " ".join(f"{a:>10.4f}" for a in aucs))
+            if (name, oracle) == ("test", "bayes"):
+                bayes_test = probs
     if args.runs:
-        print_segments(w, bias, split, args.runs, args.task, columns[args.task], args.draws, args.seed)
+        print_segments(w, split, bayes_test[args.task], args.runs, args.task, columns[args.task])
 
 
-def print_segments(w: synthetic._World, bias: float, split, runs: List[Path], task: str, column: int,
-                   draws: int, seed: int) -> None:
-    """Test AUC of ``task`` per segment: Bayes scores and each run's model."""
+def print_segments(w: synthetic._World, split, bayes: np.ndarray, runs: List[Path], task: str, column: int) -> None:
+    """Test AUC of ``task`` per segment: the Bayes scores ``bayes`` (N_test,) and each run's model."""
     test = split.test
     u, v, t = test.user.numpy(), test.item.numpy(), test.timestamp.numpy()
     labels = test.labels[:, column].numpy()
-    aff = synthetic._rowdot(w.z_taste, w.z_video, w.taste_row(u, t), v)
-    scores = {"bayes": expected_labels(w, bias, u, v, t, aff, w.quality[v], draws, np.random.default_rng(seed))[task]}
+    scores = {"bayes": bayes}
     for run in runs:
         frame = score_run(run, "test").predictions()
         if not (np.array_equal(frame["user"], u) and np.array_equal(frame["timestamp"], t)):

@@ -568,10 +568,15 @@ def skim_seconds(unit_exponential: np.ndarray, p_click: np.ndarray, duration: np
     return np.minimum(unit_exponential * (1.0 + 2.0 * p_click), duration)
 
 
+def affinity(w: _World, users: np.ndarray, videos: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(M,) taste/topic cosine of each impression, with the user's taste at the impression's time."""
+    return _rowdot(w.z_taste, w.z_video, w.taste_row(users, times), videos)
+
+
 def _click_logit(rng: np.random.Generator, w: _World, users: np.ndarray, videos: np.ndarray,
                  times: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Click logit without bias (M,) and taste/topic cosine (M,) with the taste at the impression's time."""
-    aff = _rowdot(w.z_taste, w.z_video, w.taste_row(users, times), videos)
+    aff = affinity(w, users, videos, times)
     logit = click_base(w, users, videos, times, aff, w.quality[videos]) + rng.normal(0.0, CLICK_NOISE, users.size)
     return logit, aff
 
