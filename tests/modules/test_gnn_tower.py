@@ -3,6 +3,7 @@ targets and really masks them, and each example gets its own user's and item's r
 
 from typing import Dict, List
 
+import pytest
 import torch
 
 from conftest import tiny_log_dataset
@@ -101,3 +102,47 @@ def test_each_example_gets_its_own_rows_wherever_it_sits_in_the_batch(tiny_split
     torch.testing.assert_close(out.user, out_flipped.user.flip(0))
     torch.testing.assert_close(out.item, out_flipped.item.flip(0))
     assert not torch.allclose(out.user[0], out.user[1])  # not vacuous: examples differ
+
+
+def test_join_appends_the_graph_embeddings_to_pooled_features(tiny_split, tiny_batches) -> None:
+    """The generic route: the tower's two embeddings become two more features of an EBC's
+    output, each readable by key, the pooled ones unchanged; a clash or a size mismatch is refused."""
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    batch = tiny_batches[0]
+    tower, _ = tower_and_inputs(tiny_split, batch)
+    graph = tower.eval()(batch)
+    ebc = EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name=f"t_{f}", num_embeddings=n, embedding_dim=d, feature_names=[f])
+        for (f, n), d in zip(tiny_log_dataset().sparse_cardinality.items(), (4, 8, 6))
+    ])
+    pooled = ebc(batch.sparse_features)
+    joined = graph.join(pooled)
+    assert joined.keys() == pooled.keys() + ["graph_user", "graph_item"]
+    assert joined.length_per_key() == [4, 8, 6, 12, 12]
+    for key in pooled.keys():
+        assert torch.equal(joined[key], pooled[key])
+    assert torch.equal(joined["graph_user"], graph.user) and torch.equal(joined["graph_item"], graph.item)
+    assert graph.join(joined, prefix="hop").keys()[-2:] == ["hop_user", "hop_item"]
+    with pytest.raises(ValueError, match=r"already have keys \['graph_user', 'graph_item'\]; pick another prefix"):
+        graph.join(joined)
+    short = KeyedTensor(keys=["a"], length_per_key=[3], values=torch.zeros(batch.batch_size - 1, 3))
+    with pytest.raises(ValueError, match=rf"do not match {batch.batch_size} examples"):
+        graph.join(short)
+
+
+def test_aux_losses_follow_the_towers_names(tiny_split, tiny_batches) -> None:
+    """A ranker appends exactly the auxiliary losses its tower computes, feature loss first."""
+    from dataclasses import replace
+
+    batch = tiny_batches[0]
+    for use_gfae, edges, names in ((True, False, ["gfae"]), (True, True, ["gfae", "edge"]), (False, True, ["edge"])):
+        config = replace(CONFIG, use_gfae=use_gfae, gfae=replace(CONFIG.gfae, edge_objective=edges))
+        tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config)
+        assert tower.aux_loss_names == names
+        graph = tower(batch)
+        expected = {"gfae": graph.gfae_loss, "edge": graph.edge_loss}
+        assert torch.equal(graph.aux_losses(names), torch.stack([expected[n] for n in names]))
+    assert graph.aux_losses([]).shape == (0,)

@@ -1,17 +1,31 @@
-"""examples/add_gnn_tower.py: the tower added to each stock TorchRec DLRM trains, in one process
-and on 2 gloo ranks."""
+"""examples/add_gnn_tower.py: the tower added to each stock TorchRec model trains, in one process
+and on 2 gloo ranks; the generic route (DeepFM) feeds the tower to both fusion levels and
+shards the user's tables and the node tables through one planner."""
 
+import importlib.util
 import math
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from types import ModuleType
+from typing import Dict, List
 
 import pytest
+import torch
+import torch.distributed as dist
+from torchrec.distributed.test_utils.multi_process import MultiProcessContext, MultiProcessTestBase
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "add_gnn_tower.py"
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("add_gnn_tower", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def step_losses(stdout: str) -> List[List[float]]:
@@ -20,24 +34,137 @@ def step_losses(stdout: str) -> List[List[float]]:
     return [[float(part.split("=")[1]) for part in line.split(", ")] for line in lines]
 
 
+def tiny_setup(example: ModuleType, kind: str, rank: int = 0, world_size: int = 1):
+    """The example's model of ``kind`` with the tower, sharded on the CPU, and its tiny data."""
+    from torchrec_gnn.data.split import time_split
+    from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
+    from torchrec_gnn.train.distributed import DistributedContext
+    from torchrec_gnn.train.sharding import ShardingConfig, shard_model
+
+    dataset = make_synthetic(SyntheticConfig.preset("tiny"))
+    split = time_split(dataset)
+    torch.manual_seed(0)
+    model = example.build_model(kind, dataset, split.graph, use_tower=True)
+    dmp, plan = shard_model(model, torch.device("cpu"), ShardingConfig())
+    ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"), backend="gloo")
+    data = example.batches(split.train, dataset, split.graph, 64, True, ctx, seed=0)
+    return dataset, model, dmp, plan, data
+
+
+def _deepfm_fusion_levels(rank: int, world_size: int) -> None:
+    with MultiProcessContext(rank, world_size, "gloo"):
+        _check_deepfm_fusion_levels()
+
+
+def _check_deepfm_fusion_levels() -> None:
+    from torchrec_gnn.train.balancing import FixedWeights
+    from torchrec_gnn.train.pipeline import BalancedTrainPipeline
+    from torchrec_gnn.train.sharding import make_optimizer, unwrap
+
+    dataset, model, dmp, plan, data = tiny_setup(load_example(), "deepfm")
+    # One planner placed both the user's tables and the node tables.
+    assert set(plan.plan) == {"model.sparse_arch.embedding_bag_collection", "model.graph_tower.node_embeddings"}
+    features = list(dataset.sparse_cardinality)
+    assert set(plan.plan["model.sparse_arch.embedding_bag_collection"]) == {f"t_{f}" for f in features}
+    assert set(plan.plan["model.graph_tower.node_embeddings"]) == {f"node_{t}" for t in dataset.num_nodes}
+    deepfm = unwrap(dmp).model
+    seen: Dict[str, object] = {}
+    hooks = [
+        deepfm.graph_tower.register_forward_hook(lambda m, args, out: seen.update(graph=out)),
+        deepfm.inter_arch.register_forward_pre_hook(lambda m, args: seen.update(interaction=args[1])),
+        deepfm.prehead_fusion.register_forward_pre_hook(lambda m, args: seen.update(prehead=args[1:])),
+    ]
+    batch = data[0]
+    dmp(batch)
+    for hook in hooks:
+        hook.remove()
+    graph, interaction = seen["graph"], seen["interaction"]
+    # Input level: the FM and deep interaction read the graph embeddings as two more features.
+    assert interaction.keys() == features + ["graph_user", "graph_item"]
+    assert torch.equal(interaction["graph_user"], graph.user) and torch.equal(interaction["graph_item"], graph.item)
+    # Pre-head level: the same embeddings sit next to the interaction's output.
+    assert torch.equal(seen["prehead"][0], graph.user) and torch.equal(seen["prehead"][1], graph.item)
+
+    pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, dense_lr=1e-2), FixedWeights(len(model.loss_names)),
+                                     torch.device("cpu"))
+    batches = [data[i % 4] for i in range(24)]  # 6 passes over 4 batches
+    iterator = iter(batches)
+    totals = [float(pipeline.progress(iterator).losses.sum()) for _ in batches]
+    assert all(math.isfinite(t) for t in totals)
+    assert sum(totals[-4:]) < 0.9 * sum(totals[:4]), totals
+
+
+def _deepfm_on_two_ranks(rank: int, world_size: int) -> None:
+    from torchrec_gnn.train.balancing import GradNorm
+    from torchrec_gnn.train.pipeline import BalancedTrainPipeline
+    from torchrec_gnn.train.sharding import make_optimizer
+
+    torch.set_num_threads(1)
+    with MultiProcessContext(rank, world_size, "gloo"):
+        _, model, dmp, _, data = tiny_setup(load_example(), "deepfm", rank, world_size)
+        pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, dense_lr=1e-2), GradNorm(len(model.loss_names)),
+                                         torch.device("cpu"))
+        iterator = iter([data[i] for i in range(4)])  # each rank its own examples
+        losses = torch.stack([pipeline.progress(iterator).losses for _ in range(4)])
+        gathered = [torch.empty_like(losses) for _ in range(world_size)]
+        dist.all_gather(gathered, losses)
+        dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+        differing = []
+        for name, p in dense.items():
+            replicas = [torch.empty_like(p) for _ in range(world_size)]
+            dist.all_gather(replicas, p.detach().contiguous())
+            if not torch.equal(replicas[0], replicas[1]):
+                differing.append(name)
+        assert bool(torch.isfinite(losses).all()), losses
+        assert not torch.equal(gathered[0], gathered[1]), "both ranks saw the same data"
+        assert any(n.startswith("model.inter_arch") for n in dense) and any(n.startswith("model.graph_tower") for n in dense)
+        assert not differing, f"dense replicas out of sync: {differing[:5]}"
+
+
+class DeepFMExampleTest(MultiProcessTestBase):
+    @pytest.mark.timeout(300)
+    def test_deepfm_feeds_the_tower_to_both_fusion_levels_and_trains(self) -> None:
+        self._run_multi_process_test(callable=_deepfm_fusion_levels, world_size=1)
+
+    @pytest.mark.timeout(300)
+    def test_two_ranks_keep_dense_replicas_equal(self) -> None:
+        self._run_multi_process_test(callable=_deepfm_on_two_ranks, world_size=2)
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("model", ["projection", "dcn"])
-def test_example_trains_each_model(model: str) -> None:
+@pytest.mark.parametrize("model", ["projection", "dcn", "deepfm"])
+def test_example_trains_and_scores_each_model(model: str) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "3", "--model", model],
                           capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = step_losses(proc.stdout)
     assert len(losses) == 3 and all(len(step) == 5 and all(math.isfinite(v) and v > 0 for v in step) for step in losses)
     assert "Warning" not in proc.stderr and "gfae" not in proc.stdout  # no tower loss without a GFAE
+    assert f"{model} with the GNN tower, 3 steps: val" in proc.stdout and ": test" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_example_without_the_tower_writes_its_metrics(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "2", "--model", "deepfm", "--no-tower",
+                           "--json", str(out)], capture_output=True, text=True, timeout=280, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["model"], result["tower"], result["steps"]) == ("deepfm", False, 2)
+    for split in ("val", "test"):
+        assert 0.0 < result["metrics"][split]["click"]["auc"] < 1.0 and result["metrics"][split]["click"]["count"] > 100
 
 
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_example_under_torchrun_two_ranks() -> None:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(EXAMPLE), "--steps", "3", "--model", "dcn"],
+                           str(EXAMPLE), "--steps", "3", "--model", "deepfm"],
                           capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = step_losses(proc.stdout)
     assert len(losses) == 3  # rank 0 prints, once per step
     assert all(math.isfinite(v) for step in losses for v in step)
+    assert proc.stdout.count("deepfm with the GNN tower, 3 steps: test") == 1  # scored once, printed by rank 0

@@ -136,11 +136,8 @@ class GraphDLRM(nn.Module):
         self.dense_arch = DenseArch(max(dense_in_features, 1), [*config.dense_arch_hidden_sizes, embedding_dim])
         self.graph_tower = graph_tower
         use_graph = graph_tower is not None
-        # The auxiliary losses after the task losses, only those the tower computes: "gfae" (the
-        # feature reconstruction), then "edge" (the masked-edge objective).
-        has_features = bool(getattr(graph_tower, "reconstructs_features", False))
-        has_edges = getattr(graph_tower, "edge_decoder", None) is not None
-        self.aux_loss_names: List[str] = ["gfae"] * has_features + ["edge"] * has_edges
+        # The auxiliary losses after the task losses, only those the tower computes.
+        self.aux_loss_names: List[str] = graph_tower.aux_loss_names if use_graph else []
         self.input_fusion = (
             InputFusionArch(graph_tower.out_channels, embedding_dim) if use_graph and config.input_fusion else None
         )
@@ -194,7 +191,7 @@ class GraphDLRM(nn.Module):
         Raises:
             TypeError: ``dlrm`` is another model (any model that consumes pooled sparse features
                 can take the tower's output as a ``KeyedTensor`` instead:
-                :meth:`~torchrec_gnn.modules.gnn_tower.GraphEmbeddings.keyed`).
+                :meth:`~torchrec_gnn.modules.gnn_tower.GraphEmbeddings.join`).
         """
         interaction = _interaction_settings(dlrm)
         dense_weights = [p for p in dlrm.dense_arch.parameters() if p.dim() == 2]  # (out, in) per layer
@@ -231,16 +228,15 @@ class GraphDLRM(nn.Module):
             dense_input = dense_input.new_ones(dense_input.shape[0], 1)
         dense = self.dense_arch(dense_input)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
-        aux = {}
+        aux_losses = dense.new_zeros(0)
         if self.graph_tower is not None:
             graph = self.graph_tower(batch)
-            aux = {"gfae": graph.gfae_loss, "edge": graph.edge_loss}
+            aux_losses = graph.aux_losses(self.aux_loss_names)
             if self.input_fusion is not None:
                 sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
         representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
         if self.prehead_fusion is not None:
             representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
-        aux_losses = torch.stack([aux[name] for name in self.aux_loss_names]) if self.aux_loss_names else dense.new_zeros(0)
         return self.task_heads(representation), aux_losses
 
 
@@ -259,8 +255,8 @@ def _interaction_settings(dlrm: nn.Module) -> dict:
                 "projection_branch2_layer_sizes": sizes[1]}
     raise TypeError(
         f"GraphDLRM.from_dlrm: {type(dlrm).__name__} is not a torchrec.models.dlrm DLRM, DLRM_DCN or "
-        f"DLRM_Projection; join the tower's output as a KeyedTensor (GraphEmbeddings.keyed()) to your model's "
-        f"pooled sparse features instead"
+        f"DLRM_Projection; give your model the tower's embeddings as two more pooled features instead: "
+        f"GraphEmbeddings.join(ebc(batch.sparse_features)) (examples/add_gnn_tower.py --model deepfm)"
     )
 
 

@@ -69,6 +69,11 @@ class FrozenGraphTower(nn.Module):
         """No trainable parameter: GradNorm falls back to the ranker's shared layer."""
         return []
 
+    @property
+    def aux_loss_names(self) -> List[str]:
+        """No auxiliary loss: the embeddings were trained before."""
+        return []
+
     @torch.no_grad()
     def load_embeddings(self, embeddings: Mapping[NodeType, torch.Tensor]) -> None:
         """Copy exported embeddings in (e.g. into the replicas after DMP has built them).

@@ -51,17 +51,46 @@ class GraphEmbeddings(NamedTuple):
 
     def keyed(self, prefix: str = "graph") -> KeyedTensor:
         """The per-example embeddings in TorchRec's currency: a ``KeyedTensor`` with keys
-        ``{prefix}_user`` and ``{prefix}_item``, (B, H) each, which joins an
-        ``EmbeddingBagCollection``'s output with ``KeyedTensor.regroup`` (or
-        ``KeyedTensor.from_tensor_list``) in any model that consumes pooled sparse features.
+        ``{prefix}_user`` and ``{prefix}_item``, (B, H) each (see :meth:`join` to add them to an
+        ``EmbeddingBagCollection``'s output)."""
+        return KeyedTensor.from_tensor_list([f"{prefix}_user", f"{prefix}_item"], [self.user, self.item])
+
+    def join(self, pooled: KeyedTensor, prefix: str = "graph") -> KeyedTensor:
+        """``pooled`` with the two graph embeddings as two more features: the input-level fusion
+        for any model that consumes an ``EmbeddingBagCollection``'s output.
+
+        Args:
+            pooled (KeyedTensor): (B, sum of the F features' dims), the keys ``[f_1, ..., f_F]``.
+            prefix (str): the graph keys are ``{prefix}_user`` and ``{prefix}_item``.
+
+        Returns:
+            KeyedTensor: keys ``[f_1, ..., f_F, {prefix}_user, {prefix}_item]``, values
+            (B, sum of dims + 2H).
 
         Example::
 
-            pooled = ebc(batch.sparse_features)                     # KeyedTensor of F features
-            graph = tower(batch).keyed()                            # graph_user, graph_item
-            [features] = KeyedTensor.regroup([pooled, graph], [pooled.keys() + graph.keys()])
+            pooled = ebc(batch.sparse_features)           # KeyedTensor of F features
+            features = tower(batch).join(pooled)          # F + 2 features, for the model's interaction
         """
-        return KeyedTensor.from_tensor_list([f"{prefix}_user", f"{prefix}_item"], [self.user, self.item])
+        graph = self.keyed(prefix)
+        clash = [k for k in graph.keys() if k in pooled.keys()]
+        if clash:
+            raise ValueError(f"GraphEmbeddings.join: the pooled features already have keys {clash}; pick another prefix")
+        if pooled.key_dim() != 1 or pooled.values().shape[0] != self.user.shape[0]:
+            raise ValueError(
+                f"GraphEmbeddings.join: pooled values {tuple(pooled.values().shape)} (key_dim {pooled.key_dim()}) "
+                f"do not match {self.user.shape[0]} examples with features along dim 1"
+            )
+        return KeyedTensor(
+            keys=pooled.keys() + graph.keys(),
+            length_per_key=pooled.length_per_key() + graph.length_per_key(),
+            values=torch.cat([pooled.values(), graph.values()], dim=1),
+        )
+
+    def aux_losses(self, names: List[str]) -> torch.Tensor:
+        """(A,) the auxiliary losses ``names`` (a tower's :attr:`~GNNTower.aux_loss_names`), in order."""
+        losses = {"gfae": self.gfae_loss, "edge": self.edge_loss}
+        return torch.stack([losses[name] for name in names]) if names else self.user.new_zeros(0)
 
 
 class GraphEncoder(nn.Module):
@@ -286,6 +315,12 @@ class GNNTower(nn.Module):
     def reconstructs_features(self) -> bool:
         """Whether the GFAE's feature part is on (the tower then returns the feature loss)."""
         return self.encoder.reconstructs_features
+
+    @property
+    def aux_loss_names(self) -> List[str]:
+        """The auxiliary losses the tower computes, in the order a ranker appends them to its
+        task losses: ``"gfae"`` (feature reconstruction), then ``"edge"`` (masked edges)."""
+        return ["gfae"] * self.reconstructs_features + ["edge"] * (self.edge_decoder is not None)
 
     def forward(self, batch: GraphBatch) -> GraphEmbeddings:
         """
