@@ -212,7 +212,7 @@ def load_tabular(path: str | Path) -> GraphRecDataset:
         id_columns += [(et[0], file, frame, "src"), (et[2], file, frame, "dst")]
     raw_ids: Dict[str, List[pd.Series]] = {}
     for node_type, file, frame, col in id_columns:
-        _check_no_missing_values(frame[col], f"{file}: id column {col!r}")
+        check_no_missing_values(frame[col], f"{file}: id column {col!r}")
         raw_ids.setdefault(node_type, []).append(frame[col])
     index = {t: id_index(cols) for t, cols in raw_ids.items()}
     num_nodes = {t: len(ix) for t, ix in index.items()}
@@ -377,7 +377,7 @@ def label_values(values: pd.Series, kind: str, where: str) -> np.ndarray:
 
 def to_timestamps(values: pd.Series, where: str) -> np.ndarray:
     """(N,) int64 times: numbers as they are (cast to int64), ISO 8601 dates as unix seconds; none missing."""
-    _check_no_missing_values(values, where)
+    check_no_missing_values(values, where)
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(np.int64)
     try:
@@ -392,6 +392,13 @@ def require_columns(file: str, frame: pd.DataFrame, columns: Sequence[str]) -> N
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{file}: missing column(s) {missing}; columns found: {list(frame.columns)}")
+
+
+def check_no_missing_values(values: pd.Series, where: str) -> None:
+    """Raise ``ValueError`` naming ``where``, the count and the first row of empty cells."""
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"{where} has {int(missing.sum())} empty value(s), first at row {int(np.argmax(missing))}")
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -503,12 +510,6 @@ def _check_unique(file: str, frame: pd.DataFrame, column: str) -> None:
         raise ValueError(
             f"{file}: column {column!r} must be unique, id {_show(frame[column].iloc[row])} repeats at row {row}"
         )
-
-
-def _check_no_missing_values(values: pd.Series, where: str) -> None:
-    missing = values.isna().to_numpy()
-    if missing.any():
-        raise ValueError(f"{where} has {int(missing.sum())} empty value(s), first at row {int(np.argmax(missing))}")
 
 
 def _show(value: Any) -> str:
