@@ -282,9 +282,12 @@ def setup(config: ExperimentConfig, ctx: DistributedContext) -> Job:
 
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(job: Job, examples: Interactions) -> Dict[str, Dict[str, float]]:
-    """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures)."""
-    refresh_outer_hop(job.model, job.split.graph, job.full_node_features)
+def evaluate(job: Job, examples: Interactions, refresh: bool = True) -> Dict[str, Dict[str, float]]:
+    """Metrics of the model on ``examples`` (all ranks; every rank returns the global figures).
+    A tower with a history refreshes it first, unless ``refresh`` is False (the model has not
+    changed since the last evaluation refreshed it)."""
+    if refresh:
+        refresh_outer_hop(job.model, job.split.graph, job.full_node_features)
     model = job.pipeline.detach()
     model.eval()
     evaluator = MultiTaskEvaluator(job.dataset.tasks)
@@ -499,7 +502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
         if restarted and ctx.is_main:
             logger.info("restart %s of this job", os.environ["TORCHELASTIC_RESTART_COUNT"])
         train(job, resume_from_checkpoint=args.resume or (restarted and checkpoint_manager(job).latest() is not None))
-        results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test)}
+        results = {"val": evaluate(job, job.split.val), "test": evaluate(job, job.split.test, refresh=False)}
         # One ordinary state dict (tables gathered from their shards) for evaluation or serving.
         export_state_dict(
             job.model, lambda device: build_graph_dlrm(job.dataset, job.split.graph, config.model, device),
