@@ -3,6 +3,7 @@
     torchrec-gnn train --config configs/default.yaml [--set key=value ...]
     torchrec-gnn eval --run-dir runs/default [--split test] [--predictions scores.parquet]
     torchrec-gnn predict --run-dir runs/default --input rows.parquet --output scores.parquet
+    torchrec-gnn export --run-dir runs/default [--output-dir runs/default/export]
     torchrec-gnn compare --config configs/default.yaml --seeds 3 --output-dir runs/compare [--variants no_graph,e2e]
     torchrec-gnn bench [sampler|loader|step|graph_size] [benchmark flags]
 
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-COMMANDS = ("train", "eval", "predict", "compare", "bench")
+COMMANDS = ("train", "eval", "predict", "export", "compare", "bench")
 BENCHMARKS = {"sampler": "bench_sampler.py", "loader": "bench_loader.py", "step": "bench_step.py",
               "graph_size": "bench_graph_size.py"}
 
@@ -73,6 +74,10 @@ def _dispatch(args: List[str]) -> None:
         from torchrec_gnn.recipes.evaluate import predict_main
 
         predict_main(rest)
+    elif command == "export":
+        from torchrec_gnn.recipes.export import main as export_main
+
+        export_main(rest)
     elif command == "compare":
         from torchrec_gnn.recipes.compare import main as compare_main
 

@@ -95,7 +95,42 @@ class RankerConfig:
             )
 
 
-class GraphDLRM(nn.Module):
+class RankingArches(nn.Module):
+    """The arches after the lookups (dense arch, input fusion, interaction, over arch, pre-head
+    fusion, task heads) and their forward, :meth:`rank`: shared by :class:`GraphDLRM` and its
+    serving form (:class:`~torchrec_gnn.models.serving.ServingRanker`)."""
+
+    # The attributes rank() reads, set by the subclass.
+    ARCH_NAMES = ("dense_arch", "input_fusion", "inter_arch", "over_arch", "prehead_fusion", "task_heads")
+    dense_in_features: int
+
+    def rank(
+        self, dense_features: torch.Tensor, sparse: torch.Tensor,
+        user: Optional[torch.Tensor] = None, item: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Everything after the lookups.
+
+        Args:
+            dense_features (Tensor): (B, F_dense) (F_dense = 0: the constant input).
+            sparse (Tensor): (B, F, D) pooled sparse features.
+            user (Tensor, optional): (B, H) graph embedding of each example's user (with a tower).
+            item (Tensor, optional): (B, H) of each example's item.
+
+        Returns:
+            Tensor: (B, T) per-task outputs.
+        """
+        if not self.dense_in_features:  # (B, 0): no dense feature, a constant input instead
+            dense_features = dense_features.new_ones(dense_features.shape[0], 1)
+        dense = self.dense_arch(dense_features)  # (B, D)
+        if self.input_fusion is not None:
+            sparse = torch.cat([sparse, self.input_fusion(user, item)], dim=1)  # (B, F + 2, D)
+        representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
+        if self.prehead_fusion is not None:
+            representation = self.prehead_fusion(representation, user, item)  # (B, R + 2H)
+        return self.task_heads(representation)
+
+
+class GraphDLRM(RankingArches):
     """Multi-task DLRM with an optional GNN tower fused at the input and before the heads.
 
     Args:
@@ -223,21 +258,11 @@ class GraphDLRM(nn.Module):
             :attr:`aux_loss_names` (``"gfae"`` with a feature GFAE, ``"edge"`` with an edge
             decoder; (0,) with neither).
         """
-        dense_input = batch.dense_features
-        if not self.dense_in_features:  # (B, 0): no dense feature, a constant input instead
-            dense_input = dense_input.new_ones(dense_input.shape[0], 1)
-        dense = self.dense_arch(dense_input)  # (B, D)
         sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
-        aux_losses = dense.new_zeros(0)
-        if self.graph_tower is not None:
-            graph = self.graph_tower(batch)
-            aux_losses = graph.aux_losses(self.aux_loss_names)
-            if self.input_fusion is not None:
-                sparse = torch.cat([sparse, self.input_fusion(graph.user, graph.item)], dim=1)  # (B, F + 2, D)
-        representation = self.over_arch(self.inter_arch(dense, sparse))  # (B, R)
-        if self.prehead_fusion is not None:
-            representation = self.prehead_fusion(representation, graph.user, graph.item)  # (B, R + 2H)
-        return self.task_heads(representation), aux_losses
+        if self.graph_tower is None:
+            return self.rank(batch.dense_features, sparse), sparse.new_zeros(0)
+        graph = self.graph_tower(batch)
+        return self.rank(batch.dense_features, sparse, graph.user, graph.item), graph.aux_losses(self.aux_loss_names)
 
 
 def _interaction_settings(dlrm: nn.Module) -> dict:
