@@ -38,7 +38,7 @@ from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
-from torchrec_gnn.modules.fusion import ConcatFusionArch
+from torchrec_gnn.modules.fusion import ConcatFusionArch, InputFusionArch
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 from torchrec_gnn.modules.heads import TaskHeadsArch, initial_output_bias
@@ -56,9 +56,10 @@ class MultiTaskDeepFM(nn.Module):
     """A user's TorchRec ``SimpleDeepFMNN`` made multi-task, with an optional GNN tower through the
     generic route.
 
-    The model's sparse and dense arches are reused as they are. With a tower, its two embeddings
-    join the pooled sparse features as two more features of the FM and deep interaction (the
-    input-level fusion; the interaction is rebuilt with the same deep dimension, sized for them),
+    The model's sparse and dense arches are reused as they are. With a tower, its two embeddings,
+    projected to the features' width D, join the pooled sparse features as two more features of
+    the FM and deep interaction (the input-level fusion; the interaction is rebuilt with the same
+    deep dimension, sized for them),
     and :class:`ConcatFusionArch` puts them next to the interaction's output in front of the task
     heads (the pre-head fusion). The model's single sigmoid output becomes one head per task.
 
@@ -82,9 +83,11 @@ class MultiTaskDeepFM(nn.Module):
         names = list(deepfm.inter_arch.sparse_feature_names)
         deep_fm_dimension = deepfm.inter_arch.deep_fm.dense_module[0].out_features
         fm_in_features = (len(names) + 1) * D
+        # The graph embeddings enter the FM at the features' width D, through a learned projection.
+        self.input_fusion = InputFusionArch(graph_tower.out_channels, D) if graph_tower is not None else None
         if graph_tower is not None:
             names += ["graph_user", "graph_item"]
-            fm_in_features += 2 * graph_tower.out_channels
+            fm_in_features += 2 * D
         self.inter_arch = FMInteractionArch(fm_in_features, names, deep_fm_dimension)
         representation = D + deep_fm_dimension + 1  # dense, deep interaction, FM term
         self.prehead_fusion = (ConcatFusionArch(graph_tower.out_channels, representation)
@@ -103,7 +106,7 @@ class MultiTaskDeepFM(nn.Module):
         aux_losses = dense.new_zeros(0)
         if self.graph_tower is not None:
             graph = self.graph_tower(batch)
-            pooled = graph.join(pooled)  # F + 2 features: input-level fusion
+            pooled = graph.join(pooled, projection=self.input_fusion)  # F + 2 features: input-level fusion
             aux_losses = graph.aux_losses(self.aux_loss_names)
         representation = self.inter_arch(dense, pooled)  # (B, D + deep_fm_dimension + 1)
         if self.prehead_fusion is not None:

@@ -126,6 +126,13 @@ def test_join_appends_the_graph_embeddings_to_pooled_features(tiny_split, tiny_b
         assert torch.equal(joined[key], pooled[key])
     assert torch.equal(joined["graph_user"], graph.user) and torch.equal(joined["graph_item"], graph.item)
     assert graph.join(joined, prefix="hop").keys()[-2:] == ["hop_user", "hop_item"]
+    # With a projection, each embedding first goes to the features' width.
+    from torchrec_gnn.modules.fusion import InputFusionArch
+    projection = InputFusionArch(12, 8)
+    projected = graph.join(pooled, projection=projection)
+    assert projected.length_per_key() == [4, 8, 6, 8, 8]
+    assert torch.equal(projected["graph_user"], projection.user_projection(graph.user))
+    assert torch.equal(projected["graph_item"], projection.item_projection(graph.item))
     with pytest.raises(ValueError, match=r"already have keys \['graph_user', 'graph_item'\]; pick another prefix"):
         graph.join(joined)
     short = KeyedTensor(keys=["a"], length_per_key=[3], values=torch.zeros(batch.batch_size - 1, 3))

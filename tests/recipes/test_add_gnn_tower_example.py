@@ -79,9 +79,10 @@ def _check_deepfm_fusion_levels() -> None:
     for hook in hooks:
         hook.remove()
     graph, interaction = seen["graph"], seen["interaction"]
-    # Input level: the FM and deep interaction read the graph embeddings as two more features.
+    # Input level: the FM and deep interaction read the (projected) graph embeddings as two more features.
     assert interaction.keys() == features + ["graph_user", "graph_item"]
-    assert torch.equal(interaction["graph_user"], graph.user) and torch.equal(interaction["graph_item"], graph.item)
+    projected = deepfm.input_fusion(graph.user, graph.item)
+    assert torch.equal(interaction["graph_user"], projected[:, 0]) and torch.equal(interaction["graph_item"], projected[:, 1])
     # Pre-head level: the same embeddings sit next to the interaction's output.
     assert torch.equal(seen["prehead"][0], graph.user) and torch.equal(seen["prehead"][1], graph.item)
 

@@ -25,6 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.modules.fusion import InputFusionArch
 from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
@@ -55,31 +56,39 @@ class GraphEmbeddings(NamedTuple):
         ``EmbeddingBagCollection``'s output)."""
         return KeyedTensor.from_tensor_list([f"{prefix}_user", f"{prefix}_item"], [self.user, self.item])
 
-    def join(self, pooled: KeyedTensor, prefix: str = "graph") -> KeyedTensor:
+    def join(self, pooled: KeyedTensor, prefix: str = "graph", projection: Optional[InputFusionArch] = None) -> KeyedTensor:
         """``pooled`` with the two graph embeddings as two more features: the input-level fusion
         for any model that consumes an ``EmbeddingBagCollection``'s output.
 
         Args:
             pooled (KeyedTensor): (B, sum of the F features' dims), the keys ``[f_1, ..., f_F]``.
             prefix (str): the graph keys are ``{prefix}_user`` and ``{prefix}_item``.
+            projection (InputFusionArch, optional): maps each (B, H) embedding to the features'
+                width D first, as GraphDLRM does; for interactions that treat every feature
+                alike (FM, dot products), where raw GNN outputs of another width and scale
+                fit badly (DeepFM on the synthetic data: README "Add the tower to your own model").
 
         Returns:
             KeyedTensor: keys ``[f_1, ..., f_F, {prefix}_user, {prefix}_item]``, values
-            (B, sum of dims + 2H).
+            (B, sum of dims + 2H), or + 2D with ``projection``.
 
         Example::
 
-            pooled = ebc(batch.sparse_features)           # KeyedTensor of F features
-            features = tower(batch).join(pooled)          # F + 2 features, for the model's interaction
+            pooled = ebc(batch.sparse_features)                   # KeyedTensor of F features
+            features = tower(batch).join(pooled, projection=InputFusionArch(H, D))   # F + 2 features
         """
-        graph = self.keyed(prefix)
+        embeddings = self
+        if projection is not None:
+            user, item = projection(self.user, self.item).unbind(dim=1)  # (B, D) each
+            embeddings = self._replace(user=user, item=item)
+        graph = embeddings.keyed(prefix)
         clash = [k for k in graph.keys() if k in pooled.keys()]
         if clash:
             raise ValueError(f"GraphEmbeddings.join: the pooled features already have keys {clash}; pick another prefix")
-        if pooled.key_dim() != 1 or pooled.values().shape[0] != self.user.shape[0]:
+        if pooled.key_dim() != 1 or pooled.values().shape[0] != graph.values().shape[0]:
             raise ValueError(
                 f"GraphEmbeddings.join: pooled values {tuple(pooled.values().shape)} (key_dim {pooled.key_dim()}) "
-                f"do not match {self.user.shape[0]} examples with features along dim 1"
+                f"do not match {graph.values().shape[0]} examples with features along dim 1"
             )
         return KeyedTensor(
             keys=pooled.keys() + graph.keys(),
