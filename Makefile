@@ -2,6 +2,7 @@
 #   make demo   installs if needed, then runs the main job on the built-in default data
 #   make test   installs if needed, then runs the test suite
 #   make bench  installs if needed, then runs the benchmarks
+#   make mutate installs mutmut, then mutation-tests the critical modules (hours; not in CI)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 FBGEMM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo fbgemm-gpu || echo fbgemm-gpu-cpu)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutate clean
 
 install: $(STAMP)
 
@@ -38,6 +39,12 @@ bench: install
 	$(PY) benchmarks/bench_loader.py --json runs/bench/loader.json
 	$(PY) benchmarks/bench_step.py --json runs/bench/step.json
 	$(PY) benchmarks/bench_graph_size.py --json runs/bench/graph_size.json --plot runs/bench/graph_size.png
+
+# MODULES=fusion,balancing restricts it; the table and every surviving mutant are printed.
+MODULES ?= fusion,balancing,split,batch,gfae,gnn_tower,metrics,checkpoint,sampler
+mutate: install
+	$(PIP) install -q -r requirements-mutate.txt
+	$(PY) tools/mutate.py --modules $(MODULES) --json runs/mutation.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,3 +22,15 @@ def test_concat_and_gated_prehead_fusion() -> None:
     ratio = out[:, 10:] / torch.cat([u, i], dim=1)
     assert bool(((ratio > 0) & (ratio < 1)).all())
     assert repr(concat) == "ConcatFusionArch(10 + 2 x 6 -> 22)"
+
+
+def test_gate_starts_near_one_half() -> None:
+    """A fresh gate passes about half of every graph channel (its documented start), so the
+    heads first see the graph at a known, moderate scale."""
+    torch.manual_seed(0)
+    fusion = GatedFusionArch(graph_channels=12, representation_channels=16)
+    representation, user, item = torch.randn(256, 16), torch.randn(256, 12), torch.randn(256, 12)
+    out = fusion(representation, user, item)
+    gate = out[:, 16:] / torch.cat([user, item], dim=1)
+    assert 0.35 < float(gate.min()) and float(gate.max()) < 0.65
+    assert torch.equal(fusion.gate.bias, torch.zeros(24))
