@@ -55,6 +55,17 @@ class ServingRanker(RankingArches):
         self, dense_features: torch.Tensor, sparse_ids: torch.Tensor,
         user: Optional[torch.Tensor] = None, item: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """
+        Args:
+            dense_features (Tensor): (B, F_dense) float32.
+            sparse_ids (Tensor): (B, F) int64, one id per sparse feature, in
+                :attr:`sparse_feature_names` order.
+            user (Tensor, optional): (B, H) graph embedding of each example's user (with a graph).
+            item (Tensor, optional): (B, H) of each example's item.
+
+        Returns:
+            Tensor: (B, T) per-task outputs (logits; ``log1p`` values for regression).
+        """
         sparse = torch.stack([table[sparse_ids[:, f]] for f, table in enumerate(self.tables)], dim=1)  # (B, F, D)
         return self.rank(dense_features, sparse, user, item)
 
