@@ -153,3 +153,21 @@ def test_aux_losses_follow_the_towers_names(tiny_split, tiny_batches) -> None:
         expected = {"gfae": graph.gfae_loss, "edge": graph.edge_loss}
         assert torch.equal(graph.aux_losses(names), torch.stack([expected[n] for n in names]))
     assert graph.aux_losses([]).shape == (0,)
+
+
+def test_both_towers_implement_the_interface(tiny_split) -> None:
+    """A ranker takes either tower through GraphTowerInterface; an incomplete tower cannot be built."""
+    from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
+    from torchrec_gnn.modules.gnn_tower import GraphTowerInterface
+
+    tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG)
+    frozen = FrozenGraphTower({"user": torch.zeros(4, 6), "item": torch.zeros(5, 6)}, "user", "item")
+    assert isinstance(tower, GraphTowerInterface) and isinstance(frozen, GraphTowerInterface)
+    assert (frozen.out_channels, frozen.aux_loss_names, frozen.shared_parameters()) == (6, [], [])
+
+    class NoEmbeddings(GraphTowerInterface):
+        def forward(self, batch):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoEmbeddings()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,13 +41,10 @@ from torchrec.modules.mlp import MLP
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import TaskSpec
-from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
-from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.modules.gnn_tower import GraphTowerInterface
 from torchrec_gnn.modules.heads import TaskHeadsArch, task_losses
 
-# The end-to-end tower, or the two-stage baseline's pre-computed embeddings behind the same interface.
-GraphTower = Union[GNNTower, FrozenGraphTower]
 
 INTERACTIONS = ("dot", "dcn", "projection")
 PREHEAD_FUSIONS = ("concat", "gated", "none")
@@ -141,7 +138,7 @@ class GraphDLRM(RankingArches):
             keeps its dense slot as one learned vector.
         tasks (Sequence[TaskSpec]): the T tasks.
         config (RankerConfig): sizes, interaction and fusion switches.
-        graph_tower (GNNTower or FrozenGraphTower, optional): the GNN tower (end to end), or
+        graph_tower (GraphTowerInterface, optional): the GNN tower (end to end), or
             frozen pre-computed embeddings (two-stage); None gives the no-graph ranker.
 
     Example::
@@ -157,7 +154,7 @@ class GraphDLRM(RankingArches):
         dense_in_features: int,
         tasks: Sequence[TaskSpec],
         config: RankerConfig,
-        graph_tower: Optional[GraphTower] = None,
+        graph_tower: Optional[GraphTowerInterface] = None,
     ) -> None:
         super().__init__()
         dims = {c.embedding_dim for c in embedding_bag_collection.embedding_bag_configs()}
@@ -204,7 +201,7 @@ class GraphDLRM(RankingArches):
         cls,
         dlrm: DLRM,
         tasks: Sequence[TaskSpec],
-        graph_tower: Optional[GraphTower],
+        graph_tower: Optional[GraphTowerInterface],
         config: Optional[RankerConfig] = None,
     ) -> "GraphDLRM":
         """Add a GNN tower to a stock TorchRec ``DLRM``, ``DLRM_DCN`` or ``DLRM_Projection``,
@@ -219,7 +216,7 @@ class GraphDLRM(RankingArches):
         Args:
             dlrm (DLRM): a ``torchrec.models.dlrm`` ``DLRM``, ``DLRM_DCN`` or ``DLRM_Projection``.
             tasks (Sequence[TaskSpec]): the tasks of the new multi-task heads.
-            graph_tower (GNNTower, optional): the tower to add.
+            graph_tower (GraphTowerInterface, optional): the tower to add.
             config (RankerConfig, optional): over-arch/head sizes, fusion switches; its dense
                 arch and interaction settings are replaced by the model's own.
 

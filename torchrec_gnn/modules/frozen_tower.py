@@ -16,10 +16,10 @@ from torch import nn
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import NodeType
-from torchrec_gnn.modules.gnn_tower import GraphEmbeddings
+from torchrec_gnn.modules.gnn_tower import GraphEmbeddings, GraphTowerInterface
 
 
-class FrozenGraphTower(nn.Module):
+class FrozenGraphTower(GraphTowerInterface):
     """Look up each example's user and item in fixed embedding tables (buffers, no gradient).
 
     Args:

@@ -13,6 +13,7 @@ distribution with the previous step:
 
 from __future__ import annotations
 
+import abc
 from typing import Dict, List, Mapping, NamedTuple, Optional
 
 import torch
@@ -100,6 +101,41 @@ class GraphEmbeddings(NamedTuple):
         """(A,) the auxiliary losses ``names`` (a tower's :attr:`~GNNTower.aux_loss_names`), in order."""
         losses = {"gfae": self.gfae_loss, "edge": self.edge_loss}
         return torch.stack([losses[name] for name in names]) if names else self.user.new_zeros(0)
+
+
+class GraphTowerInterface(abc.ABC, nn.Module):
+    """What a ranker needs from a graph tower (in the manner of TorchRec's
+    ``EmbeddingBagCollectionInterface``): per-example embeddings from a batch, their width,
+    the auxiliary losses it computes and the layer GradNorm balances on.
+
+    :class:`GNNTower` (end to end) and
+    :class:`~torchrec_gnn.modules.frozen_tower.FrozenGraphTower` (two-stage: fixed exported
+    embeddings) implement it; a ranker takes either.
+    """
+
+    @abc.abstractmethod
+    def forward(self, batch: GraphBatch) -> GraphEmbeddings:
+        """
+        Args:
+            batch (GraphBatch): the examples (B) and what the tower reads of their subgraph.
+
+        Returns:
+            GraphEmbeddings: each example's user and item embedding (B, H) and the auxiliary losses.
+        """
+
+    @property
+    @abc.abstractmethod
+    def out_channels(self) -> int:
+        """H, the width of the embeddings."""
+
+    @property
+    @abc.abstractmethod
+    def aux_loss_names(self) -> List[str]:
+        """The auxiliary losses :meth:`GraphEmbeddings.aux_losses` reads, in order."""
+
+    @abc.abstractmethod
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """GradNorm's shared layer in the tower; [] when it has no trainable parameter."""
 
 
 class GraphEncoder(nn.Module):
@@ -252,7 +288,7 @@ class GraphEncoder(nn.Module):
         )
 
 
-class GNNTower(nn.Module):
+class GNNTower(GraphTowerInterface):
     """A drop-in TorchRec module: node tables + GNN, giving graph embeddings per example.
 
     Args:
