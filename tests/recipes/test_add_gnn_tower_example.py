@@ -133,7 +133,7 @@ class DeepFMExampleTest(MultiProcessTestBase):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("model", ["projection", "dcn", "deepfm"])
+@pytest.mark.parametrize("model", ["projection", "dcn"])  # deepfm: the two tests below
 def test_example_trains_and_scores_each_model(model: str) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "3", "--model", model],
                           capture_output=True, text=True, timeout=280, cwd=REPO)
