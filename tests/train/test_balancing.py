@@ -264,3 +264,36 @@ def test_invalid_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"BalancerConfig: 3 problem\(s\): kind must be one of .*got 'grad'; "
                        r"weights is only used by kind='fixed'.*; alpha must be >= 0, got -1"):
         BalancerConfig(kind="grad", weights=[1.0], alpha=-1)
+
+
+def test_boundary_values_are_accepted_and_bools_refused() -> None:
+    """The edges of each valid range work (alpha 0 = equal-rate targets, one loss, a zero fixed
+    weight); a bool is not an int for counts."""
+    shared, losses = two_task_losses((0.3, -0.2))
+    balancer = GradNorm(2, alpha=0.0, update_every=1)
+    balancer.step(losses, [shared])
+    assert torch.isfinite(balancer.weights()).all()
+    single = GradNorm(1)
+    single.step(losses[:1], [shared])
+    assert torch.equal(single.weights(), torch.ones(1))  # one loss: its weight is the whole budget
+    fixed = FixedWeights(2, weights=[1.0, 0.0])
+    assert float(fixed.combine(torch.tensor([3.0, 5.0]))) == 3.0
+    with pytest.raises(ValueError, match="update_every must be an int >= 1, got True"):
+        GradNorm(2, update_every=True)
+    with pytest.raises(ValueError, match="num_losses must be an int >= 1, got True"):
+        GradNorm(True)
+
+
+def test_gradient_norms_sum_over_every_shared_tensor() -> None:
+    """The shared layer split into two tensors gives the same update as one: ||dL_i/dW|| is over
+    all of W's entries."""
+    balancers = [GradNorm(2, alpha=1.5, lr=0.05) for _ in range(2)]
+    for w_layer in [(0.4, -0.3), (0.1, 0.7), (-0.5, 0.2)]:
+        shared, losses = two_task_losses(w_layer)
+        balancers[0].step(losses, [shared])
+        w0 = nn.Parameter(torch.tensor([w_layer[0]], dtype=torch.float64))
+        w1 = nn.Parameter(torch.tensor([w_layer[1]], dtype=torch.float64))
+        split = torch.stack([c * (w0 * x[0] + w1 * x[1]).pow(2).sum() for c, x in zip(C, X)])
+        balancers[1].step(split, [w0, w1])
+    torch.testing.assert_close(balancers[1].weights(), balancers[0].weights())
+    assert not torch.allclose(balancers[0].weights(), torch.ones(2))
