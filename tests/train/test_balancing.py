@@ -287,7 +287,7 @@ def test_boundary_values_are_accepted_and_bools_refused() -> None:
 def test_gradient_norms_sum_over_every_shared_tensor() -> None:
     """The shared layer split into two tensors gives the same update as one: ||dL_i/dW|| is over
     all of W's entries."""
-    balancers = [GradNorm(2, alpha=1.5, lr=0.05) for _ in range(2)]
+    balancers = [GradNorm(2, alpha=1.5, lr=0.05, optimizer_cls=torch.optim.SGD).double() for _ in range(2)]
     for w_layer in [(0.4, -0.3), (0.1, 0.7), (-0.5, 0.2)]:
         shared, losses = two_task_losses(w_layer)
         balancers[0].step(losses, [shared])
@@ -296,4 +296,4 @@ def test_gradient_norms_sum_over_every_shared_tensor() -> None:
         split = torch.stack([c * (w0 * x[0] + w1 * x[1]).pow(2).sum() for c, x in zip(C, X)])
         balancers[1].step(split, [w0, w1])
     torch.testing.assert_close(balancers[1].weights(), balancers[0].weights())
-    assert not torch.allclose(balancers[0].weights(), torch.ones(2))
+    assert not torch.allclose(balancers[0].weights(), torch.ones(2, dtype=torch.float64))
