@@ -72,3 +72,65 @@ def test_a_prebuilt_graph_is_used_as_is() -> None:
     reused = time_split(log_dataset(), history_fraction=0.5, graph=built.graph)
     assert reused.graph is built.graph
     assert torch.equal(reused.test.user, built.test.user) and reused.cutoffs == built.cutoffs
+
+
+def _ordered_dataset(n: int = 100) -> GraphRecDataset:
+    """Example i at time 10 * i, also a weighted watch edge; item 0 in genre 0 (static)."""
+    time = torch.arange(n) * 10
+    examples = Interactions(user=torch.arange(n) % 7, item=torch.arange(n) % 9, timestamp=time,
+                            labels=torch.zeros(n, 1), dense=torch.zeros(n, 0))
+    edges = {WATCH: EdgeList(src=examples.user, dst=examples.item, time=time, weight=torch.arange(n, dtype=torch.float32)),
+             ("item", "in", "genre"): EdgeList(src=torch.tensor([0]), dst=torch.tensor([0]))}
+    return GraphRecDataset(name="ordered", tasks=[TaskSpec("click", "binary")], user_type="user", item_type="item",
+                           num_nodes={"user": 7, "item": 9, "genre": 1}, examples=examples, edges=edges)
+
+
+def test_cutoffs_are_the_example_time_quantiles() -> None:
+    """100 examples at t = 0, 10, ..., 990: 30 history, 50 train, 10 validation, 10 test, each
+    boundary at the first example of the next part; the graph keeps the history watches with
+    their weights and times, and their reverses."""
+    split = time_split(_ordered_dataset(), history_fraction=0.3, val_fraction=0.1, test_fraction=0.1)
+    assert split.cutoffs == {"train": 300, "val": 800, "test": 900}
+    assert (len(split.train), len(split.val), len(split.test)) == (50, 10, 10)
+    index = split.graph.csc(WATCH)
+    assert split.graph.num_edges(WATCH) == 30 and int(index.time.max()) == 290
+    assert sorted(index.weight.tolist()) == list(range(30))  # each kept edge keeps its own weight
+    assert split.graph.num_edges(("item", "rev_watches", "user")) == 30
+    assert ("item", "rev_watches", "user") not in time_split(_ordered_dataset(), 0.3, add_reverse=False).graph.edge_types
+    # No history: training starts at the first example; a test share of one example is the last one.
+    assert time_split(_ordered_dataset(), 0.0, 0.1, 0.01).cutoffs == {"train": 0, "val": 890, "test": 990}
+    assert "train" in split.summary() and "examples" in split.summary()
+
+
+def test_fraction_bounds_and_empty_data() -> None:
+    with pytest.raises(ValueError, match=r"time_split: test_fraction must be in \[0, 1\), got 1.0"):
+        time_split(_ordered_dataset(), test_fraction=1.0)
+    with pytest.raises(ValueError, match="leave no training examples"):
+        time_split(_ordered_dataset(), history_fraction=0.5, val_fraction=0.25, test_fraction=0.25)
+    empty = _ordered_dataset()
+    empty.examples = empty.examples.subset(torch.zeros(100, dtype=torch.bool))
+    with pytest.raises(ValueError, match="time_split: dataset 'ordered' has no examples"):
+        time_split(empty)
+    with pytest.raises(ValueError, match="split must be 'train', 'val' or 'test', got 'dev'"):
+        time_split(_ordered_dataset()).split("dev")
+
+
+def test_no_history_edge_is_said_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    """Examples and edges from one log without history: the GNN would see no interaction."""
+    with caplog.at_level("WARNING"):
+        time_split(_ordered_dataset(), history_fraction=0.0)
+    assert "holds no user__watches__item edge older than the first training example (t=0)" in caplog.text
+    assert "history_fraction=0.0" in caplog.text and "set data.history_fraction > 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        time_split(_ordered_dataset(), history_fraction=0.3)
+    assert caplog.text == ""
+
+
+def test_leaked_edges_counts_edges_at_the_first_example() -> None:
+    split = time_split(_ordered_dataset(), history_fraction=0.3)
+    assert leaked_edges(split) == 0
+    # A graph built one step later holds the watch at t = 300 itself and its reverse: a leak of two.
+    from torchrec_gnn.data.split import graph_before
+    split.graph = graph_before(split.dataset, 301)
+    assert leaked_edges(split) == 2
