@@ -1,6 +1,7 @@
 """GraphBatch: validation at construction, device moves and pinning keep every value."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -26,11 +27,13 @@ def literal_batch() -> GraphBatch:
         num_sampled_nodes={"user": [2, 1], "video": [2, 2]},
         num_sampled_edges={WATCHES: [3]},
         node_features={"video": torch.randn(4, 2, generator=torch.Generator().manual_seed(0))},
+        link_index=torch.tensor([[0, 1], [2, 3]]),
+        link_label=torch.tensor([1.0, 0.0]),
     )
 
 
 def assert_same_values(a: GraphBatch, b: GraphBatch) -> None:
-    for name in ("dense_features", "labels", "label_mask", "user_index", "item_index"):
+    for name in ("dense_features", "labels", "label_mask", "user_index", "item_index", "link_index", "link_label"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()), name
     for name in ("sparse_features", "node_ids"):
@@ -81,3 +84,29 @@ def test_mismatched_batch_sizes_are_listed() -> None:
                             stride=2)
     with pytest.raises(ValueError, match=r"node_ids must hold one id per bag \(see node_id_bags\), got a bag of 2"):
         dataclasses.replace(batch, node_ids=kjt)
+
+
+def test_every_disagreeing_field_and_bad_links_are_named() -> None:
+    batch = literal_batch()
+    with pytest.raises(ValueError, match=r"these fields disagree: \{'label_mask': 2, 'user_index': 2\}"):
+        dataclasses.replace(batch, label_mask=batch.label_mask[:2], user_index=batch.user_index[:2])
+    two = KeyedJaggedTensor(keys=["hour"], values=torch.tensor([1, 5]), lengths=torch.ones(2, dtype=torch.int32), stride=2)
+    with pytest.raises(ValueError, match=r"these fields disagree: \{'sparse_features \(stride\)': 2\}"):
+        dataclasses.replace(batch, sparse_features=two)
+    no_sparse = KeyedJaggedTensor(keys=[], values=torch.empty(0, dtype=torch.int64), lengths=torch.empty(0, dtype=torch.int32))
+    assert dataclasses.replace(batch, sparse_features=no_sparse).batch_size == 3  # ID-only data: no sparse feature
+    for index, labels in ((torch.tensor([[0, 1]]), torch.ones(2)), (torch.tensor([[0], [1]]), torch.ones(2)),
+                          (torch.tensor([0, 1]), torch.ones(2))):
+        message = f"link_index must be (2, L) with L = len(link_label), got {tuple(index.shape)} and 2 labels"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            dataclasses.replace(batch, link_index=index, link_label=labels)
+
+
+def test_node_id_bags_edge_cases() -> None:
+    """No node type at all, and types with no node, still give one well-formed KJT."""
+    none = node_id_bags([], [])
+    assert none.keys() == [] and none.values().numel() == 0 and none.values().dtype == torch.int64
+    empty = node_id_bags(["user", "video"], [torch.tensor([], dtype=torch.int64), torch.tensor([4, 6])])
+    assert empty.stride() == 2 and empty.lengths().tolist() == [0, 0, 1, 1] and empty.lengths().dtype == torch.int32
+    assert empty["video"].values().tolist() == [4, 6] and empty["user"].values().numel() == 0
+    assert node_id_bags(["user"], [torch.tensor([], dtype=torch.int64)]).stride() == 1
