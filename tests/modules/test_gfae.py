@@ -70,3 +70,83 @@ def test_config_errors_and_repr() -> None:
     assert not with_edges.reconstructs_features and repr(with_edges.edge_decoder) == "EdgeDecoder(channels=8, kind='dot')"
     with pytest.raises(ValueError, match="edge_decoder must be one of"):
         GFAEConfig(edge_decoder="cosine")
+
+
+def test_losses_by_formula_over_every_masked_node_of_every_type() -> None:
+    """Non-degenerate rows, where the two losses and their variants all differ."""
+    gfae = GFAE(2, 2, {"user": 2, "item": 2}, GFAEConfig(loss="sce", gamma=3.0))
+    gfae.decoders["user"] = gfae.decoders["item"] = torch.nn.Identity()
+    h = {"user": torch.tensor([[3.0, 4.0], [1.0, 2.0]]), "item": torch.tensor([[0.0, 2.0]])}
+    target = {"user": torch.tensor([[4.0, 3.0], [2.0, 4.0]]), "item": torch.tensor([[1.0, 1.0]])}
+    mask = {"user": torch.tensor([0, 1]), "item": torch.tensor([0])}
+    cos_item = 2.0 / (2.0 * 2.0**0.5)
+    sce = [(1 - 24 / 25) ** 3, 0.0, (1 - cos_item) ** 3]  # user 0, user 1 (parallel), item 0
+    assert gfae.loss(h, target, mask).item() == pytest.approx(sum(sce) / 3, rel=1e-5)
+    gfae.config = GFAEConfig(loss="mse")
+    mse = [(1 + 1) / 2, (1 + 4) / 2, (1 + 1) / 2]
+    assert gfae.loss(h, target, mask).item() == pytest.approx(sum(mse) / 3, rel=1e-6)
+    # Nothing masked: a zero loss that still belongs to the graph (backward works).
+    empty = gfae.loss({"user": h["user"].clone().requires_grad_()}, target, {"user": torch.tensor([], dtype=torch.long)})
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_config_boundaries() -> None:
+    GFAEConfig(gamma=1.0, edge_links_per_batch=1, edge_neg_ratio=0.5, mask_rate=0.01)  # each edge of its range
+    for kwargs, match in [
+        ({"mask_rate": 0.0}, r"mask_rate must be in \(0, 1\), got 0.0"),
+        ({"mask_rate": 1.0}, r"mask_rate must be in \(0, 1\), got 1.0"),
+        ({"gamma": 0.5}, "gamma must be >= 1, got 0.5"),
+        ({"edge_links_per_batch": 0}, "edge_links_per_batch must be positive, got 0"),
+        ({"edge_neg_ratio": 0.0}, "edge_neg_ratio must be positive, got 0.0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GFAEConfig(**kwargs)
+
+
+def test_mask_skips_absent_types_and_empty_candidates_and_follows_its_generator() -> None:
+    gfae = GFAE(3, 4, {"item": 3, "user": 3}, GFAEConfig(mask_rate=0.5))
+    x = {"user": torch.arange(18, dtype=torch.float32).view(6, 3)}
+    masked, rows = gfae.mask(x, {"user": 6}, torch.Generator().manual_seed(3))  # "item" absent: "user" still masked
+    assert set(rows) == {"user"} and rows["user"].numel() == 3
+    again, rows_again = gfae.mask(x, {"user": 6}, torch.Generator().manual_seed(3))
+    assert torch.equal(rows_again["user"], rows["user"]) and torch.equal(again["user"], masked["user"])
+    unmasked, none = gfae.mask(x, {})  # no candidate: nothing masked, inputs unchanged
+    assert none["user"].numel() == 0 and torch.equal(unmasked["user"], x["user"])
+    assert masked["user"].dtype == x["user"].dtype
+
+
+def test_decoders_are_nonlinear_and_reset() -> None:
+    torch.manual_seed(0)
+    gfae = GFAE(4, 8, {"user": 3}, GFAEConfig(decoder_hidden=16, edge_objective=True, edge_decoder="mlp"))
+    decoder = gfae.decoders["user"]
+    a, b = torch.randn(5, 8), torch.randn(5, 8)
+    zero = decoder(torch.zeros(1, 8))
+    assert not torch.allclose(decoder(a + b), decoder(a) + decoder(b) - zero, atol=1e-4)  # an MLP, not a linear map
+    assert decoder(a).shape == (5, 3)
+    with torch.no_grad():
+        gfae.mask_token["user"].fill_(1.0)
+        weights = [p.clone() for p in decoder.parameters()]
+    gfae.reset_parameters()
+    assert torch.equal(gfae.mask_token["user"], torch.zeros(4))
+    assert not torch.equal(next(decoder.parameters()), weights[0])
+
+
+def test_edge_decoders_score_pairs() -> None:
+    from torchrec_gnn.modules.gfae import EdgeDecoder
+
+    torch.manual_seed(0)
+    u, v = torch.randn(6, 8), torch.randn(6, 8)
+    torch.testing.assert_close(EdgeDecoder(8, "dot")(u, v), (u * v).sum(-1) / 8**0.5)
+    mlp = EdgeDecoder(8, "mlp", hidden=5)
+    assert mlp(u, v).shape == (6,) and mlp.mlp[0].out_features == 5
+    w1, b1, slope, w2, b2 = (p.detach() for p in mlp.parameters())
+    hidden = (u * v) @ w1.T + b1
+    torch.testing.assert_close(mlp(u, v), (torch.where(hidden > 0, hidden, slope * hidden) @ w2.T + b2).squeeze(-1))
+    before = mlp.mlp[0].weight.clone()
+    mlp.reset_parameters()
+    assert not torch.equal(mlp.mlp[0].weight, before)
+    assert EdgeDecoder.loss(torch.zeros(0), torch.zeros(0)).item() == 0.0
+    assert EdgeDecoder.loss(torch.zeros(2), torch.tensor([1.0, 0.0])).item() == pytest.approx(0.6931, abs=1e-4)
+    with pytest.raises(ValueError, match=r"EdgeDecoder: kind must be one of .*got 'cosine'"):
+        EdgeDecoder(8, "cosine")
+    assert GFAE(4, 8, {}, GFAEConfig(edge_objective=True, decoder_hidden=7, edge_decoder="mlp")).edge_decoder.mlp[0].out_features == 7
