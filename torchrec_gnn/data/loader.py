@@ -21,7 +21,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_gnn.data.batch import GraphBatch, node_id_bags
 from torchrec_gnn.data.dataset import EdgeType, Interactions, NodeType
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
 from torchrec_gnn.graph.sampler import NeighborSampler
 
 
@@ -38,7 +38,7 @@ def find_link_relation(graph: HeteroGraph, user_type: NodeType, item_type: NodeT
     Raises:
         ValueError: ``name`` is not a user -> item relation of the graph, or there is none.
     """
-    candidates = {"__".join(et): et for et in graph.edge_types if et[0] == user_type and et[2] == item_type}
+    candidates = {edge_type_str(et): et for et in graph.edge_types if et[0] == user_type and et[2] == item_type}
     if name is not None:
         if name not in candidates:
             raise ValueError(f"link relation: {name!r} is not a {user_type} -> {item_type} relation of the "

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import torch
 
 from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
 
 logger = logging.getLogger("torchrec_gnn.data")
 
@@ -131,7 +131,7 @@ def _warn_if_no_interaction_edges(dataset: GraphRecDataset, graph: HeteroGraph, 
             "time_split: the graph holds no %s edge older than the first training example (t=%d); with "
             "history_fraction=%s the GNN never sees an interaction. When examples and edges come from the same "
             "log, set data.history_fraction > 0 (e.g. 0.3) so the earliest examples become graph history.",
-            " / ".join("__".join(et) for et in empty), cutoff, history_fraction,
+            " / ".join(edge_type_str(et) for et in empty), cutoff, history_fraction,
         )
 
 

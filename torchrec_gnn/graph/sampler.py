@@ -29,7 +29,7 @@ from torch_geometric.sampler.neighbor_sampler import edge_sample
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph import _kernels
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
 
 NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
 
@@ -292,7 +292,7 @@ class NeighborSampler:
 
     def __repr__(self) -> str:
         fanouts = set(map(tuple, self.num_neighbors.values()))
-        fanout = list(fanouts.pop()) if len(fanouts) == 1 else {"__".join(k): v for k, v in self.num_neighbors.items()}
+        fanout = list(fanouts.pop()) if len(fanouts) == 1 else {edge_type_str(k): v for k, v in self.num_neighbors.items()}
         return (
             f"{self.__class__.__name__}(num_neighbors={fanout}, replace={self.replace}, "
             f"weighted={self.weighted}, temporal={self.temporal}, temporal_strategy={self.temporal_strategy!r}, "
@@ -625,7 +625,7 @@ def fanouts_by_relation(
     Raises:
         ValueError: an override names no relation of the graph (the valid names are listed).
     """
-    names = {"__".join(et): et for et in graph.edge_types}
+    names = {edge_type_str(et): et for et in graph.edge_types}
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ValueError(f"relation_fanouts: unknown relations {unknown}; the graph has {sorted(names)}")

@@ -40,7 +40,7 @@ from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, NodeType
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
@@ -246,7 +246,7 @@ def pretrain_and_export(
     per_batch = cfg.batch_size // 2
     steps_per_epoch = max(1, int(cfg.supervision_fraction * train_edges.shape[1]) // per_batch)
     logger.info("pre-training on %s: %d edges to predict (%d per epoch), %d held out for the link AUC",
-                "__".join(relation), train_edges.shape[1], steps_per_epoch * per_batch, val_pairs.shape[1])
+                edge_type_str(relation), train_edges.shape[1], steps_per_epoch * per_batch, val_pairs.shape[1])
     model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = NeighborSampler(message_graph, config.fanouts)
@@ -292,7 +292,7 @@ def pretrain_and_export(
     features = tower_node_features(dataset, graph, config.degree)
     embeddings = export_tower(tower, features, graph, cfg.chunk_size, config.progress) if config.export else {}
     export_seconds = time.perf_counter() - start
-    report = {"relation": "__".join(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
+    report = {"relation": edge_type_str(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
               "kept_epoch": kept, "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
               "exported_nodes": sum(int(e.shape[0]) for e in embeddings.values())}
     logger.info("pre-training: %d steps, kept epoch %d (link AUC %.4f on %d held-out edges), %.1f s; export %.1f s",
