@@ -221,8 +221,3 @@ def _check_ids(where: str, ids: torch.Tensor, count: int) -> None:
     if bool(bad.any()):
         pos = int(bad.nonzero()[0, 0])
         raise ValueError(f"{where}: id {int(ids[pos])} at position {pos} is outside [0, {count})")
-
-
-def stack_labels(columns: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack T per-task label columns (N,) into (N, T) float32."""
-    return torch.stack([c.to(torch.float32) for c in columns], dim=1)

@@ -179,10 +179,6 @@ class HeteroGraph:
         dst = np.repeat(np.arange(index.colptr.shape[0] - 1, dtype=np.int64), index.degree())
         return torch.from_numpy(np.stack([np.asarray(index.row, dtype=np.int64), dst]))
 
-    @property
-    def has_time(self) -> bool:
-        return any(c.time is not None for c in self._csc.values())
-
     def nbytes(self) -> int:
         """Bytes held by all index arrays."""
         return sum(
