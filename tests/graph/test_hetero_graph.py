@@ -51,8 +51,8 @@ def test_accepts_edge_index_and_numpy_pairs() -> None:
 @pytest.mark.parametrize(
     "src, dst, match",
     [
-        ([0, 4], [0, 0], r"\('user', 'watches', 'video'\): src id 4 at position 1 is outside \[0, 4\)"),
-        ([0, 1], [-1, 0], r"dst id -1 at position 0 is outside \[0, 3\)"),
+        ([0, 4], [0, 0], r"\('user', 'watches', 'video'\): src: id 4 at position 1 is outside \[0, 4\)"),
+        ([0, 1], [-1, 0], r"dst: id -1 at position 0 is outside \[0, 3\)"),
     ],
 )
 def test_bad_ids_name_relation_and_value(src, dst, match) -> None:
@@ -61,7 +61,7 @@ def test_bad_ids_name_relation_and_value(src, dst, match) -> None:
 
 
 def test_bad_dtype_and_unknown_node_type() -> None:
-    with pytest.raises(TypeError, match="src ids must be integers, got dtype float32"):
+    with pytest.raises(TypeError, match="src: ids must be integers, got dtype float32"):
         HeteroGraph.from_edges(NUM_NODES, {WATCH: (torch.tensor([0.0]), torch.tensor([0]))})
     with pytest.raises(ValueError, match="node type 'author'"):
         HeteroGraph.from_edges(NUM_NODES, {("author", "made", "video"): (torch.tensor([0]), torch.tensor([0]))})

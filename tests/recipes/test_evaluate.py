@@ -70,7 +70,7 @@ def test_bad_rows_fail_naming_file_column_and_value(scored_run: Path, capsys: py
     err = _predict_error(scored_run, rows.drop(columns=[sparse]), "missing.csv", capsys)
     assert "missing.csv: missing column(s) ['" + sparse + "']" in err
     err = _predict_error(scored_run, rows.assign(user=rows["user"].where(rows.index != 7, 10**6)), "range.csv", capsys)
-    assert "range.csv: column 'user': id 1000000 at row 7 is outside the data set's range [0, 400)" in err
+    assert "range.csv: column 'user': id 1000000 at position 7 is outside [0, 400)" in err
     dense = rows.columns[3]
     err = _predict_error(scored_run, rows.assign(**{dense: rows[dense].where(rows.index != 3, np.nan)}), "empty.csv", capsys)
     assert f"empty.csv: column '{dense}' has 1 empty value(s), first at row 3" in err

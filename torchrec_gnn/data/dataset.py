@@ -185,7 +185,7 @@ class GraphRecDataset:
         """Check ids against ``num_nodes``/cardinalities and label kinds; raise naming the field."""
         ex = self.examples
         for field_name, ids, node_type in (("user", ex.user, self.user_type), ("item", ex.item, self.item_type)):
-            _check_ids(f"{self.name}: examples.{field_name}", ids, self.num_nodes.get(node_type, 0))
+            check_ids(f"{self.name}: examples.{field_name}", ids, self.num_nodes.get(node_type, 0))
         if ex.labels.shape[1] != len(self.tasks):
             raise ValueError(
                 f"{self.name}: examples.labels has {ex.labels.shape[1]} columns but {len(self.tasks)} tasks "
@@ -194,7 +194,7 @@ class GraphRecDataset:
         for name, ids in ex.sparse.items():
             if name not in self.sparse_cardinality:
                 raise ValueError(f"{self.name}: sparse feature {name!r} has no entry in sparse_cardinality")
-            _check_ids(f"{self.name}: examples.sparse[{name!r}]", ids, self.sparse_cardinality[name])
+            check_ids(f"{self.name}: examples.sparse[{name!r}]", ids, self.sparse_cardinality[name])
         for t, task in enumerate(self.tasks):
             col = ex.labels[:, t]
             col = col[~torch.isnan(col)]
@@ -209,15 +209,24 @@ class GraphRecDataset:
             for end, ids, t in (("src", e.src, src_t), ("dst", e.dst, dst_t)):
                 if t not in self.num_nodes:
                     raise ValueError(f"{self.name}: relation {et} names node type {t!r}, not in {sorted(self.num_nodes)}")
-                _check_ids(f"{self.name}: edges[{et}].{end}", ids, self.num_nodes[t])
+                check_ids(f"{self.name}: edges[{et}].{end}", ids, self.num_nodes[t])
 
 
-def _check_ids(where: str, ids: torch.Tensor, count: int) -> None:
-    if ids.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{where}: ids must be int32/int64, got {ids.dtype}")
-    if ids.numel() == 0:
-        return
-    bad = (ids < 0) | (ids >= count)
-    if bool(bad.any()):
-        pos = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{where}: id {int(ids[pos])} at position {pos} is outside [0, {count})")
+def first_out_of_range(ids: np.ndarray, count: int) -> int:
+    """Position of the first id of ``ids`` (N,) outside ``[0, count)``, -1 if none (one min/max
+    pass when all are in range, as they almost always are)."""
+    if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < count):
+        return -1
+    return int(np.argmax((ids < 0) | (ids >= count)))
+
+
+def check_ids(where: str, ids: Union[torch.Tensor, np.ndarray], count: int) -> None:
+    """Raise naming ``where`` unless ``ids`` (N,) are integers in ``[0, count)``: a ``TypeError``
+    for another dtype, a ``ValueError`` with the first id outside and its position (ids go
+    straight into tables and numba kernels, which trust them)."""
+    array = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{where}: ids must be integers, got dtype {array.dtype}")
+    pos = first_out_of_range(array, count)
+    if pos >= 0:
+        raise ValueError(f"{where}: id {int(array[pos])} at position {pos} is outside [0, {count})")

@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, NodeType
+from torchrec_gnn.data.dataset import EdgeList, EdgeType, NodeType, check_ids, first_out_of_range
 from torchrec_gnn.graph._kernels import older_degree
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -92,7 +92,7 @@ def _check_csc(index: CSC, edge_type: EdgeType, files: Dict[str, Path], num_src:
         )
     if not full:
         return
-    pos = _first_out_of_range(index.row, num_src)
+    pos = first_out_of_range(np.asarray(index.row), num_src)
     if pos >= 0:
         raise ValueError(f"{row_file}: row of relation {edge_type} has source id {int(index.row[pos])} at position "
                          f"{pos}, outside [0, {num_src})")
@@ -382,31 +382,13 @@ def _as_tensor(array: ArrayLike) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
 
 
-def _first_out_of_range(ids: np.ndarray, count: int) -> int:
-    """Position of the first id of ``ids`` (E,) outside ``[0, count)``, -1 if none (one min/max
-    pass when all are in range, as they almost always are)."""
-    if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < count):
-        return -1
-    return int(np.argmax((ids < 0) | (ids >= count)))
-
-
-def _check_ids(edge_type: EdgeType, end: str, ids: np.ndarray, count: int) -> None:
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"HeteroGraph: relation {edge_type}: {end} ids must be integers, got dtype {ids.dtype}")
-    pos = _first_out_of_range(ids, count)
-    if pos >= 0:
-        raise ValueError(
-            f"HeteroGraph: relation {edge_type}: {end} id {int(ids[pos])} at position {pos} is outside [0, {count})"
-        )
-
-
 def _build_csc(edge_type: EdgeType, edges: EdgeList, num_src: int, num_dst: int) -> CSC:
     src = _as_tensor(edges.src).numpy()
     dst = _as_tensor(edges.dst).numpy()
     if src.shape != dst.shape or src.ndim != 1:
         raise ValueError(f"HeteroGraph: relation {edge_type}: src {src.shape} and dst {dst.shape} must be equal 1-D shapes")
-    _check_ids(edge_type, "src", src, num_src)
-    _check_ids(edge_type, "dst", dst, num_dst)
+    check_ids(f"HeteroGraph: relation {edge_type}: src", src, num_src)
+    check_ids(f"HeteroGraph: relation {edge_type}: dst", dst, num_dst)
     src, dst = src.astype(np.int64, copy=False), dst.astype(np.int64, copy=False)
     time = None if edges.time is None else _as_tensor(edges.time).numpy().astype(np.int64, copy=False)
     weight = None if edges.weight is None else _as_tensor(edges.weight).numpy().astype(np.float32, copy=False)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config
 from torchrec_gnn.console import configure_console
-from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, check_ids
 from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
@@ -224,10 +224,7 @@ def _ids(values: pd.Series, where: str, bound: Optional[int]) -> np.ndarray:
         raise ValueError(f"{where}: expected integer ids, found {values.dtype} values such as {values.iloc[0]!r}")
     array = array.astype(np.int64)
     if bound is not None:
-        bad = (array < 0) | (array >= bound)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise ValueError(f"{where}: id {int(array[row])} at row {row} is outside the data set's range [0, {bound})")
+        check_ids(where, array, bound)
     return array
 
 
