@@ -99,14 +99,18 @@ def test_cutoffs_are_the_example_time_quantiles() -> None:
     assert ("item", "rev_watches", "user") not in time_split(_ordered_dataset(), 0.3, add_reverse=False).graph.edge_types
     # No history: training starts at the first example; a test share of one example is the last one.
     assert time_split(_ordered_dataset(), 0.0, 0.1, 0.01).cutoffs == {"train": 0, "val": 890, "test": 990}
-    assert "train" in split.summary() and "examples" in split.summary()
+    lines = split.summary().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("TimeSplit of 'ordered'") and lines[1].lstrip().startswith("train")
 
 
 def test_fraction_bounds_and_empty_data() -> None:
     with pytest.raises(ValueError, match=r"time_split: test_fraction must be in \[0, 1\), got 1.0"):
         time_split(_ordered_dataset(), test_fraction=1.0)
-    with pytest.raises(ValueError, match="leave no training examples"):
+    with pytest.raises(ValueError, match=r"fractions \{'history_fraction': 0.5, 'val_fraction': 0.25, "
+                                         r"'test_fraction': 0.25\} leave no training examples"):
         time_split(_ordered_dataset(), history_fraction=0.5, val_fraction=0.25, test_fraction=0.25)
+    with pytest.raises(ValueError, match=r"time_split: history_fraction must be in \[0, 1\), got 1.0"):
+        time_split(_ordered_dataset(), history_fraction=1.0)
     empty = _ordered_dataset()
     empty.examples = empty.examples.subset(torch.zeros(100, dtype=torch.bool))
     with pytest.raises(ValueError, match="time_split: dataset 'ordered' has no examples"):
@@ -119,11 +123,21 @@ def test_no_history_edge_is_said_loudly(caplog: pytest.LogCaptureFixture) -> Non
     """Examples and edges from one log without history: the GNN would see no interaction."""
     with caplog.at_level("WARNING"):
         time_split(_ordered_dataset(), history_fraction=0.0)
-    assert "holds no user__watches__item edge older than the first training example (t=0)" in caplog.text
-    assert "history_fraction=0.0" in caplog.text and "set data.history_fraction > 0" in caplog.text
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "time_split: the graph holds no user__watches__item edge older than the first training example (t=0); with "
+        "history_fraction=0.0 the GNN never sees an interaction. When examples and edges come from the same log, set "
+        "data.history_fraction > 0 (e.g. 0.3) so the earliest examples become graph history.")
     caplog.clear()
     with caplog.at_level("WARNING"):
         time_split(_ordered_dataset(), history_fraction=0.3)
+    assert caplog.text == ""
+    # Two user-item relations, one of them with history: the GNN sees interactions, no warning.
+    dataset = _ordered_dataset()
+    dataset.edges[("user", "follows_author_of", "item")] = EdgeList(src=torch.tensor([1]), dst=torch.tensor([2]),
+                                                                    time=torch.tensor([-5]))
+    with caplog.at_level("WARNING"):
+        time_split(dataset, history_fraction=0.0)
     assert caplog.text == ""
 
 
