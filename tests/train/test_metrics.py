@@ -352,3 +352,19 @@ def test_format_table_shows_every_number() -> None:
     assert any(r.startswith("gnn") and "0.8123" in r for r in rows)
     assert sum(r.startswith("baseline") for r in rows) == len(TASKS)
     assert "nan" in format_table({"click": {"auc": float("nan")}})
+
+
+def test_single_examples_and_single_classes() -> None:
+    """The smallest inputs each metric defines, and the ones it must call undefined."""
+    from torchrec_gnn.train.metrics import _regression_metrics, binary_log_loss, calibration, group_auc, normalized_entropy
+
+    assert binary_log_loss(np.array([0.0]), np.array([1.0])) == pytest.approx(math.log(2.0))
+    assert math.isnan(binary_log_loss(np.array([]), np.array([])))
+    gauc, used, skipped = group_auc(np.array([0.3]), np.array([1]), np.array([5]))
+    assert math.isnan(gauc) and (used, skipped) == (0, 1)  # one example: one single-class group
+    assert math.isnan(normalized_entropy(np.array([0.2, -1.0]), np.array([0.0, 0.0])))  # no positive: no entropy
+    assert math.isnan(normalized_entropy(np.array([0.2, -1.0]), np.array([1.0, 1.0])))
+    assert calibration(np.array([0.0, 0.0]), np.array([1.0, 0.0])) == pytest.approx(1.0)  # 0.5 + 0.5 over 1
+    one = _regression_metrics(np.array([math.log1p(3.0)]), np.array([1.0]))
+    assert one == pytest.approx({"rmse": 2.0, "mae": 2.0, "count": 1})
+    assert math.isnan(_regression_metrics(np.array([]), np.array([]))["mae"])
