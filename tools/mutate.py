@@ -34,7 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODULES: Dict[str, tuple] = {
     "fusion": ("torchrec_gnn/modules/fusion.py", ["tests/modules/test_fusion.py"]),
     "balancing": ("torchrec_gnn/train/balancing.py", ["tests/train/test_balancing.py"]),
-    "split": ("torchrec_gnn/data/split.py", ["tests/data/test_split.py"]),
+    "split": ("torchrec_gnn/data/split.py", ["tests/data/test_split.py",
+                                             "tests/recipes/test_stream.py::test_stream_periods_cut_the_window_in_time_order",
+                                             "tests/recipes/test_stream.py::test_streaming_graph_holds_every_edge_with_a_time"]),
     "batch": ("torchrec_gnn/data/batch.py", ["tests/data/test_batch.py"]),
     "gfae": ("torchrec_gnn/modules/gfae.py", ["tests/modules/test_gfae.py"]),
     "gnn_tower": ("torchrec_gnn/modules/gnn_tower.py",
