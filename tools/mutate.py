@@ -93,6 +93,19 @@ def run_module(name: str, workdir: Path, max_children: int) -> Dict[str, object]
             "survivors": survivors}
 
 
+def results_table(results: Dict[str, Dict[str, object]]) -> str:
+    """The README table: per module the mutants, killed (timeouts included), survived, those no
+    selected test runs, and the killed share of all and of those the tests reach."""
+    rows = ["| module | mutants | killed | survived | no test reaches | killed / all | killed / reached |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        survived, unreached = r["counts"].get("survived", 0), r["counts"].get("no tests", 0)
+        reached = r["mutants"] - unreached
+        rows.append(f"| {name} | {r['mutants']} | {r['killed']} | {survived} | {unreached} | {r['score']:.1%} | "
+                    f"{r['killed'] / max(reached, 1):.1%} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, from {list(MODULES)}")
@@ -112,9 +125,7 @@ def main() -> None:
             print(f"[{name}] {r['killed']}/{r['mutants']} killed ({r['score']:.1%}), {r['seconds']} s", flush=True)
             for mutant, diff in r["survivors"].items():
                 print(f"  survived: {diff.strip()}\n")
-    print("\n| module | mutants | killed | survived | score |\n|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['mutants']} | {r['killed']} | {len(r['survivors'])} | {r['score']:.1%} |")
+    print(results_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
