@@ -30,7 +30,7 @@ def test_gate_starts_near_one_half() -> None:
     torch.manual_seed(0)
     fusion = GatedFusionArch(graph_channels=12, representation_channels=16)
     representation, user, item = torch.randn(256, 16), torch.randn(256, 12), torch.randn(256, 12)
-    out = fusion(representation, user, item)
+    out = fusion(representation, user, item).detach()
     gate = out[:, 16:] / torch.cat([user, item], dim=1)
     assert 0.35 < float(gate.min()) and float(gate.max()) < 0.65
     assert torch.equal(fusion.gate.bias, torch.zeros(24))

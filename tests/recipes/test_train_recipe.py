@@ -237,9 +237,9 @@ def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkey
     scripted = iter([0.60, 0.70, 0.65, 0.64])
     real_evaluate = train_recipe.evaluate
 
-    def evaluate(job, examples):
+    def evaluate(job, examples, refresh=True):
         auc = next(scripted, None)
-        return {"click": {"auc": auc}} if auc is not None else real_evaluate(job, examples)
+        return {"click": {"auc": auc}} if auc is not None else real_evaluate(job, examples, refresh)
 
     monkeypatch.setattr(train_recipe, "evaluate", evaluate)
     stopped = tmp_path / "stopped"
