@@ -171,3 +171,49 @@ def test_both_towers_implement_the_interface(tiny_split) -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         NoEmbeddings()
+
+
+def test_side_features_join_the_id_rows_and_are_the_gfae_targets(tiny_split) -> None:
+    """Items with dense side features: their GNN input is row + projection(features), their
+    GFAE target is the features; users (no features) keep their rows and reconstruct them."""
+    from dataclasses import replace
+
+    dataset = tiny_log_dataset()
+    features = {"item": torch.randn(dataset.num_nodes["item"], 3, generator=torch.Generator().manual_seed(1))}
+    dataset = replace(dataset, node_features=features)
+    torch.manual_seed(0)
+    tower = build_graph_tower(dataset, tiny_split.graph, CONFIG)
+    assert tower.encoder.gfae.target_channels == {"user": 8, "item": 3}
+    batch = GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
+                              tiny_split.graph.node_types, ["user_id", "item_id", "genre"], node_features=features)[0]
+    x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
+    inputs = tower.encoder.input_features(x_dict, batch.node_features)
+    projection = tower.encoder.feature_projection["item"]
+    torch.testing.assert_close(inputs["item"], x_dict["item"] + projection(batch.node_features["item"]))
+    assert torch.equal(inputs["user"], x_dict["user"]) and set(tower.encoder.feature_projection) == {"item"}
+    # In training the item decoder reconstructs the 3 features (a (M, 3) target; an 8-wide one would not fit).
+    targets = []
+    real_loss = tower.encoder.gfae.loss
+    tower.encoder.gfae.loss = lambda h, target, mask: (targets.append(target), real_loss(h, target, mask))[1]
+    tower.train()
+    assert tower.encoder(x_dict, batch).gfae_loss > 0
+    (target,) = targets
+    assert torch.equal(target["item"], batch.node_features["item"]) and torch.equal(target["user"], x_dict["user"])
+
+
+def test_gfae_masks_its_share_of_the_seeds_or_of_every_row(tiny_split, tiny_batches) -> None:
+    """With trimming only the seeds' final embeddings exist, so max(1, round(rate * seeds)) of
+    them are masked; without, the share is of every sampled row."""
+    from dataclasses import replace
+
+    batch = tiny_batches[0]
+    for trim in (True, False):
+        torch.manual_seed(0)
+        config = replace(CONFIG, gnn=replace(CONFIG.gnn, trim=trim))
+        tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config).train()
+        calls = spy_masks(tower)
+        x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
+        tower.encoder(x_dict, batch)
+        for t, rows in calls[0]["rows"].items():
+            pool = batch.num_sampled_nodes[t][0] if trim else int(batch.num_nodes[t])
+            assert rows.numel() == max(1, round(0.3 * pool)) and int(rows.max()) < pool, (trim, t)
