@@ -297,3 +297,18 @@ def test_gradient_norms_sum_over_every_shared_tensor() -> None:
         balancers[1].step(split, [w0, w1])
     torch.testing.assert_close(balancers[1].weights(), balancers[0].weights())
     assert not torch.allclose(balancers[0].weights(), torch.ones(2, dtype=torch.float64))
+
+
+def test_a_single_active_loss_is_its_own_target_and_unused_shared_tensors_are_allowed() -> None:
+    """With one loss reaching the shared layer, its gradient norm is the mean norm and its rate
+    the mean rate: the target is its own norm, L_grad is 0 and the weights stay. A shared tensor
+    that no loss reaches adds nothing (and is no error)."""
+    shared, _ = two_task_losses((0.3, -0.2))
+    unused = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    for step in range(2):
+        balancer = GradNorm(2, alpha=1.5, lr=0.1, optimizer_cls=torch.optim.SGD).double()
+        losses = torch.stack([C[0] * (shared @ torch.tensor(X[0], dtype=torch.float64)).pow(2).sum(),
+                              torch.tensor(0.5, dtype=torch.float64)])  # the second loss has no gradient
+        logs = balancer.step(losses, [shared, unused] if step else [shared])
+        assert logs["active_losses"] == 1 and logs["grad_loss"] == pytest.approx(0.0, abs=1e-12)
+        assert balancer.weights().tolist() == pytest.approx([1.0, 1.0])
