@@ -133,27 +133,21 @@ class DeepFMExampleTest(MultiProcessTestBase):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("model", ["projection", "dcn"])  # deepfm: the two tests below
-def test_example_trains_and_scores_each_model(model: str) -> None:
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "3", "--model", model],
-                          capture_output=True, text=True, timeout=280, cwd=REPO)
+@pytest.mark.parametrize("model, tower", [("dcn", True), ("deepfm", False)])  # projection: from_dlrm's unit tests
+def test_example_trains_and_scores(model: str, tower: bool, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "3", "--model", model, "--json", str(out)]
+                          + ([] if tower else ["--no-tower"]), capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = step_losses(proc.stdout)
     assert len(losses) == 3 and all(len(step) == 5 and all(math.isfinite(v) and v > 0 for v in step) for step in losses)
     assert "Warning" not in proc.stderr and "gfae" not in proc.stdout  # no tower loss without a GFAE
-    assert f"{model} with the GNN tower, 3 steps: val" in proc.stdout and ": test" in proc.stdout
-
-
-@pytest.mark.timeout(300)
-def test_example_without_the_tower_writes_its_metrics(tmp_path: Path) -> None:
-    import json
-
-    out = tmp_path / "metrics.json"
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "2", "--model", "deepfm", "--no-tower",
-                           "--json", str(out)], capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    title = f"{model} {'with' if tower else 'without'} the GNN tower, 3 steps"
+    assert f"{title}: val" in proc.stdout and f"{title}: test" in proc.stdout
     result = json.loads(out.read_text())
-    assert (result["model"], result["tower"], result["steps"]) == ("deepfm", False, 2)
+    assert (result["model"], result["tower"], result["steps"]) == (model, tower, 3)
     for split in ("val", "test"):
         assert 0.0 < result["metrics"][split]["click"]["auc"] < 1.0 and result["metrics"][split]["click"]["count"] > 100
 
