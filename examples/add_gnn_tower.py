@@ -42,6 +42,7 @@ from torchrec_gnn.modules.fusion import ConcatFusionArch, InputFusionArch
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 from torchrec_gnn.modules.heads import TaskHeadsArch, initial_output_bias
+from torchrec_gnn.recipes.train import score_batch
 from torchrec_gnn.train.balancing import GradNorm
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
@@ -177,8 +178,8 @@ def evaluate(model: nn.Module, examples: Interactions, dataset: GraphRecDataset,
     evaluator = MultiTaskEvaluator(dataset.tasks)
     for batch in make_dataloader(batches(examples, dataset, graph, batch_size, False, ctx, 0), num_workers=0):
         batch = batch.to(ctx.device)
-        _, (_, outputs, labels) = model(batch)
-        evaluator.update(outputs, labels, batch.label_mask, batch.node_ids[dataset.user_type].values()[batch.user_index])
+        _, (_, outputs, _) = model(batch)
+        score_batch(evaluator, outputs, batch, dataset.user_type)  # grouped by global user id (GAUC)
     model.train()
     return evaluator.compute()
 

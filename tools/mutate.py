@@ -86,14 +86,18 @@ def run_module(name: str, workdir: Path, max_children: int) -> Dict[str, object]
     counts: Dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
-    killed = sum(counts.get(status, 0) for status in DETECTED)
     survivors = {
         mutant: subprocess.run([*mutmut, "show", mutant], cwd=copy, env=env, capture_output=True, text=True).stdout
         for mutant, status in statuses.items() if status == "survived"
     }
-    return {"file": path, "tests": tests, "mutants": len(statuses), "killed": killed, "counts": counts,
-            "score": killed / max(len(statuses), 1), "seconds": round(time.perf_counter() - start, 1),
+    return {"file": path, "tests": tests, "mutants": len(statuses), "counts": counts,
+            "seconds": round(time.perf_counter() - start, 1),
             "survivors": survivors}
+
+
+def detected(counts: Dict[str, int]) -> int:
+    """Mutants some test noticed (:data:`DETECTED` statuses)."""
+    return sum(counts.get(status, 0) for status in DETECTED)
 
 
 def results_table(results: Dict[str, Dict[str, object]]) -> str:
@@ -103,7 +107,7 @@ def results_table(results: Dict[str, Dict[str, object]]) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         counts = r["counts"]
-        killed = sum(counts.get(status, 0) for status in DETECTED)
+        killed = detected(counts)
         survived, unreached = counts.get("survived", 0), counts.get("no tests", 0)
         undecided = r["mutants"] - killed - survived - unreached  # e.g. "suspicious": slower than expected
         reached = r["mutants"] - unreached
@@ -128,7 +132,9 @@ def main() -> None:
             print(f"[{name}] mutating {MODULES[name][0]} against {' '.join(MODULES[name][1])} ...", flush=True)
             results[name] = run_module(name, Path(tmp), args.max_children)
             r = results[name]
-            print(f"[{name}] {r['killed']}/{r['mutants']} killed ({r['score']:.1%}), {r['seconds']} s", flush=True)
+            killed = detected(r["counts"])
+            print(f"[{name}] {killed}/{r['mutants']} killed ({killed / max(r['mutants'], 1):.1%}), {r['seconds']} s",
+                  flush=True)
             for mutant, diff in r["survivors"].items():
                 print(f"  survived: {diff.strip()}\n")
     print(results_table(results))

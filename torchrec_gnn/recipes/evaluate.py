@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -27,13 +28,14 @@ from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config
 from torchrec_gnn.console import configure_console
-from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, check_ids
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, NodeType, check_ids
 from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.data.tabular import (
     check_no_missing_values,
     label_values,
+    numeric_values,
     read_table,
     require_columns,
 )
@@ -67,6 +69,11 @@ class FinishedRun:
     split: TimeSplit
     degree: Optional[DegreeFeatures]
     model: torch.nn.Module
+
+    @cached_property
+    def node_features(self) -> Dict[NodeType, torch.Tensor]:
+        """Every node's side features as the tower reads them in a full-graph pass."""
+        return tower_node_features(self.dataset, self.split.graph, self.degree)
 
     def batches(self, examples: Interactions) -> GraphBatchDataset:
         """The batches of ``examples`` as the training job's evaluation builds them (one
@@ -110,8 +117,9 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> FinishedRun:
     model = build_graph_dlrm(dataset, graph, config.model)
     model.load_state_dict(torch.load(run_dir / "model.pt"))
     model.eval()
-    refresh_outer_hop(model, graph, tower_node_features(dataset, graph, degree))  # a history is not saved: rebuilt
-    return FinishedRun(config, dataset, time_splits, degree, model)
+    run = FinishedRun(config, dataset, time_splits, degree, model)
+    refresh_outer_hop(model, graph, run.node_features)  # a history is not saved: rebuilt
+    return run
 
 
 @dataclass
@@ -197,9 +205,7 @@ def rows_from_table(frame: pd.DataFrame, file: str, dataset: GraphRecDataset, ne
     for f, name in enumerate(dataset.dense_names):
         where = f"{file}: column {name!r}"
         check_no_missing_values(frame[name], where)
-        if not pd.api.types.is_numeric_dtype(frame[name]):
-            raise ValueError(f"{where}: expected numbers, found {frame[name].dtype} values such as {frame[name].iloc[0]!r}")
-        dense[:, f] = frame[name].to_numpy(np.float32)
+        dense[:, f] = numeric_values(frame[name], where)
     labels = np.full((len(frame), len(dataset.tasks)), np.nan)
     for t, task in enumerate(dataset.tasks):
         if f"{task.name}_label" in frame.columns:

@@ -31,7 +31,6 @@ import torch
 
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.dataset import Interactions, NodeType
-from torchrec_gnn.models.builder import tower_node_features
 from torchrec_gnn.models.serving import ServingRanker
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.recipes.evaluate import FinishedRun, load_run
@@ -50,8 +49,7 @@ def node_embeddings(run: FinishedRun, chunk_size: int = 8192) -> Dict[NodeType, 
         return {}
     if isinstance(tower, FrozenGraphTower):
         return {t: tower.table(t).detach().clone() for t in types}
-    graph = run.split.graph
-    embeddings = export_tower(tower, tower_node_features(run.dataset, graph, run.degree), graph, chunk_size)
+    embeddings = export_tower(tower, run.node_features, run.split.graph, chunk_size)
     return {t: embeddings[t] for t in types}
 
 
