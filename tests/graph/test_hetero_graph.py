@@ -33,6 +33,21 @@ def test_csc_layout_sorted_by_time_and_deduplicated() -> None:
     assert csc.row.dtype == np.int32
 
 
+def test_multigraph_keeps_parallel_edges_and_input_edge_ids(tmp_path: Path) -> None:
+    graph = small_graph(keep_duplicates=True, edge_ids=True, add_reverse=True)
+    csc = graph.csc(WATCH)
+    # video 0 <- user 1 twice (t=2 and t=3) and user 0 (t=5), each with its own weight and id
+    assert csc.colptr.tolist() == [0, 3, 3, 6]
+    assert csc.row.tolist() == [1, 1, 0, 2, 3, 1]
+    assert csc.time.tolist() == [2, 3, 5, 1, 4, 9]
+    assert csc.weight.tolist() == [6.0, 2.0, 1.0, 4.0, 5.0, 3.0]
+    assert csc.edge_id.tolist() == [5, 1, 0, 3, 4, 2]  # position in the input lists
+    assert graph.csc(("video", "rev_watches", "user")).edge_id.tolist() == [0, 5, 1, 2, 3, 4]
+    assert small_graph().csc(WATCH).edge_id is None
+    loaded = HeteroGraph.load(graph.save(tmp_path / "g"), mmap=True, validate="full")
+    assert loaded.csc(WATCH).edge_id.tolist() == csc.edge_id.tolist()
+
+
 def test_edge_index_round_trip_and_reverse() -> None:
     graph = small_graph(add_reverse=True)
     assert graph.edge_types == [WATCH, ("video", "rev_watches", "user")]

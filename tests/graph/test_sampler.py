@@ -11,7 +11,7 @@ from torchrec_gnn.data.dataset import EdgeList
 from torchrec_gnn.graph import _kernels
 from torchrec_gnn.graph import sampler as sampler_module
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import NeighborSampler, PyGNeighborSampler, SampledSubgraph
+from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
 
 WATCHES = ("user", "watches", "video")
 REV_WATCHES = ("video", "rev_watches", "user")
@@ -517,80 +517,63 @@ def test_to_hetero_data_runs_hetero_sage_and_trims():
         assert x[t].shape[0] == out.num_nodes[t] - out.num_sampled_nodes[t][-1]
 
 
-def _hetero_data(graph: HeteroGraph):
-    from torch_geometric.data import HeteroData
+# ---------------------------------------------------------------------- disjoint
+def example_of(out: SampledSubgraph, b: int) -> Tuple[dict, dict]:
+    """Example ``b`` of a disjoint sample as (nodes, edges) with ids local to the example, the
+    layout :func:`reference` returns for that seed alone."""
+    rows = {t: torch.nonzero(out.batch[t] == b).view(-1) for t in out.node}
+    nodes = {t: out.node[t][r].tolist() for t, r in rows.items()}
+    edges = {}
+    for et in out.row:
+        src, _, dst = et
+        mine = out.batch[dst][out.col[et]] == b
+        assert torch.equal(out.batch[src][out.row[et][mine]], out.batch[dst][out.col[et][mine]])  # never crosses
+        within = {t: {int(r): i for i, r in enumerate(rows[t])} for t in (src, dst)}
+        edges[et] = [(within[src][int(r)], within[dst][int(c)], int(e))
+                     for r, c, e in zip(out.row[et][mine], out.col[et][mine], out.edge[et][mine])]
+    return nodes, edges
 
-    data = HeteroData()
-    for t, n in graph.num_nodes.items():
-        data[t].x = torch.arange(n, dtype=torch.float).view(-1, 1) * 10
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_disjoint_grows_one_reference_tree_per_seed_position(timed: bool) -> None:
+    graph = random_graph(3, timed=timed)
+    seeds = {"video": torch.tensor([3, 0, 3, 7]), "user": torch.tensor([5, 5])}
+    times = {"video": torch.tensor([60, 90, 30, 99]), "user": torch.tensor([70, 20])} if timed else None
+    out = NeighborSampler(graph, [-1, -1], temporal=timed, disjoint=True).sample(seeds, times, generator=gen(0))
+    # Seeds keep their positions (a repeat is its own example), numbered over the types in order.
+    assert out.node["video"][:4].tolist() == [3, 0, 3, 7] and out.node["user"][:2].tolist() == [5, 5]
+    assert out.batch["video"][:4].tolist() == [0, 1, 2, 3] and out.batch["user"][:2].tolist() == [4, 5]
+    assert out.seed_index["video"].tolist() == [0, 1, 2, 3] and out.num_sampled_nodes["user"][0] == 2
+    b = 0
+    for t, ids in seeds.items():
+        for p, g in enumerate(ids.tolist()):
+            seed_time = {t: [int(times[t][p])]} if timed else None
+            assert example_of(out, b) == reference(graph, {t: [g]}, hops=2, seed_time=seed_time), (t, p)
+            if timed:  # every node of an example carries the example's seed time
+                assert (out.node_time[t][out.batch[t] == b] == times[t][p]).all()
+            b += 1
     for et in graph.edge_types:
-        data[et].edge_index = graph.edge_index(et)  # CSC order, so e_id indexes it directly
-    return data
+        assert sum(out.num_sampled_edges[et]) == out.row[et].numel()
 
 
-def test_pygsampler_drives_stock_nodeloader():
-    from torch_geometric.loader import NodeLoader
-
-    graph = random_graph(7)
-    data = _hetero_data(graph)
-    loader = NodeLoader(data, node_sampler=PyGNeighborSampler(NeighborSampler(graph, [3, 2])),
-                        input_nodes=("video", torch.arange(30)), batch_size=8)
-    seen = []
-    for batch in loader:
-        n = batch["video"].batch_size
-        seen += batch["video"].n_id[:n].tolist()
-        assert torch.equal(batch["video"].x.view(-1), batch["video"].n_id.float() * 10)
-        for et in graph.edge_types:
-            src, _, dst = et
-            ei = batch[et].edge_index
-            full = data[et].edge_index[:, batch[et].e_id]
-            assert torch.equal(batch[src].n_id[ei[0]], full[0]) and torch.equal(batch[dst].n_id[ei[1]], full[1])
-        assert len(batch["video"].num_sampled_nodes) == 3
-    assert seen == list(range(30))
-    assert "PyGNeighborSampler(NeighborSampler(num_neighbors=[3, 2]" in repr(loader.node_sampler)
-
-
-@pytest.mark.parametrize("mode", ["binary", "triplet"])
-def test_pygsampler_drives_stock_linkloader(mode):
-    from torch_geometric.loader import LinkLoader
-    from torch_geometric.sampler import NegativeSampling
-
-    graph = random_graph(7)
-    data = _hetero_data(graph)
-    links = graph.edge_index(WATCHES)[:, :40]
-    torch.manual_seed(0)  # PyG draws the negatives from torch's default generator
-    loader = LinkLoader(data, link_sampler=PyGNeighborSampler(NeighborSampler(graph, [3, 2])),
-                        edge_label_index=(WATCHES, links), neg_sampling=NegativeSampling(mode, amount=2),
-                        batch_size=8, shuffle=True)
-    seen = []
-    for batch in loader:
-        user_ids, video_ids = batch["user"].n_id, batch["video"].n_id
-        ids = batch[WATCHES].input_id  # which of the 40 links this batch holds
-        seen += ids.tolist()
-        if mode == "binary":
-            index, label = batch[WATCHES].edge_label_index, batch[WATCHES].edge_label
-            assert index.shape == (2, 3 * ids.numel()) and label.tolist() == [1.0] * ids.numel() + [0.0] * 2 * ids.numel()
-            pos_src, pos_dst = user_ids[index[0, :ids.numel()]], video_ids[index[1, :ids.numel()]]
-        else:
-            pos_src, pos_dst = user_ids[batch["user"].src_index], video_ids[batch["video"].dst_pos_index]
-            assert batch["video"].dst_neg_index.shape == (ids.numel(), 2)
-        assert torch.equal(pos_src, links[0, ids]) and torch.equal(pos_dst, links[1, ids])
-        for et in graph.edge_types:  # every sampled edge is a real edge of the graph
-            src, _, dst = et
-            ei, full = batch[et].edge_index, data[et].edge_index[:, batch[et].e_id]
-            assert torch.equal(batch[src].n_id[ei[0]], full[0]) and torch.equal(batch[dst].n_id[ei[1]], full[1])
-    assert sorted(seen) == list(range(40))
-
-
-def test_pygsampler_link_loading_errors():
-    from torch_geometric.sampler import EdgeSamplerInput
-
-    adapter = PyGNeighborSampler(NeighborSampler(random_graph(7), [2]))
-    with pytest.raises(ValueError, match="needs a heterogeneous graph"):
-        adapter.sample_from_edges(EdgeSamplerInput(None, torch.tensor([0]), torch.tensor([0])))
-    with pytest.raises(ValueError, match="edge_label_time needs PyG's disjoint sampling"):
-        adapter.sample_from_edges(EdgeSamplerInput(None, torch.tensor([0]), torch.tensor([0]),
-                                                   time=torch.tensor([5]), input_type=WATCHES))
+def test_disjoint_fanouts_and_many_examples_grow_the_tables() -> None:
+    graph = random_graph(4)
+    seeds = {"video": torch.arange(29).repeat(300)}  # 8700 examples: the pair tables regrow
+    out = NeighborSampler(graph, [2, 3], disjoint=True).sample(seeds, generator=gen(1))
+    assert out.batch["video"][:8700].tolist() == list(range(8700))
+    for et in graph.edge_types:
+        src, _, dst = et
+        pairs = torch.stack([out.batch[src][out.row[et]], out.node[src][out.row[et]],
+                             out.batch[dst][out.col[et]], out.node[dst][out.col[et]]])
+        assert torch.equal(out.batch[src][out.row[et]], out.batch[dst][out.col[et]])
+        assert pairs.unique(dim=1).shape[1] == pairs.shape[1]  # no edge twice in an example
+    for t in graph.node_types:  # within an example a node appears once
+        keyed = out.batch[t] * graph.num_nodes[t] + out.node[t]
+        assert keyed.unique().numel() == keyed.numel()
+    hop1 = per_node_counts(graph, out, WATCHES, 0)
+    assert np.array_equal(hop1[1], np.minimum(hop1[2], 2))
+    again = NeighborSampler(graph, [2, 3], disjoint=True).sample(seeds, generator=gen(1))
+    assert same(out, again) and all(torch.equal(out.batch[t], again.batch[t]) for t in out.batch)
 
 
 def test_memory_mapped_graph_samples_like_in_memory(tmp_path):

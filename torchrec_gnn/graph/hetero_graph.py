@@ -10,6 +10,7 @@ convention: messages flow ``row = source -> col = destination``)::
     row     [5, 9, 1, 5]          source user ids (int32 when they fit, else int64)
     time    [10, 42, 7, 30]       optional, ascending within each destination's segment
     weight  [1., 2., 1., 1.]      optional
+    edge_id [3, 0, 1, 2]          optional: each edge's position in the input edge list
 
 Sorting each segment by time makes temporal sampling a binary search: the edges older than
 ``t`` are a prefix of the segment. Arrays are plain ``.npy`` files so several processes that
@@ -44,12 +45,16 @@ class CSC:
         row (ndarray): (E,) int32/int64 source node ids.
         time (ndarray, optional): (E,) int64 edge times, ascending within each segment.
         weight (ndarray, optional): (E,) float32 edge weights.
+        edge_id (ndarray, optional): (E,) int64 position of each edge in the edge list the
+            graph was built from (``HeteroGraph.from_edges(..., edge_ids=True)``), so features
+            stored in input order can be gathered for sampled edges.
     """
 
     colptr: np.ndarray
     row: np.ndarray
     time: Optional[np.ndarray] = None
     weight: Optional[np.ndarray] = None
+    edge_id: Optional[np.ndarray] = None
 
     @property
     def num_edges(self) -> int:
@@ -182,7 +187,7 @@ class HeteroGraph:
     def nbytes(self) -> int:
         """Bytes held by all index arrays."""
         return sum(
-            a.nbytes for c in self._csc.values() for a in (c.colptr, c.row, c.time, c.weight) if a is not None
+            a.nbytes for c in self._csc.values() for a in (c.colptr, c.row, c.time, c.weight, c.edge_id) if a is not None
         )
 
     # ------------------------------------------------------------------ building
@@ -193,6 +198,8 @@ class HeteroGraph:
         edges: Mapping[EdgeType, Union[EdgeList, Tuple[ArrayLike, ArrayLike], ArrayLike]],
         add_reverse: bool = False,
         reverse_prefix: str = "rev_",
+        keep_duplicates: bool = False,
+        edge_ids: bool = False,
     ) -> "HeteroGraph":
         """Build from COO edges per relation.
 
@@ -204,10 +211,16 @@ class HeteroGraph:
                 that has no reverse yet (default False). Self-relations such as
                 ``("user", "friend", "user")`` get one too unless you symmetrise them yourself.
             reverse_prefix (str): prefix of reverse relation names (default ``"rev_"``).
+            keep_duplicates (bool): keep parallel edges (a multigraph, as PyG's ``edge_index``
+                is) instead of collapsing them (default False, see below).
+            edge_ids (bool): store each edge's input position in ``CSC.edge_id`` (default False;
+                costs 8 bytes per edge). Reverse relations number their edges like the relation
+                they reverse.
 
-        Duplicate ``(src, dst)`` pairs within a relation are collapsed to one edge that keeps
-        the earliest time (and that edge's weight), so temporal sampling sees it as soon as it
-        existed. Ids are validated: a wrong dtype, a negative or an out-of-range id raises an
+        By default duplicate ``(src, dst)`` pairs within a relation are collapsed to one edge
+        that keeps the earliest time (and that edge's weight), so temporal sampling sees it as
+        soon as it existed; a recommender's repeated interactions then weigh like one, and
+        sampling never spends its fanout on copies. Ids are validated: a wrong dtype, a negative or an out-of-range id raises an
         error naming the relation, the end and the first bad value.
         """
         lists = {et: _as_edge_list(et, e) for et, e in edges.items()}
@@ -222,7 +235,7 @@ class HeteroGraph:
             for t in (src_t, dst_t):
                 if t not in num_nodes:
                     raise ValueError(f"HeteroGraph: relation {et} uses node type {t!r}, not in {sorted(num_nodes)}")
-            csc[et] = _build_csc(et, e, int(num_nodes[src_t]), int(num_nodes[dst_t]))
+            csc[et] = _build_csc(et, e, int(num_nodes[src_t]), int(num_nodes[dst_t]), keep_duplicates, edge_ids)
         return cls(num_nodes, csc)
 
     @classmethod
@@ -265,7 +278,7 @@ class HeteroGraph:
         for et, index in self._csc.items():
             stem = edge_type_str(et)
             files = {}
-            for name in ("colptr", "row", "time", "weight"):
+            for name in ("colptr", "row", "time", "weight", "edge_id"):
                 array = getattr(index, name)
                 if array is not None:
                     files[name] = f"{stem}.{name}.npy"
@@ -382,7 +395,8 @@ def _as_tensor(array: ArrayLike) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
 
 
-def _build_csc(edge_type: EdgeType, edges: EdgeList, num_src: int, num_dst: int) -> CSC:
+def _build_csc(edge_type: EdgeType, edges: EdgeList, num_src: int, num_dst: int, keep_duplicates: bool,
+               edge_ids: bool) -> CSC:
     src = _as_tensor(edges.src).numpy()
     dst = _as_tensor(edges.dst).numpy()
     if src.shape != dst.shape or src.ndim != 1:
@@ -396,14 +410,16 @@ def _build_csc(edge_type: EdgeType, edges: EdgeList, num_src: int, num_dst: int)
         if array is not None and array.shape != src.shape:
             raise ValueError(f"HeteroGraph: relation {edge_type}: {name} has shape {array.shape}, expected {src.shape}")
 
-    # Sort by (dst, src, time): duplicates become neighbours with the earliest first.
+    # Sort by (dst, src, time): duplicates become neighbours with the earliest first. lexsort is
+    # stable, so parallel edges keep their input order.
     keys: List[np.ndarray] = ([time] if time is not None else []) + [src, dst]
     order = np.lexsort(keys)
     src, dst = src[order], dst[order]
-    keep = np.ones(src.shape[0], dtype=bool)
-    keep[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
-    order = order[keep]
-    src, dst = src[keep], dst[keep]
+    if not keep_duplicates:
+        keep = np.ones(src.shape[0], dtype=bool)
+        keep[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+        order = order[keep]
+        src, dst = src[keep], dst[keep]
     if time is not None:
         time = time[order]
         # Within each destination, order by time so "older than t" is a prefix.
@@ -414,5 +430,6 @@ def _build_csc(edge_type: EdgeType, edges: EdgeList, num_src: int, num_dst: int)
     colptr = np.zeros(num_dst + 1, dtype=np.int64)
     np.cumsum(np.bincount(dst, minlength=num_dst), out=colptr[1:])
     row_dtype = np.int32 if num_src < 2**31 else np.int64
-    return CSC(colptr=colptr, row=src.astype(row_dtype), time=time, weight=weight)
+    return CSC(colptr=colptr, row=src.astype(row_dtype), time=time, weight=weight,
+               edge_id=order.astype(np.int64) if edge_ids else None)
 

@@ -3,8 +3,8 @@
 :class:`NeighborSampler` turns the seed nodes of a batch into one deduplicated subgraph,
 :class:`SampledSubgraph`, in PyG's ``NeighborLoader`` layout (``row`` = source, ``col`` =
 destination, local ids, seeds first, per-hop counts for ``trim_to_layer``).
-:class:`PyGNeighborSampler` wraps it as a ``torch_geometric.sampler.BaseSampler`` so PyG's stock
-``NodeLoader`` can use it with neither pyg-lib nor torch-sparse installed.
+:mod:`torchrec_gnn.pyg` puts it behind PyG's ``NeighborLoader`` and ``LinkNeighborLoader`` for
+PyG users who have neither pyg-lib nor torch-sparse.
 
 The work happens in numba kernels (:mod:`torchrec_gnn.graph._kernels`): one pass per hop and
 relation, Floyd's algorithm when the degree exceeds the fanout, and a dense global -> local map
@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
-from torch_geometric.sampler import BaseSampler, EdgeSamplerInput, HeteroSamplerOutput, NegativeSampling, NodeSamplerInput
-from torch_geometric.sampler.neighbor_sampler import edge_sample
 
 from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph import _kernels
@@ -86,6 +84,8 @@ class SampledSubgraph:
             node type that had seeds.
         node_time (Dict[str, Tensor], optional): (N_t,) int64 time each node was expanded with
             (temporal mode only; see :class:`NeighborSampler`).
+        batch (Dict[str, Tensor], optional): (N_t,) int64 example (seed position, counted over
+            the node types in ``seeds`` order) each node belongs to (disjoint mode only).
     """
 
     node: Dict[NodeType, Tensor]
@@ -96,6 +96,7 @@ class SampledSubgraph:
     num_sampled_edges: Dict[EdgeType, List[int]]
     seed_index: Dict[NodeType, Tensor]
     node_time: Optional[Dict[NodeType, Tensor]] = None
+    batch: Optional[Dict[NodeType, Tensor]] = None
 
     @property
     def edge_index_dict(self) -> Dict[EdgeType, Tensor]:
@@ -128,6 +129,8 @@ class SampledSubgraph:
                 data[t].batch_size = self.num_sampled_nodes[t][0]
             if self.node_time is not None:
                 data[t].node_time = self.node_time[t]
+            if self.batch is not None:
+                data[t].batch = self.batch[t]
         for et in self.row:
             data[et].edge_index = torch.stack([self.row[et], self.col[et]])
             data[et].e_id = self.edge[et]
@@ -177,8 +180,12 @@ class NeighborSampler:
     incoming ``src`` neighbours; hop 1's frontier is the seeds, hop h+1's frontier is the nodes
     first reached at hop h. Output follows PyG's ``NeighborLoader`` (see :class:`SampledSubgraph`).
 
+    With ``disjoint=True`` every seed position grows its own tree (PyG's disjoint mode): a node
+    reached from two seeds appears twice, once per example, ``batch`` says whose it is, and a
+    seed given twice is two examples. Deduplication then happens only within an example.
+
     Temporal mode only uses edges strictly older than the time of the frontier node that draws
-    them. Seeds take their time from ``seed_time``; a node first reached at hop h takes the
+    them. In disjoint mode every node of an example has the example's seed time. Otherwise seeds take their time from ``seed_time``; a node first reached at hop h takes the
     *minimum* time of the hop-h frontier nodes that reached it (over all relations), and a seed
     given twice takes the smaller of its times. For a node shared by several examples this is
     conservative: it only ever sees edges older than every example that reached it, so no
@@ -211,6 +218,8 @@ class NeighborSampler:
             2-core benchmark machine 2 threads never beat 1 (``benchmarks/README.md``), and
             DataLoader workers are the parallelism. With numba's OpenMP layer also set
             ``OMP_WAIT_POLICY=passive``, else spinning threads slow everything else down.
+            Disjoint sampling is single-threaded.
+        disjoint (bool): one tree per seed position (default False).
 
     Example::
 
@@ -234,8 +243,10 @@ class NeighborSampler:
         temporal: bool = False,
         num_threads: int = 1,
         temporal_strategy: str = "uniform",
+        disjoint: bool = False,
     ) -> None:
         self.graph = graph
+        self.disjoint = bool(disjoint)
         self.replace = bool(replace)
         self.weighted = bool(weighted)
         self.temporal = bool(temporal)
@@ -296,7 +307,7 @@ class NeighborSampler:
         return (
             f"{self.__class__.__name__}(num_neighbors={fanout}, replace={self.replace}, "
             f"weighted={self.weighted}, temporal={self.temporal}, temporal_strategy={self.temporal_strategy!r}, "
-            f"num_threads={self.num_threads}, "
+            f"num_threads={self.num_threads}, disjoint={self.disjoint}, "
             f"node_types={len(self.graph.node_types)}, relations={len(self.graph.edge_types)})"
         )
 
@@ -329,6 +340,8 @@ class NeighborSampler:
             self._scratch = _Scratch(self.graph, self.temporal)
         try:
             with torch.profiler.record_function("torchrec_gnn.sample"):
+                if self.disjoint:
+                    return self._sample_disjoint(seed_arrays, time_arrays, seed)
                 return self._sample(seed_arrays, time_arrays, seed, self._scratch)
         except BaseException:
             self._scratch = None  # the maps may be half-filled: start clean next time
@@ -470,17 +483,7 @@ class NeighborSampler:
             node[t] = torch.from_numpy(ids.copy())
             if node_time is not None:
                 node_time[t] = torch.from_numpy(times[t][: count[t]].copy())
-        row_d, col_d, edge_d = {}, {}, {}
-        for et in edge_types:
-            parts = chunks[et]
-            if not parts:
-                row_d[et] = torch.empty(0, dtype=torch.long)
-                col_d[et] = torch.empty(0, dtype=torch.long)
-                edge_d[et] = torch.empty(0, dtype=torch.long)
-            elif len(parts) == 1:
-                row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(a) for a in parts[0])
-            else:
-                row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(np.concatenate(a)) for a in zip(*parts))
+        row_d, col_d, edge_d = _join_chunks(edge_types, chunks)
         return SampledSubgraph(
             node=node,
             row=row_d,
@@ -490,6 +493,70 @@ class NeighborSampler:
             num_sampled_edges=num_sampled_edges,
             seed_index=seed_index,
             node_time=node_time,
+        )
+
+    def _sample_disjoint(
+        self,
+        seeds: Dict[NodeType, np.ndarray],
+        seed_time: Dict[NodeType, np.ndarray],
+        seed: int,
+    ) -> SampledSubgraph:
+        """:meth:`_sample` with one tree per seed position (buffers are per call: a node count
+        is no bound on the pairs a batch can hold)."""
+        graph, temporal = self.graph, self.temporal
+        latest = self.temporal_strategy == "last"
+        node_types, edge_types = graph.node_types, graph.edge_types
+        empty = np.empty(0, np.int64)
+        nodes = {t: empty for t in node_types}
+        batch = {t: empty for t in node_types}
+        times = {t: empty for t in node_types}
+        tables = {t: _kernels.new_table(_INITIAL_CAPACITY) for t in node_types}
+        count = {t: 0 for t in node_types}
+        seed_index: Dict[NodeType, Tensor] = {}
+        examples = 0
+        for t, ids in seeds.items():
+            nodes[t], batch[t], times[t], *tables[t] = _kernels.insert_seeds_disjoint(
+                ids, seed_time.get(t, _EMPTY_TIME), temporal, examples, graph.num_nodes[t], *tables[t]
+            )
+            count[t] = ids.shape[0]
+            seed_index[t] = torch.arange(count[t])
+            examples += count[t]
+        num_sampled_nodes = {t: [count[t]] for t in node_types}
+        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
+        chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = {et: [] for et in edge_types}
+        lo = {t: 0 for t in node_types}
+        for hop in range(self.num_hops):
+            hop_start = dict(count)
+            for rel, et in enumerate(edge_types):
+                src, _, dst = et
+                k = self.num_neighbors[et][hop]
+                colptr, row, etime, eweight = self._arrays[et]
+                if k == 0 or lo[dst] == hop_start[dst] or row.shape[0] == 0:
+                    num_sampled_edges[et].append(0)
+                    continue
+                (out_row, out_col, out_edge, nodes[src], batch[src], times[src], *tables[src],
+                 count[src]) = _kernels.sample_relation_disjoint(
+                    colptr, row, etime, eweight,
+                    nodes[dst], batch[dst], times[dst], lo[dst], hop_start[dst],
+                    *tables[src], graph.num_nodes[src], nodes[src], batch[src], times[src], count[src],
+                    k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
+                )  # fmt: skip
+                num_sampled_edges[et].append(int(out_row.shape[0]))
+                chunks[et].append((out_row, out_col, out_edge))
+            for t in node_types:
+                num_sampled_nodes[t].append(count[t] - hop_start[t])
+            lo = hop_start
+        row_d, col_d, edge_d = _join_chunks(edge_types, chunks)
+        return SampledSubgraph(
+            node={t: torch.from_numpy(nodes[t][: count[t]].copy()) for t in node_types},
+            row=row_d,
+            col=col_d,
+            edge=edge_d,
+            num_sampled_nodes=num_sampled_nodes,
+            num_sampled_edges=num_sampled_edges,
+            seed_index=seed_index,
+            node_time={t: torch.from_numpy(times[t][: count[t]].copy()) for t in node_types} if temporal else None,
+            batch={t: torch.from_numpy(batch[t][: count[t]].copy()) for t in node_types},
         )
 
     # ------------------------------------------------------------------ helpers
@@ -602,6 +669,22 @@ class HeldOutPairs:
         return torch.from_numpy(np.isin(users.numpy() * self.num_dst + items.numpy(), self.keys))
 
 
+def _join_chunks(
+    edge_types: List[EdgeType], chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]]
+) -> Tuple[Dict[EdgeType, Tensor], Dict[EdgeType, Tensor], Dict[EdgeType, Tensor]]:
+    """Concatenate each relation's per-hop ``(row, col, edge)`` arrays into (E_r,) tensors."""
+    row_d, col_d, edge_d = {}, {}, {}
+    for et in edge_types:
+        parts = chunks[et]
+        if not parts:
+            row_d[et] = col_d[et] = edge_d[et] = torch.empty(0, dtype=torch.long)
+        elif len(parts) == 1:
+            row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(a) for a in parts[0])
+        else:
+            row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(np.concatenate(a)) for a in zip(*parts))
+    return row_d, col_d, edge_d
+
+
 def _drop_pairs(sub: SampledSubgraph, held: HeldOutPairs) -> None:
     """Remove the ``held`` pairs from ``sub`` in place, hop counts following."""
     for et in sub.row:
@@ -679,79 +762,3 @@ def _readonly(array: np.ndarray, dtype: Any) -> np.ndarray:
     view = np.ascontiguousarray(array, dtype=dtype).view(np.ndarray)
     view.flags.writeable = False
     return view
-
-
-# ---------------------------------------------------------------------- PyG adapter
-class PyGNeighborSampler(BaseSampler):
-    """Our :class:`NeighborSampler` behind PyG's ``BaseSampler`` interface.
-
-    PyG's stock ``NodeLoader`` and ``LinkLoader`` then batch, spawn workers and gather features
-    with it, without pyg-lib or torch-sparse. Link loading follows PyG's own edge-level sampling
-    (``edge_sample``: negatives in ``"binary"`` or ``"triplet"`` mode, the links' endpoints as the
-    seeds of one sample, ``edge_label_index`` / ``src_index`` ... in the batch), with our sampler
-    drawing the neighbourhoods; like PyG's ``LinkNeighborLoader`` it does not remove the links
-    from message passing (:meth:`NeighborSampler.sample_from_edges` does). Time-aware link
-    loading (``edge_label_time``) needs PyG's disjoint mode, which this adapter does not offer. Edge ids are positions in :class:`HeteroGraph`'s CSC order, so edge
-    features of the ``HeteroData`` given to the loader must be stored in that order (build its
-    ``edge_index`` with ``graph.edge_index(et)``); the adapter reports no ``edge_permutation``.
-
-    The loader treats the first ``batch_size`` rows of the input type as the seeds; our sampler
-    deduplicates seeds, so a batch must not repeat an input node (``NodeLoader`` batches of
-    distinct ``input_nodes`` never do).
-
-    Args:
-        sampler (NeighborSampler): the configured sampler. In temporal mode pass
-            ``input_time`` to the loader.
-
-    Example::
-
-        loader = NodeLoader(data, node_sampler=PyGNeighborSampler(NeighborSampler(graph, [10, 5])),
-                            input_nodes=("video", torch.arange(100)), batch_size=32)
-        batch = next(iter(loader))  # HeteroData with n_id, e_id, num_sampled_nodes, ...
-    """
-
-    def __init__(self, sampler: NeighborSampler) -> None:
-        if not isinstance(sampler, NeighborSampler):
-            raise TypeError(f"PyGNeighborSampler: expected a NeighborSampler, got {type(sampler).__name__}")
-        self.sampler = sampler
-
-    def sample_from_nodes(self, inputs: NodeSamplerInput, **kwargs: Any) -> HeteroSamplerOutput:
-        """Sample around ``inputs.node`` (type ``inputs.input_type``); returns PyG's output type."""
-        input_type = inputs.input_type
-        if input_type is None:
-            types = self.sampler.graph.node_types
-            if len(types) != 1:
-                raise ValueError(
-                    f"PyGNeighborSampler: input_type is None but the graph has node types {types}; "
-                    f"pass input_nodes=(node_type, ids) to the loader"
-                )
-            input_type = types[0]
-        seed_time = None if inputs.time is None else {input_type: inputs.time}
-        out = self._sample_seeds({input_type: inputs.node}, seed_time)
-        out.metadata = (inputs.input_id if inputs.input_id is not None else torch.arange(inputs.node.numel()), inputs.time)
-        return out
-
-    def sample_from_edges(self, inputs: EdgeSamplerInput,
-                          neg_sampling: Optional[NegativeSampling] = None) -> HeteroSamplerOutput:
-        """Sample around the links ``inputs`` (and ``neg_sampling``'s negatives); returns PyG's
-        output with the link metadata ``LinkLoader`` turns into ``edge_label_index`` etc."""
-        if inputs.input_type is None:
-            raise ValueError("PyGNeighborSampler: link loading needs a heterogeneous graph; pass "
-                             "edge_label_index=(edge_type, index) to the loader")
-        if inputs.time is not None:
-            raise ValueError("PyGNeighborSampler: edge_label_time needs PyG's disjoint sampling, which this "
-                             "adapter does not offer; use NeighborSampler.sample_from_edges(edge_label_time=...)")
-        return edge_sample(inputs, self._sample_seeds, self.sampler.graph.num_nodes, disjoint=False,
-                           neg_sampling=neg_sampling)
-
-    def _sample_seeds(self, seeds: Dict[NodeType, Tensor], seed_time: Optional[Dict[NodeType, Tensor]]) -> HeteroSamplerOutput:
-        """Our sample around ``seeds`` as PyG's output type (seeds first, no metadata yet); also
-        ``edge_sample``'s sampling function."""
-        out = self.sampler.sample(seeds, seed_time=seed_time)
-        return HeteroSamplerOutput(
-            node=out.node, row=out.row, col=out.col, edge=out.edge, batch=None,
-            num_sampled_nodes=out.num_sampled_nodes, num_sampled_edges=out.num_sampled_edges,
-        )
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.sampler!r})"
