@@ -7,6 +7,14 @@ batch and reports sampled edges/s and batches/s. When ``torch_sparse`` is import
 hetero_neighbor_sample`` when pyg-lib is absent) runs on the same graph, seeds and fanouts in the
 same process, timed both through PyG's sampler API and as the bare C++ op.
 
+The link case is what ``LinkNeighborLoader`` asks of a sampler: 1024 watches per batch, one
+uniformly drawn negative video each (binary mode), both endpoints sampled 2 hops. Ours
+(:class:`torchrec_gnn.pyg.PyGNeighborSampler`) and PyG's sampler both run behind PyG's own
+``sample_from_edges``, so negative drawing and seed handling are PyG's code on both sides.
+
+Every figure is timed in interleaved rounds; the summary gives the rate over all rounds and the
+median and range of the per-round rates.
+
     .venv/bin/python benchmarks/bench_sampler.py                      # threads 1 and 2, 200 batches
     .venv/bin/python benchmarks/bench_sampler.py --batches 500 --threads 1 --json out.json
 
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torchrec_gnn.graph import sampler as sampler_module  # noqa: E402
 from torchrec_gnn.graph.hetero_graph import HeteroGraph  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler  # noqa: E402
+from torchrec_gnn.pyg import PyGNeighborSampler  # noqa: E402
 
 SEED_TYPE = "video"
 RELATION = ("user", "watches", "video")
@@ -79,19 +88,25 @@ class Contender:
     def __init__(self, name: str, step) -> None:
         self.name, self.step = name, step
         self.seconds, self.edges, self.batches = 0.0, 0, 0
+        self.round_rates: List[float] = []  # edges/s of each timed round
 
-    def run(self, batches: List[torch.Tensor], timed: bool) -> None:
+    def run(self, batches: list, timed: bool) -> None:
         start = time.perf_counter()
         edges = sum(self.step(batch) for batch in batches)
         if timed:
-            self.seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.seconds += seconds
             self.edges += edges
             self.batches += len(batches)
+            self.round_rates.append(edges / seconds)
 
     def result(self) -> Dict[str, float]:
         return {
             "batches_per_s": self.batches / self.seconds,
             "edges_per_s": self.edges / self.seconds,
+            "edges_per_s_median": float(np.median(self.round_rates)),
+            "edges_per_s_min": float(np.min(self.round_rates)),
+            "edges_per_s_max": float(np.max(self.round_rates)),
             "edges_per_batch": self.edges / self.batches,
             "seconds": self.seconds,
         }
@@ -145,7 +160,55 @@ def pyg_steps(graph: HeteroGraph, fanouts: List[int]):
         )  # fmt: skip
         return sum(r.numel() for r in out[1].values())
 
-    return api_step, op_step
+    return api_step, op_step, sampler
+
+
+def link_steps(graph: HeteroGraph, fanouts: List[int], pyg_sampler) -> List[Contender]:
+    """LinkNeighborLoader's work, one negative per link, for ours and (if present) PyG's sampler."""
+    from torch_geometric.sampler import EdgeSamplerInput, NegativeSampling
+
+    negatives = NegativeSampling("binary", amount=1)
+
+    def step_of(sampler):
+        def step(links: torch.Tensor) -> int:
+            inputs = EdgeSamplerInput(input_id=None, row=links[0], col=links[1], input_type=RELATION)
+            out = sampler.sample_from_edges(inputs, neg_sampling=negatives)
+            return sum(r.numel() for r in out.row.values())
+
+        return step
+
+    contenders = [Contender("link: ours (PyGNeighborSampler)", step_of(PyGNeighborSampler(NeighborSampler(graph, fanouts))))]
+    if pyg_sampler is not None:
+        contenders.append(Contender("link: PyG NeighborSampler (torch-sparse)", step_of(pyg_sampler)))
+    return contenders
+
+
+def link_batches(graph: HeteroGraph, count: int, batch_size: int, seed: int) -> List[torch.Tensor]:
+    """``count`` batches of ``batch_size`` watches drawn uniformly from the graph: (2, B) each."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    edge_index = graph.edge_index(RELATION)
+    picks = torch.randint(0, edge_index.shape[1], (count, batch_size), generator=generator)
+    return [edge_index[:, p] for p in picks]
+
+
+def interleave(contenders: List[Contender], batches: list, warmup: int, rounds: int) -> Dict[str, Dict[str, float]]:
+    """Warm every contender up, then time them on the same chunks in turn, round after round, so
+    load from other processes on a shared machine hits all of them alike."""
+    for c in contenders:
+        c.run(batches[:warmup], timed=False)
+    timed = batches[warmup:]
+    chunk = -(-len(timed) // rounds)
+    for r in range(rounds):
+        for c in contenders:
+            c.run(timed[r * chunk:(r + 1) * chunk], timed=True)
+    return {c.name: c.result() for c in contenders}
+
+
+def report(results: Dict[str, Dict[str, float]]) -> None:
+    for name, r in results.items():
+        print(f"{name + ':':42s} {r['edges_per_s'] / 1e6:8.2f}M edges/s (rounds: median {r['edges_per_s_median'] / 1e6:.2f}M, "
+              f"{r['edges_per_s_min'] / 1e6:.2f}-{r['edges_per_s_max'] / 1e6:.2f}M)  {r['batches_per_s']:8.1f} batches/s  "
+              f"({r['edges_per_batch']:.0f} edges/batch)")
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -183,27 +246,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
     contenders = [Contender(f"ours (numba, threads={t})", ours_step(graph, args.fanouts, t)) for t in args.threads]
     peer = pyg_steps(graph, args.fanouts)
+    links = link_steps(graph, args.fanouts, None if peer is None else peer[2])
     if peer is None:
         print("pyg: torch_sparse is not importable: peer absent, no comparison "
               "(pip install --no-deps ../shared/wheels/*.whl to compare)")
     else:
         contenders += [Contender("PyG NeighborSampler (torch-sparse)", peer[0]),
                        Contender("torch_sparse op only", peer[1])]
-    # Interleave: every contender samples the same chunk of batches in turn, round after round,
-    # so load from other processes on a shared machine hits all of them alike.
-    for c in contenders:
-        c.run(seeds[: args.warmup], timed=False)
-    timed = seeds[args.warmup:]
-    chunk = -(-len(timed) // args.rounds)
-    for r in range(args.rounds):
-        for c in contenders:
-            c.run(timed[r * chunk:(r + 1) * chunk], timed=True)
-    results = {c.name: c.result() for c in contenders}
+    load_start = os.getloadavg()[0]
+    results = interleave(contenders, seeds, args.warmup, args.rounds)
+    link_results = interleave(links, link_batches(graph, total, args.batch_size, args.seed), args.warmup, args.rounds)
     load = os.getloadavg()[0]
-    print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} cores")
-    for name, r in results.items():
-        print(f"{name + ':':36s} {r['edges_per_s'] / 1e6:8.2f}M edges/s  {r['batches_per_s']:8.1f} batches/s  "
-              f"({r['edges_per_batch']:.0f} edges/batch)")
+    print(f"load average (1 min): {load_start:.2f} at the start, {load:.2f} at the end, on {os.cpu_count()} cores")
+    report(results)
+    report(link_results)
     ours = {t: results[c.name] for t, c in zip(args.threads, contenders)}
     pyg = None if peer is None else {"api": results[contenders[-2].name], "op": results[contenders[-1].name]}
     first = ours[args.threads[0]]
@@ -215,6 +271,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             print(f"ratio ours(threads={threads}) / PyG: {r['edges_per_s'] / pyg['api']['edges_per_s']:.2f}x edges/s, "
                   f"{r['batches_per_s'] / pyg['api']['batches_per_s']:.2f}x batches/s; "
                   f"vs the bare op {r['edges_per_s'] / pyg['op']['edges_per_s']:.2f}x edges/s")
+    link_ours = link_results[links[0].name]
+    link_pyg = None if peer is None else link_results[links[1].name]
+    link_ratio = None if link_pyg is None else link_ours["edges_per_s"] / link_pyg["edges_per_s"]
+    if link_ratio is not None:
+        print(f"link ratio ours / PyG: {link_ratio:.2f}x edges/s")
 
     result = {
         "ours_edges_per_s": first["edges_per_s"],
@@ -227,11 +288,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         "pyg_op_batches_per_s": None if pyg is None else pyg["op"]["batches_per_s"],
         "ratio": ratio,
         "ratio_vs_op": ratio_op,
+        "link_ours_edges_per_s": link_ours["edges_per_s"],
+        "link_pyg_edges_per_s": None if link_pyg is None else link_pyg["edges_per_s"],
+        "link_ratio": link_ratio,
+        "rounds": {**results, **link_results},
         "graph": {"num_nodes": graph.num_nodes, "num_edges": graph.num_edges(),
                   "edges_per_relation": {"__".join(et): graph.num_edges(et) for et in graph.edge_types}},
         "config": {"batch_size": args.batch_size, "fanouts": args.fanouts, "batches": args.batches,
                    "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads, "parallel_min_frontier": args.parallel_min_frontier, "seed": args.seed,
-                   "cpu_count": os.cpu_count(), "loadavg_1min_end": load, "machine": platform.machine(), "torch": torch.__version__},
+                   "cpu_count": os.cpu_count(), "loadavg_1min_start": load_start, "loadavg_1min_end": load, "machine": platform.machine(), "torch": torch.__version__},
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
