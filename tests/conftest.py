@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.typing import EdgeList
 
 NUM_USERS, NUM_ITEMS, NUM_GENRES = 40, 60, 5
 

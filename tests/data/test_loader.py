@@ -13,12 +13,13 @@ import torch
 
 from conftest import tiny_log_dataset
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import EdgeList, Interactions
+from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
+from torchrec_gnn.typing import EdgeList
 
 SPARSE = ["user_id", "item_id", "genre"]
 GENRE_RELATIONS = (("item", "in", "genre"), ("genre", "rev_in", "item"))

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList
 from torchrec_gnn.data.split import leaked_edges, time_split
 
 WATCH = ("user", "watches", "item")

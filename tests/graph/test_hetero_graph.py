@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.typing import EdgeList
 
 WATCH = ("user", "watches", "video")
 NUM_NODES = {"user": 4, "video": 3}

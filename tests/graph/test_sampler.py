@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList
-from torchrec_gnn.graph import _kernels
-from torchrec_gnn.graph import sampler as sampler_module
+from torchrec_gnn.graph import _kernels, sampler as sampler_module
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
+from torchrec_gnn.typing import EdgeList
 
 WATCHES = ("user", "watches", "video")
 REV_WATCHES = ("video", "rev_watches", "user")

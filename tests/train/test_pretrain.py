@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower

@@ -34,7 +34,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.dataset import EdgeType, NodeType
+from torchrec_gnn.typing import EdgeType, NodeType
 
 
 def node_id_bags(node_types: List[NodeType], nodes: List[torch.Tensor]) -> KeyedJaggedTensor:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 
 import torch
 
+from torchrec_gnn.ids import check_ids
+from torchrec_gnn.typing import EdgeList, EdgeType, NodeType
+
 logger = logging.getLogger(__name__)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-NodeType = str
-EdgeType = Tuple[str, str, str]
 
 TASK_KINDS = ("binary", "regression")
 
@@ -129,26 +130,6 @@ class Interactions:
 
 
 @dataclass
-class EdgeList:
-    """Edges of one relation in COO form.
-
-    Args:
-        src (Tensor): (E,) int64 source node ids.
-        dst (Tensor): (E,) int64 destination node ids.
-        time (Tensor, optional): (E,) int64 event time; ``None`` = static edge.
-        weight (Tensor, optional): (E,) float32 edge weight.
-    """
-
-    src: torch.Tensor
-    dst: torch.Tensor
-    time: Optional[torch.Tensor] = None
-    weight: Optional[torch.Tensor] = None
-
-    def __len__(self) -> int:
-        return self.src.numel()
-
-
-@dataclass
 class GraphRecDataset:
     """A recommendation dataset with its heterogeneous graph.
 
@@ -210,23 +191,3 @@ class GraphRecDataset:
                 if t not in self.num_nodes:
                     raise ValueError(f"{self.name}: relation {et} names node type {t!r}, not in {sorted(self.num_nodes)}")
                 check_ids(f"{self.name}: edges[{et}].{end}", ids, self.num_nodes[t])
-
-
-def first_out_of_range(ids: np.ndarray, count: int) -> int:
-    """Position of the first id of ``ids`` (N,) outside ``[0, count)``, -1 if none (one min/max
-    pass when all are in range, as they almost always are)."""
-    if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < count):
-        return -1
-    return int(np.argmax((ids < 0) | (ids >= count)))
-
-
-def check_ids(where: str, ids: Union[torch.Tensor, np.ndarray], count: int) -> None:
-    """Raise naming ``where`` unless ``ids`` (N,) are integers in ``[0, count)``: a ``TypeError``
-    for another dtype, a ``ValueError`` with the first id outside and its position (ids go
-    straight into tables and numba kernels, which trust them)."""
-    array = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{where}: ids must be integers, got dtype {array.dtype}")
-    pos = first_out_of_range(array, count)
-    if pos >= 0:
-        raise ValueError(f"{where}: id {int(array[pos])} at position {pos} is outside [0, {count})")

@@ -52,7 +52,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList, EdgeType
 from torchrec_gnn.data.tabular import (
     encode_categorical,
     id_index,

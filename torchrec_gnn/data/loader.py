@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_gnn.data.batch import GraphBatch, node_id_bags
-from torchrec_gnn.data.dataset import EdgeType, Interactions, NodeType
+from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
-from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
+from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 
 def _generator(*key: int) -> torch.Generator:

@@ -52,7 +52,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList, EdgeType
 from torchrec_gnn.data.tabular import encode_categorical, id_index, lookup_ids, require_columns
 
 LIKE_THRESHOLD = 4.0
@@ -367,7 +369,7 @@ def _build(t: _Tables, negatives_per_positive: int, seed: int) -> GraphRecDatase
 def relation_name(relation: str) -> str:
     """KG relation id as a relation name: ``film.film.genre`` -> ``film_film_genre``.
 
-    Never contains ``__``: PyG and :func:`~torchrec_gnn.graph.hetero_graph.edge_type_str` join
+    Never contains ``__``: PyG and :func:`~torchrec_gnn.typing.edge_type_str` join
     ``(src, rel, dst)`` with ``__``, so a relation holding it could not be split back.
     """
     return re.sub(r"_+", "_", re.sub(r"\W", "_", relation)).strip("_")

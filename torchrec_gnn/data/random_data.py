@@ -45,7 +45,9 @@ from typing import Any, List, Tuple, Union
 import numpy as np
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList, EdgeType
 
 RANDOM_TASKS: Tuple[TaskSpec, ...] = (TaskSpec("click", "binary"),)
 CLICKS: EdgeType = ("user", "clicks", "item")

@@ -71,7 +71,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
+
+from torchrec_gnn.typing import EdgeList, EdgeType
 
 SYNTHETIC_TASKS: Tuple[TaskSpec, ...] = (
     TaskSpec("click", "binary"),

@@ -84,7 +84,9 @@ import pandas as pd
 import torch
 import yaml
 
-from torchrec_gnn.data.dataset import TASK_KINDS, EdgeList, EdgeType, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TASK_KINDS, TaskSpec
+
+from torchrec_gnn.typing import EdgeList, EdgeType
 
 logger = logging.getLogger("torchrec_gnn.data")
 

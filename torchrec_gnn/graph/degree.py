@@ -23,8 +23,8 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
-from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.typing import EdgeType, NodeType
 
 
 def relations_into(graph: HeteroGraph, node_type: NodeType) -> List[EdgeType]:

@@ -28,8 +28,9 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, NodeType, check_ids, first_out_of_range
 from torchrec_gnn.graph._kernels import older_degree
+from torchrec_gnn.ids import check_ids, first_out_of_range
+from torchrec_gnn.typing import EdgeList, EdgeType, NodeType, edge_type_str
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 FORMAT_VERSION = 1
@@ -109,11 +110,6 @@ def _check_csc(index: CSC, edge_type: EdgeType, files: Dict[str, Path], num_src:
             pos = int(np.argmax(older)) + 1
             raise ValueError(f"{files['time']}: time of relation {edge_type}: edge {pos} is older than the one "
                              f"before it in the same destination's segment (times must ascend within each segment)")
-
-
-def edge_type_str(edge_type: EdgeType) -> str:
-    """``("user", "watches", "video") -> "user__watches__video"`` (file names, table names)."""
-    return "__".join(edge_type)
 
 
 class HeteroGraph:

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph import _kernels
-from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
 

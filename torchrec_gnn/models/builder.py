@@ -10,7 +10,9 @@ import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from torchrec_gnn.data.dataset import GraphRecDataset, NodeType
+from torchrec_gnn.data.dataset import GraphRecDataset
+
+from torchrec_gnn.typing import NodeType
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig

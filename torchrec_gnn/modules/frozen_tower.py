@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import NodeType
 from torchrec_gnn.modules.gnn_tower import GraphEmbeddings, GraphTowerInterface
+from torchrec_gnn.typing import NodeType
 
 
 class FrozenGraphTower(GraphTowerInterface):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrec_gnn.data.dataset import NodeType
+from torchrec_gnn.typing import NodeType
 
 GFAE_LOSSES = ("sce", "mse")
 EDGE_DECODERS = ("dot", "mlp")

@@ -16,8 +16,8 @@ from torch_geometric.nn import GATConv, HeteroConv, MessagePassing, SAGEConv
 from torch_geometric.nn.conv.hetero_conv import group
 from torch_geometric.utils import degree
 
-from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
+from torchrec_gnn.typing import EdgeType, NodeType
 
 CONV_TYPES = ("sage", "gat", "lightgcn")
 NORM_TYPES = ("layer", "none")

@@ -24,13 +24,13 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.fusion import InputFusionArch
-from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
+from torchrec_gnn.modules.gfae import EdgeDecoder, GFAE
 from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
 from torchrec_gnn.modules.inference import full_graph_embeddings
+from torchrec_gnn.typing import NodeType
 
 
 class GraphEmbeddings(NamedTuple):

@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from torchrec_gnn.data.dataset import NodeType
+from torchrec_gnn.typing import NodeType
 
 
 class HistoricalEmbeddings(nn.Module):

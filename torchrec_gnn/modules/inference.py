@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from torchrec_gnn.data.dataset import EdgeType, NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.gnn import HeteroGNN
+from torchrec_gnn.typing import EdgeType, NodeType
 
 
 def chunk_edge_index(graph: HeteroGraph, edge_type: EdgeType, start: int, stop: int) -> torch.Tensor:

@@ -24,8 +24,8 @@ from torch_geometric.sampler import NegativeSampling, NumNeighbors
 from torch_geometric.sampler.base import SubgraphType
 from torch_geometric.typing import InputEdges, InputNodes
 
-from torchrec_gnn.data.dataset import EdgeType
 from torchrec_gnn.pyg.sampler import PyGNeighborSampler
+from torchrec_gnn.typing import EdgeType
 
 NumNeighborsArg = Union[List[int], Dict[EdgeType, List[int]], NumNeighbors]
 

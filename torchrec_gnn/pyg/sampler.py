@@ -40,9 +40,9 @@ from torch_geometric.sampler import (
 from torch_geometric.sampler.base import SubgraphType
 from torch_geometric.sampler.neighbor_sampler import edge_sample, node_sample
 
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, NodeType
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
+from torchrec_gnn.typing import EdgeList, EdgeType, NodeType
 
 # A homogeneous ``Data`` is stored as one node type and one relation.
 NODE: NodeType = "node"

@@ -28,10 +28,12 @@ from tqdm import tqdm
 
 from torchrec_gnn.config import ExperimentConfig, load_config
 from torchrec_gnn.console import configure_console
-from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, NodeType, check_ids
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
+from torchrec_gnn.ids import check_ids
+from torchrec_gnn.typing import NodeType
 from torchrec_gnn.data.tabular import (
     check_no_missing_values,
     label_values,

@@ -30,12 +30,13 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from torchrec_gnn.console import configure_console
-from torchrec_gnn.data.dataset import Interactions, NodeType
+from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.models.serving import ServingRanker
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.recipes.evaluate import FinishedRun, load_run
 from torchrec_gnn.train.pretrain import export_tower
 from torchrec_gnn.train.run_dir import RunDirectoryError
+from torchrec_gnn.typing import NodeType
 
 EXPORT_DIR = "export"
 EMBEDDINGS_FILE, PROGRAM_FILE, MANIFEST_FILE = "node_embeddings.pt", "ranker.pt2", "export.json"

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from torchrec_gnn.config import ExperimentConfig, config_fingerprint, load_config, save_config
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import EdgeType, GraphRecDataset, Interactions
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, graph_before, streaming_graph, time_split
@@ -43,6 +43,8 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.modules.heads import initial_output_bias
+from torchrec_gnn.recipes.stream import run_stream, stream_periods_of
 from torchrec_gnn.train.balancing import LossBalancer
 from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
@@ -51,8 +53,7 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, TrainingWindowMetrics, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.modules.heads import initial_output_bias
-from torchrec_gnn.recipes.stream import run_stream, stream_periods_of
+from torchrec_gnn.typing import EdgeType
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
 )

@@ -37,13 +37,14 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm import tqdm
 
 from torchrec_gnn.data.batch import GraphBatch
-from torchrec_gnn.data.dataset import EdgeList, EdgeType, GraphRecDataset, Interactions, NodeType
+from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
-from torchrec_gnn.graph.hetero_graph import HeteroGraph, edge_type_str
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.typing import EdgeList, EdgeType, NodeType, edge_type_str
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 

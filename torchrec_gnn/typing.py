@@ -1,0 +1,40 @@
+"""Names shared by every layer: node and relation types, an edge list, a relation's string form.
+
+PyG's conventions: a node type is a string, a relation (edge type) is the triple
+``(source type, relation, destination type)`` and messages flow source -> destination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+NodeType = str
+EdgeType = Tuple[str, str, str]
+
+
+@dataclass
+class EdgeList:
+    """Edges of one relation in COO form.
+
+    Args:
+        src (Tensor): (E,) int64 source node ids.
+        dst (Tensor): (E,) int64 destination node ids.
+        time (Tensor, optional): (E,) int64 event time; ``None`` = static edge.
+        weight (Tensor, optional): (E,) float32 edge weight.
+    """
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    time: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.src.numel()
+
+
+def edge_type_str(edge_type: EdgeType) -> str:
+    """``("user", "watches", "video") -> "user__watches__video"`` (file names, table names)."""
+    return "__".join(edge_type)
