@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+from torchrec_gnn.dataclass_yaml import build_dataclass
 from torchrec_gnn.graph.sampler import TEMPORAL_STRATEGIES
 from torchrec_gnn.models.builder import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
@@ -260,7 +259,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loader.batch_size=512")
             continue
         _set_path(raw, key.strip().split("."), yaml.safe_load(value))
-    config = _build(ExperimentConfig, raw, "", problems)
+    config = build_dataclass(ExperimentConfig, raw, "", problems)
     if problems:
         raise ConfigError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return config
@@ -317,54 +316,3 @@ def _set_path(raw: Dict[str, Any], keys: List[str], value: Any) -> None:
             child = node[key] = {}
         node = child
     node[keys[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str, problems: List[str]) -> Any:
-    """Instantiate dataclass ``cls`` from ``raw``, appending problems instead of raising."""
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in raw if k not in fields]
-    for key in unknown:
-        problems.append(f"{prefix}{key}: unknown key; valid keys of {prefix.rstrip('.') or 'the config'}: {sorted(fields)}")
-    values = {}
-    before = len(problems)
-    for key, value in raw.items():
-        if key in fields:
-            values[key] = _convert(hints[key], value, f"{prefix}{key}", problems)
-    if len(problems) > before:  # a field is already wrong: the class's own checks would only add noise
-        return cls()
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as err:
-        problems.append(f"{prefix.rstrip('.') or 'config'}: {err}")
-        return cls()
-
-
-def _convert(hint: Any, value: Any, where: str, problems: List[str]) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where + ".", problems)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where, problems) if len(inner) == 1 else value
-    if origin in (list, List, Sequence, tuple, Tuple):
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{where}: expected a list, got {value!r}")
-            return value
-        return [_convert(args[0], v, f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else list(value)
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
-        return value
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value

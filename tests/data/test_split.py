@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
-from torchrec_gnn.typing import EdgeList
 from torchrec_gnn.data.split import leaked_edges, time_split
+from torchrec_gnn.typing import EdgeList
 
 WATCH = ("user", "watches", "item")
 

@@ -180,22 +180,30 @@ def test_error_unknown_yaml_keys_all_listed(tmp_path: Path) -> None:
         "tasks": [{"name": "click", "column": "clicked", "kind": "binary", "weight": 2}],
     }
     match = (
-        r"2 problem\(s\):\n  dataset\.yaml: unknown key 'user_col'; valid keys: \['user_column', 'item_column', .*\]\n"
-        r"  dataset\.yaml: tasks\[0\]: unknown key 'weight'; valid keys: \['name', 'column', 'kind'\]"
+        r"2 problem\(s\):\n  dataset\.yaml: user_col: unknown key; valid keys of the config: \['dense_features', .*\]\n"
+        r"  dataset\.yaml: tasks\[0\]\.weight: unknown key; valid keys of tasks\[0\]: \['column', 'kind', 'name'\]"
     )
     _expect(tmp_path, ValueError, match, config=config)
 
 
 def test_error_bad_yaml_values(tmp_path: Path) -> None:
+    # Each key checked on its own: every problem listed at once.
     config = {k: v for k, v in CONFIG.items() if k != "time_column"}
     config["tasks"] = [{"name": "click", "column": "clicked", "kind": "ranking"}]
-    config["edge_task"] = "spend"
-    config["item_type"] = "shop__item"
+    config["user_column"] = 3
     with pytest.raises(ValueError) as info:
         load_tabular(_write(tmp_path / "shop", config))
     message = str(info.value)
-    assert "dataset.yaml: missing required key 'time_column'" in message
+    assert "3 problem(s)" in message
+    assert "dataset.yaml: time_column: missing required key" in message
     assert "dataset.yaml: tasks[0]: key 'kind' must be one of ('binary', 'regression'), got 'ranking'" in message
+    assert "dataset.yaml: user_column: expected str, got 3" in message
+    # Then the checks across keys, again all at once.
+    config = {**CONFIG, "edge_task": "spend", "item_type": "shop__item"}
+    config["tasks"] = [{"name": "spend", "column": "amount", "kind": "regression"}]
+    with pytest.raises(ValueError) as info:
+        load_tabular(_write(tmp_path / "shop2", config))
+    message = str(info.value)
     assert "dataset.yaml: key 'edge_task' must name a binary task [], got 'spend'" in message
     assert "dataset.yaml: key 'item_type' must not contain '__' (the edge type separator), got 'shop__item'" in message
 

@@ -180,8 +180,11 @@ def test_from_tables(tmp_path: Path) -> None:
     b = HeteroGraph.from_tables(NUM_NODES, {WATCH: tmp_path / "w.parquet"})
     assert a.csc(WATCH).time.tolist() == [3, 4] and b.csc(WATCH).time is None
     pd.DataFrame({"source": [0]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match=r"bad\.csv: relation .* needs columns \['src', 'dst'\]; found \['source'\]"):
+    with pytest.raises(ValueError, match=r"bad\.csv \(relation .*\): missing column\(s\) \['src', 'dst'\]; columns found: \['source'\]"):
         HeteroGraph.from_tables(NUM_NODES, {WATCH: tmp_path / "bad.csv"})
+    pd.DataFrame({"src": [0, None], "dst": [1, 2]}).to_csv(tmp_path / "hole.csv", index=False)
+    with pytest.raises(ValueError, match=r"hole\.csv \(relation .*\): id column 'src' has 1 empty value\(s\), first at row 1"):
+        HeteroGraph.from_tables(NUM_NODES, {WATCH: tmp_path / "hole.csv"})
 
 
 def test_summary_lists_types_and_degrees() -> None:

@@ -5,19 +5,24 @@ import pytest
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
-from torchrec_gnn.typing import EdgeList
+from torchrec_gnn.data.loader import LinkTargets, find_link_relation
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.graph.sampler import fanouts_by_relation
+from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.modules.gnn import GNNConfig
 from torchrec_gnn.modules.inference import full_graph_embeddings
-from torchrec_gnn.data.loader import LinkTargets, find_link_relation
-from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.train.pretrain import (
-    EMBEDDINGS_FILE, TOWER_FILE, PretrainConfig, PretrainSetup, hold_out_edges, link_batches, load_pretrained,
-    pretrain_and_export, save_result,
+    EMBEDDINGS_FILE,
+    TOWER_FILE,
+    PretrainConfig,
+    PretrainSetup,
+    hold_out_edges,
+    link_batches,
+    load_pretrained,
+    pretrain_and_export,
+    save_result,
 )
+from torchrec_gnn.typing import EdgeList
 
 USERS, ITEMS, GENRES = 200, 80, 4
 WATCHES = ("user", "watches", "item")

@@ -53,16 +53,9 @@ import pandas as pd
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
+from torchrec_gnn.data.tabular import encode_categorical, id_index, label_values, lookup_ids, to_timestamps
+from torchrec_gnn.tables import require_columns
 from torchrec_gnn.typing import EdgeList, EdgeType
-from torchrec_gnn.data.tabular import (
-    encode_categorical,
-    id_index,
-    label_values,
-    lookup_ids,
-    require_columns,
-    to_timestamps,
-)
 
 LOG_REQUIRED = ("user_id", "video_id", "is_click", "play_time_ms", "duration_ms")
 LONG_VIEW_MS = 18_000

@@ -53,9 +53,9 @@ import pandas as pd
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
+from torchrec_gnn.data.tabular import encode_categorical, id_index, lookup_ids
+from torchrec_gnn.tables import require_columns
 from torchrec_gnn.typing import EdgeList, EdgeType
-from torchrec_gnn.data.tabular import encode_categorical, id_index, lookup_ids, require_columns
 
 LIKE_THRESHOLD = 4.0
 AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M buckets

@@ -46,7 +46,6 @@ import numpy as np
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
 from torchrec_gnn.typing import EdgeList, EdgeType
 
 RANDOM_TASKS: Tuple[TaskSpec, ...] = (TaskSpec("click", "binary"),)

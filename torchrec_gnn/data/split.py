@@ -20,10 +20,8 @@ from typing import Dict, List, Optional
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-
-from torchrec_gnn.typing import EdgeList
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.typing import edge_type_str
+from torchrec_gnn.typing import EdgeList, edge_type_str
 
 logger = logging.getLogger("torchrec_gnn.data")
 

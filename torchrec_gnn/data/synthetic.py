@@ -72,7 +72,6 @@ import numpy as np
 import torch
 
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-
 from torchrec_gnn.typing import EdgeList, EdgeType
 
 SYNTHETIC_TASKS: Tuple[TaskSpec, ...] = (

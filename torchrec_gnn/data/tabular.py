@@ -72,7 +72,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass, field
@@ -84,14 +83,13 @@ import pandas as pd
 import torch
 import yaml
 
-from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TASK_KINDS, TaskSpec
-
+from torchrec_gnn.data.dataset import TASK_KINDS, GraphRecDataset, Interactions, TaskSpec
+from torchrec_gnn.dataclass_yaml import build_dataclass
+from torchrec_gnn.tables import TABLE_SUFFIXES, check_no_missing_values, read_edge_table, read_table, require_columns
 from torchrec_gnn.typing import EdgeList, EdgeType
 
 logger = logging.getLogger("torchrec_gnn.data")
 
-TABLE_SUFFIXES = (".csv", ".parquet")
-EDGE_COLUMNS = ("src", "dst", "time", "weight")
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,10 @@ class TaskColumn:
     name: str
     column: str
     kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"key 'kind' must be one of {TASK_KINDS}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -134,44 +136,34 @@ class TabularConfig:
         raw = yaml.safe_load(path.read_text())
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-        errors: List[str] = []
-        values = _parse_keys(cls, raw, f"{path.name}", errors)
-        tasks: List[TaskColumn] = []
-        if isinstance(values.get("tasks"), list):
-            if not values["tasks"]:
-                errors.append(f"{path.name}: key 'tasks' must list at least one task")
-            for i, entry in enumerate(values["tasks"]):
-                where = f"{path.name}: tasks[{i}]"
-                if not isinstance(entry, dict):
-                    errors.append(f"{where}: expected a mapping with keys name, column, kind, got {entry!r}")
-                    continue
-                task = _parse_keys(TaskColumn, entry, where, errors)
-                if task.get("kind") is not None and task["kind"] not in TASK_KINDS:
-                    errors.append(f"{where}: key 'kind' must be one of {TASK_KINDS}, got {task['kind']!r}")
-                if len(task) == 3:
-                    tasks.append(TaskColumn(**task))
-            values["tasks"] = tasks
-            names = [t.name for t in tasks]
-            if len(set(names)) != len(names):
-                errors.append(f"{path.name}: task names must be unique, got {names}")
-            edge_task = values.get("edge_task")
-            binary = [t.name for t in tasks if t.kind == "binary"]
-            if edge_task is not None and edge_task not in binary:
-                errors.append(f"{path.name}: key 'edge_task' must name a binary task {binary}, got {edge_task!r}")
-        elif "tasks" in values:
-            errors.append(f"{path.name}: key 'tasks' must be a list of {{name, column, kind}}, got {values['tasks']!r}")
+        problems: List[str] = []
+        config = build_dataclass(cls, raw, "", problems)
+        if config is not None:
+            problems += config.problems()
+        if problems:
+            raise ValueError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(f"{path.name}: {p}" for p in problems))
+        return config
+
+    def problems(self) -> List[str]:
+        """What is wrong across keys (each key on its own is well-formed)."""
+        problems = []
+        names = [t.name for t in self.tasks]
+        if not names:
+            problems.append("key 'tasks' must list at least one task")
+        if len(set(names)) != len(names):
+            problems.append(f"task names must be unique, got {names}")
+        binary = [t.name for t in self.tasks if t.kind == "binary"]
+        if self.edge_task is not None and self.edge_task not in binary:
+            problems.append(f"key 'edge_task' must name a binary task {binary}, got {self.edge_task!r}")
         for key in ("user_type", "item_type", "interaction_relation"):
-            if "__" in str(values.get(key, "")):
-                errors.append(
-                    f"{path.name}: key {key!r} must not contain '__' (the edge type separator), got {values[key]!r}"
-                )
+            if "__" in getattr(self, key):
+                problems.append(f"key {key!r} must not contain '__' (the edge type separator), got {getattr(self, key)!r}")
         for key in ("sparse_features", "dense_features"):
-            dup = sorted({c for c in values.get(key) or [] if (values.get(key) or []).count(c) > 1})
-            if dup:
-                errors.append(f"{path.name}: key {key!r} lists {dup} more than once")
-        if errors:
-            raise ValueError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-        return cls(**values)
+            columns = getattr(self, key)
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:
+                problems.append(f"key {key!r} lists {repeated} more than once")
+        return problems
 
 
 def load_tabular(path: str | Path) -> GraphRecDataset:
@@ -389,54 +381,8 @@ def to_timestamps(values: pd.Series, where: str) -> np.ndarray:
     return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
-def require_columns(file: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming ``file``, the missing columns and the columns found."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{file}: missing column(s) {missing}; columns found: {list(frame.columns)}")
-
-
-def check_no_missing_values(values: pd.Series, where: str) -> None:
-    """Raise ``ValueError`` naming ``where``, the count and the first row of empty cells."""
-    missing = values.isna().to_numpy()
-    if missing.any():
-        raise ValueError(f"{where} has {int(missing.sum())} empty value(s), first at row {int(np.argmax(missing))}")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a ``.csv[.gz]`` or ``.parquet`` table."""
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Private helpers of load_tabular.
-
-
-def _parse_keys(cls: type, raw: Dict[str, Any], where: str, errors: List[str]) -> Dict[str, Any]:
-    """Check ``raw`` against the fields of dataclass ``cls``; append problems to ``errors``."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out: Dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            errors.append(f"{where}: unknown key {key!r}; valid keys: {list(fields)}")
-            continue
-        kind = fields[key].type
-        ok = {
-            "str": isinstance(value, str),
-            "Optional[str]": value is None or isinstance(value, str),
-            "List[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-        }.get(str(kind), True)
-        if not ok:
-            errors.append(f"{where}: key {key!r} must be {kind}, got {value!r}")
-            continue
-        out[key] = value
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in raw:
-            errors.append(f"{where}: missing required key {name!r}")
-    return out
 
 
 def _find_table(folder: Path, stem: str) -> Optional[Path]:
@@ -467,12 +413,7 @@ def _read_edge_tables(folder: Path) -> Dict[EdgeType, Tuple[str, pd.DataFrame]]:
         et = (parts[0], parts[1], parts[2])
         if et in tables:
             raise ValueError(f"{file}: relation {et} is also in {tables[et][0]}; keep one")
-        frame = read_table(path)
-        require_columns(file, frame, ["src", "dst"])
-        extra = [c for c in frame.columns if c not in EDGE_COLUMNS]
-        if extra:
-            raise ValueError(f"{file}: unknown column(s) {extra}; edge tables have columns {list(EDGE_COLUMNS)}")
-        tables[et] = (file, frame)
+        tables[et] = (file, read_edge_table(path, file))
     return tables
 
 

@@ -30,6 +30,7 @@ import torch
 
 from torchrec_gnn.graph._kernels import older_degree
 from torchrec_gnn.ids import check_ids, first_out_of_range
+from torchrec_gnn.tables import read_edge_table
 from torchrec_gnn.typing import EdgeList, EdgeType, NodeType, edge_type_str
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -241,22 +242,12 @@ class HeteroGraph:
         tables: Mapping[EdgeType, Union[str, os.PathLike]],
         add_reverse: bool = False,
     ) -> "HeteroGraph":
-        """Build from one CSV or Parquet file per relation with columns ``src, dst[, time][, weight]``.
-
-        Missing columns raise an error naming the file and the columns it has.
-        """
-        import pandas as pd
-
+        """Build from one CSV or Parquet file per relation with columns ``src, dst[, time][, weight]``
+        (read by :func:`torchrec_gnn.tables.read_edge_table`: a missing or unknown column, or an
+        empty cell, raises an error naming the file)."""
         lists = {}
         for et, path in tables.items():
-            path = Path(path)
-            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-            missing = [c for c in ("src", "dst") if c not in frame.columns]
-            if missing:
-                raise ValueError(f"{path}: relation {et} needs columns {missing}; found {list(frame.columns)}")
-            for column in frame.columns.intersection(["src", "dst", "time"]):
-                if frame[column].isna().any():
-                    raise ValueError(f"{path}: column {column!r} has a missing value at row {int(frame[column].isna().to_numpy().argmax())}")
+            frame = read_edge_table(Path(path), f"{path} (relation {et})")
             lists[et] = EdgeList(
                 src=torch.from_numpy(frame["src"].to_numpy(np.int64)),
                 dst=torch.from_numpy(frame["dst"].to_numpy(np.int64)),

@@ -11,8 +11,6 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_gnn.data.dataset import GraphRecDataset
-
-from torchrec_gnn.typing import NodeType
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
@@ -20,6 +18,7 @@ from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
+from torchrec_gnn.typing import NodeType
 
 
 @dataclass

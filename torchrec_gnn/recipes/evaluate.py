@@ -32,26 +32,20 @@ from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, time_split
-from torchrec_gnn.ids import check_ids
-from torchrec_gnn.typing import NodeType
-from torchrec_gnn.data.tabular import (
-    check_no_missing_values,
-    label_values,
-    numeric_values,
-    read_table,
-    require_columns,
-)
+from torchrec_gnn.data.tabular import label_values, numeric_values
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.ids import check_ids
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
 from torchrec_gnn.recipes.train import batches, node_degrees, score_batch
+from torchrec_gnn.tables import TABLE_SUFFIXES, check_no_missing_values, read_table, require_columns
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
 from torchrec_gnn.train.sharding import refresh_outer_hop
+from torchrec_gnn.typing import NodeType
 
 SPLITS = ("train", "val", "test")
 # The columns of a scored row, before the data set's dense and sparse features and its tasks.
 ROW_COLUMNS = ("user", "item", "timestamp")
-TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 @dataclass

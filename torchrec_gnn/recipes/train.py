@@ -53,15 +53,26 @@ from torchrec_gnn.train.export import export_state_dict
 from torchrec_gnn.train.metrics import MultiTaskEvaluator, TrainingWindowMetrics, format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline, StepOutput
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.typing import EdgeType
 from torchrec_gnn.train.pretrain import (
-    EMBEDDINGS_FILE, PRETRAIN_DIR, TOWER_FILE, PretrainSetup, load_pretrained, pretrain_and_export, save_result,
+    EMBEDDINGS_FILE,
+    PRETRAIN_DIR,
+    TOWER_FILE,
+    PretrainSetup,
+    load_pretrained,
+    pretrain_and_export,
+    save_result,
 )
 from torchrec_gnn.train.run_dir import check_run_directory, clear_run
 from torchrec_gnn.train.run_log import RunLog
 from torchrec_gnn.train.sharding import (
-    copy_into_sharded, make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap,
+    copy_into_sharded,
+    make_optimizer,
+    node_pooling_factors,
+    refresh_outer_hop,
+    shard_model,
+    unwrap,
 )
+from torchrec_gnn.typing import EdgeType
 
 logger = logging.getLogger("torchrec_gnn.train")
 
