@@ -16,6 +16,7 @@ from torch import nn
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.modules.gnn_tower import GraphEmbeddings, GraphTowerInterface
+from torchrec_gnn.modules.utils import connected_zero
 from torchrec_gnn.typing import NodeType
 
 
@@ -102,7 +103,7 @@ class FrozenGraphTower(GraphTowerInterface):
         users = batch.node_ids[self.user_type].values()[batch.user_index]
         items = batch.node_ids[self.item_type].values()[batch.item_index]
         user = self.table(self.user_type)[users]
-        zero = user.sum() * 0.0
+        zero = connected_zero(user)
         return GraphEmbeddings(user=user, item=self.table(self.item_type)[items], gfae_loss=zero, edge_loss=zero,
                                link_logits=zero.reshape(1)[:0])
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrec_gnn.modules.utils import connected_zero
 from torchrec_gnn.typing import NodeType
 
 GFAE_LOSSES = ("sce", "mse")
@@ -188,7 +189,7 @@ class GFAE(nn.Module):
             else:
                 errors.append((prediction - target).pow(2).mean(-1))
         if not errors:
-            return next(iter(h_dict.values())).sum() * 0.0
+            return connected_zero(next(iter(h_dict.values())))
         return torch.cat(errors).mean()
 
     @property
@@ -250,7 +251,7 @@ class EdgeDecoder(nn.Module):
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean binary cross-entropy of (L,) logits against (L,) 0/1 labels (0 when L = 0)."""
         if logits.numel() == 0:
-            return logits.sum() * 0.0
+            return connected_zero(logits)
         return F.binary_cross_entropy_with_logits(logits, labels)
 
     def __repr__(self) -> str:

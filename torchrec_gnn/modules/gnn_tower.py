@@ -26,10 +26,11 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.fusion import InputFusionArch
-from torchrec_gnn.modules.gfae import EdgeDecoder, GFAE
+from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
 from torchrec_gnn.modules.inference import full_graph_embeddings
+from torchrec_gnn.modules.utils import connected_zero
 from torchrec_gnn.typing import NodeType
 
 
@@ -271,7 +272,7 @@ class GraphEncoder(nn.Module):
             inputs, masked = self.gfae.mask(inputs, candidates)
         node_ids = None if self.history is None else {t: batch.node_ids[t].values() for t in inputs}
         h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges, node_ids)
-        zero = h_dict[self.user_type].sum() * 0.0
+        zero = connected_zero(h_dict[self.user_type])
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero
         decoder = self.edge_decoder
