@@ -48,7 +48,7 @@ from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower  # noqa: E402
-from torchrec_gnn.recipes.train import batch_fanouts  # noqa: E402
+from torchrec_gnn.recipes.batches import batch_fanouts  # noqa: E402
 from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
 from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402

@@ -37,7 +37,7 @@ from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
-from torchrec_gnn.recipes.train import batches as training_batches, node_degrees
+from torchrec_gnn.recipes.batches import batches as training_batches, node_degrees
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline

@@ -42,10 +42,10 @@ from torchrec_gnn.modules.fusion import ConcatFusionArch, InputFusionArch
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 from torchrec_gnn.modules.heads import TaskHeadsArch, initial_output_bias
-from torchrec_gnn.recipes.train import score_batch
+from torchrec_gnn.train.evaluation import evaluate_batches
 from torchrec_gnn.train.balancing import GradNorm
 from torchrec_gnn.train.distributed import DistributedContext, init_distributed
-from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+from torchrec_gnn.train.metrics import format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap
 
@@ -175,13 +175,10 @@ def evaluate(model: nn.Module, examples: Interactions, dataset: GraphRecDataset,
     """Every task's metrics on ``examples``, the same on every rank."""
     model.eval()
     examples = pad_for_ranks(examples, batch_size, ctx.world_size)  # label-less padding: every rank, same steps
-    evaluator = MultiTaskEvaluator(dataset.tasks)
-    for batch in make_dataloader(batches(examples, dataset, graph, batch_size, False, ctx, 0), num_workers=0):
-        batch = batch.to(ctx.device)
-        _, (_, outputs, _) = model(batch)
-        score_batch(evaluator, outputs, batch, dataset.user_type)  # grouped by global user id (GAUC)
+    loader = make_dataloader(batches(examples, dataset, graph, batch_size, False, ctx, 0), num_workers=0)
+    metrics, _ = evaluate_batches(model, loader, dataset.tasks, dataset.user_type, ctx.device)  # GAUC per global user
     model.train()
-    return evaluator.compute()
+    return metrics
 
 
 def main(kind: str, use_tower: bool, preset: str, epochs: int, steps: Optional[int], batch_size: int, seed: int,

@@ -13,7 +13,8 @@ from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import LinkTargets
 from torchrec_gnn.data.split import STATIC_TIME, graph_before, stream_periods, streaming_graph, time_split
 from torchrec_gnn.recipes.stream import mean_over_periods
-from torchrec_gnn.recipes.train import batches, main
+from torchrec_gnn.recipes.batches import batches
+from torchrec_gnn.recipes.train import main
 from torchrec_gnn.train.checkpoint import CheckpointError
 
 WATCHES = ("user", "watches", "item")

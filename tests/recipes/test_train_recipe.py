@@ -230,18 +230,18 @@ def test_fresh_graph_run_with_degrees_trains_and_evaluates_alike(tmp_path: Path)
 
 @pytest.mark.timeout(600)
 def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchrec_gnn.recipes import train as train_recipe
+    from torchrec_gnn.recipes.ranker import RankerRecipe
 
     # Scripted validation AUCs for the passes during training (steps 1-4): best at step 2, then
     # two passes without improvement -> stop at step 4 (patience 2). Later calls are real.
     scripted = iter([0.60, 0.70, 0.65, 0.64])
-    real_evaluate = train_recipe.evaluate
+    real_evaluate = RankerRecipe.evaluate
 
-    def evaluate(job, examples, refresh=True):
+    def evaluate(recipe, examples, refresh=True):
         auc = next(scripted, None)
-        return {"click": {"auc": auc}} if auc is not None else real_evaluate(job, examples, refresh)
+        return {"click": {"auc": auc}} if auc is not None else real_evaluate(recipe, examples, refresh)
 
-    monkeypatch.setattr(train_recipe, "evaluate", evaluate)
+    monkeypatch.setattr(RankerRecipe, "evaluate", evaluate)
     stopped = tmp_path / "stopped"
     main(["--config", "configs/default.yaml", *TINY, "--set", "train.eval_every=1",
           "--set", "train.early_stopping_patience=2", "--max-steps", "10", "--output-dir", str(stopped)])
@@ -249,7 +249,7 @@ def test_early_stopping_restores_the_best_validation_step(tmp_path: Path, monkey
     assert len([r for r in records if "losses" in r]) == 4  # stopped after step 4 of 10
     assert records[-1]["early_stopping"] == {"best": 0.70, "best_step": 2, "bad_evaluations": 2}
 
-    monkeypatch.setattr(train_recipe, "evaluate", real_evaluate)
+    monkeypatch.setattr(RankerRecipe, "evaluate", real_evaluate)
     two_steps = tmp_path / "two_steps"
     main(["--config", "configs/default.yaml", *TINY, "--max-steps", "2", "--output-dir", str(two_steps)])
     restored, reference = torch.load(stopped / "model.pt"), torch.load(two_steps / "model.pt")
@@ -268,7 +268,8 @@ def test_early_stopping_needs_validation_passes() -> None:
 
 @pytest.mark.timeout(600)
 def test_history_run_refreshes_resumes_exactly_and_evaluates_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchrec_gnn.recipes.train as train_recipe
+    from torchrec_gnn.config import load_config
+    from torchrec_gnn.recipes.batches import batch_fanouts
     from torchrec_gnn.train import sharding
 
     refreshes: List[int] = []
@@ -282,7 +283,7 @@ def test_history_run_refreshes_resumes_exactly_and_evaluates_alike(tmp_path: Pat
     # validation with the same weights).
     assert len(refreshes) == 1 + 2 + 1
     # The batches sample one hop: the second comes from the history.
-    fanouts = train_recipe.batch_fanouts(train_recipe.load_config(straight / "config.yaml"), _graph(straight))
+    fanouts = batch_fanouts(load_config(straight / "config.yaml"), _graph(straight))
     assert set(map(tuple, fanouts.values())) == {(4,)}
 
     # A checkpoint at a refresh step resumes exactly: the history is rebuilt from the same weights.
@@ -307,7 +308,7 @@ def test_scoring_groups_gauc_by_global_user_ids(tiny_split) -> None:
     from torchrec_gnn.data.loader import GraphBatchDataset
     from torchrec_gnn.data.dataset import TaskSpec
     from torchrec_gnn.graph.sampler import NeighborSampler
-    from torchrec_gnn.recipes.train import score_batch
+    from torchrec_gnn.train.evaluation import score_batch
     from torchrec_gnn.train.metrics import MultiTaskEvaluator, group_auc
 
     examples = tiny_split.train

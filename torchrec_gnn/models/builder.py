@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -18,7 +18,7 @@ from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
-from torchrec_gnn.typing import NodeType
+from torchrec_gnn.typing import EdgeType, NodeType
 
 
 @dataclass
@@ -65,6 +65,16 @@ class ModelConfig:
         if self.two_stage and self.warm_start:
             raise ValueError("ModelConfig: choose two_stage (frozen pre-trained embeddings) or warm_start "
                              "(end-to-end from the pre-trained tower), not both")
+
+    def sampled_fanouts(self, fanouts: Dict[EdgeType, List[int]]) -> Dict[EdgeType, List[int]]:
+        """The hops of ``fanouts`` this model reads from a batch's sampled subgraph: every hop
+        for an end-to-end tower, all but the outer one when the outer hop comes from the history,
+        none for the two-stage ranker (it reads its users' and items' embeddings from a table)."""
+        if self.two_stage:
+            return {et: [] for et in fanouts}
+        if self.gnn.outer_hop == "history":
+            return {et: f[:-1] for et, f in fanouts.items()}
+        return dict(fanouts)
 
 
 def node_table_name(node_type: str) -> str:

@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.recipes.stream import STREAM_SPLIT, load_stream
-from torchrec_gnn.recipes.train import TRAINING_FILE
+from torchrec_gnn.recipes.ranker import TRAINING_FILE
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE
 
 # The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).

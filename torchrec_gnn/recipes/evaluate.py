@@ -37,9 +37,10 @@ from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.ids import check_ids
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
-from torchrec_gnn.recipes.train import batches, node_degrees, score_batch
+from torchrec_gnn.recipes.batches import batches, node_degrees
 from torchrec_gnn.tables import TABLE_SUFFIXES, check_no_missing_values, read_table, require_columns
-from torchrec_gnn.train.metrics import MultiTaskEvaluator, format_table
+from torchrec_gnn.train.evaluation import evaluate_batches
+from torchrec_gnn.train.metrics import format_table
 from torchrec_gnn.train.sharding import refresh_outer_hop
 from torchrec_gnn.typing import NodeType
 
@@ -76,18 +77,13 @@ class FinishedRun:
         process, in example order, neighbourhoods sampled by the run's rules)."""
         return batches(self.config, self.split.graph, self.dataset, examples, train=False, degree=self.degree)
 
-    @torch.no_grad()
     def score(self, examples: Interactions, desc: str) -> "RunScores":
         """The model's outputs on ``examples`` and, over their present labels, the metrics."""
         data = self.batches(examples)
-        evaluator = MultiTaskEvaluator(self.dataset.tasks)
-        outputs = []
-        for i in tqdm(range(len(data)), desc=desc):
-            batch = data[i]
-            _, (_, batch_outputs, _) = self.model(batch)
-            score_batch(evaluator, batch_outputs, batch, self.dataset.user_type)
-            outputs.append(batch_outputs)
-        return RunScores(self.dataset, examples, torch.cat(outputs), evaluator.compute())
+        progress = tqdm((data[i] for i in range(len(data))), total=len(data), desc=desc)
+        metrics, outputs = evaluate_batches(self.model, progress, self.dataset.tasks, self.dataset.user_type,
+                                            keep_outputs=True)
+        return RunScores(self.dataset, examples, outputs, metrics)
 
 
 def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> FinishedRun:

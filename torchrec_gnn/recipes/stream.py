@@ -31,23 +31,26 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 
+from torchrec_gnn.config import ExperimentConfig
 from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import make_dataloader
 from torchrec_gnn.data.split import TimeSplit, graph_before, stream_periods
+from torchrec_gnn.recipes.ranker import RankerRecipe
+from torchrec_gnn.train.checkpoint import CheckpointError
+from torchrec_gnn.train.distributed import DistributedContext
+from torchrec_gnn.train.monitor import check_finite
 from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
 from torchrec_gnn.train.sharding import unwrap
-
-if TYPE_CHECKING:  # the train recipe imports this module
-    from torchrec_gnn.recipes.train import Job
 
 logger = logging.getLogger("torchrec_gnn.stream")
 
 STREAM_FILE = "streaming.json"
 STREAM_SPLIT = "stream"  # eval.json key of the mean over scored periods
+STREAM_NO_RESUME = "--resume: a streaming run keeps no checkpoints between periods; run it again"
 
 
 COUNTS = ("count", "gauc_users", "gauc_users_skipped")  # summed over periods, not averaged
@@ -72,84 +75,88 @@ def stream_periods_of(split: TimeSplit, periods: int) -> List[Interactions]:
     return stream_periods(Interactions.concat([split.train, split.val, split.test]), periods)
 
 
-def _train_period(job: "Job", examples: Interactions, period: int) -> int:
-    """One chronological pass over ``examples``; returns the steps taken. The edge objective
-    (if on) predicts only edges older than the period."""
-    from torchrec_gnn.recipes.train import batches, check_finite  # the recipe module imports this one
-
-    start = int(examples.timestamp.min())
-    data = batches(job.config, job.split.graph, job.dataset, examples, train=True, ctx=job.ctx, links_before=start,
-                   degree=job.degree)
-    data.set_epoch(period)
-    iterator = iter(make_dataloader(data, job.config.loader.num_workers, pin_memory=job.ctx.device.type == "cuda"))
-    steps = 0
-    while True:
-        try:
-            out = job.pipeline.progress(iterator)
-        except StopIteration:
-            return steps
-        steps += 1
-        check_finite(out, f"period {period}, step {steps}")
-
-
-def _refresh(job: "Job", cutoff: int, period: int, previous: Path) -> Path:
-    """Two-stage refresh: pre-train again from the tower in ``previous`` on the graph as it
-    stands at ``cutoff``, export, and load the new embeddings into the frozen tower (every
-    rank). Returns the refresh's directory."""
-    from torchrec_gnn.recipes.train import pretrain_stage
-
-    directory = job.output_dir / PRETRAIN_DIR / f"refresh_{period:02d}"
-    snapshot = lambda: graph_before(job.dataset, cutoff)  # noqa: E731 - built on rank 0 only
-    directory = pretrain_stage(job.config, job.dataset, snapshot, job.ctx, directory, initial_tower=previous,
-                               degree=job.degree)
-    unwrap(job.model).model.graph_tower.load_embeddings(load_pretrained(directory))
-    return directory
-
-
-def run_stream(job: "Job", setup_seconds: float) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Test-then-train over the labelled window's periods (see the module docstring).
+class StreamingRankerRecipe(RankerRecipe):
+    """:class:`RankerRecipe` under ``train.protocol: streaming`` (see the module docstring):
+    one chronological test-then-train pass instead of epochs, no checkpoints between periods.
 
     Args:
-        job (Job): a set-up training job (``train.protocol == "streaming"``).
-        setup_seconds (float): seconds spent before the first period (data, initial
-            pre-training and export for two-stage and warm start), counted in the cost.
-
-    Returns:
-        Dict: ``{"stream": {task: {metric: mean over scored periods}}}`` (also ``eval.json``).
+        config (ExperimentConfig): the resolved config (``train.protocol == "streaming"``).
+        ctx (DistributedContext): the initialised process group, rank and device.
     """
-    from torchrec_gnn.recipes.train import evaluate
 
-    cfg = job.config
-    periods = stream_periods_of(job.split, cfg.train.periods)
-    refresh_every = cfg.pretrain.refresh_every if cfg.model.two_stage else 0
-    last_tower = job.output_dir / PRETRAIN_DIR  # the initial pre-training's
-    records: List[Dict[str, Any]] = []
-    cumulative = setup_seconds
-    for p, examples in enumerate(periods):
-        start_time = int(examples.timestamp.min())
-        refresh_seconds = 0.0
-        if refresh_every and p > 0 and p % refresh_every == 0:
+    def __init__(self, config: ExperimentConfig, ctx: DistributedContext) -> None:
+        super().__init__(config, ctx)
+        self.created = time.perf_counter()  # setup (data, initial pre-training) counts in the cost
+
+    def first_examples(self) -> Interactions:
+        """The first period (trained on, never scored)."""
+        return stream_periods_of(self.split, self.config.train.periods)[0]
+
+    def run(self, resume: bool = False) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """Test-then-train over the labelled window's periods.
+
+        Returns:
+            Dict: ``{"stream": {task: {metric: mean over scored periods}}}`` (also ``eval.json``).
+        """
+        if resume:
+            raise CheckpointError(STREAM_NO_RESUME)
+        cfg = self.config
+        setup_seconds = time.perf_counter() - self.created
+        periods = stream_periods_of(self.split, cfg.train.periods)
+        refresh_every = cfg.pretrain.refresh_every if cfg.model.two_stage else 0
+        last_tower = self.output_dir / PRETRAIN_DIR  # the initial pre-training's
+        records: List[Dict[str, Any]] = []
+        cumulative = setup_seconds
+        for p, examples in enumerate(periods):
+            start_time = int(examples.timestamp.min())
+            refresh_seconds = 0.0
+            if refresh_every and p > 0 and p % refresh_every == 0:
+                tick = time.perf_counter()
+                last_tower = self._refresh(start_time, p, last_tower)
+                refresh_seconds = time.perf_counter() - tick
+            metrics = self.evaluate(examples) if p > 0 else {}  # prequential: before training on it
             tick = time.perf_counter()
-            last_tower = _refresh(job, start_time, p, last_tower)
-            refresh_seconds = time.perf_counter() - tick
-        metrics = evaluate(job, examples) if p > 0 else {}  # prequential: before training on it
-        tick = time.perf_counter()
-        steps = _train_period(job, examples, p)
-        train_seconds = time.perf_counter() - tick
-        cumulative += refresh_seconds + train_seconds
-        records.append({"period": p, "start_time": start_time, "examples": len(examples), "steps": steps,
-                        "metrics": metrics, "train_seconds": train_seconds, "refresh_seconds": refresh_seconds,
-                        "cumulative_seconds": cumulative})
-        if job.ctx.is_main:
-            scored = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in metrics.items() if "auc" in m)
-            logger.info("period %d/%d: %d examples%s; trained %d steps in %.1f s%s", p + 1, len(periods), len(examples),
-                        f" scored first ({scored})" if scored else "", steps, train_seconds,
-                        f"; refreshed in {refresh_seconds:.1f} s" if refresh_seconds else "")
-    results = {STREAM_SPLIT: mean_over_periods([r["metrics"] for r in records[1:]])}
-    if job.ctx.is_main:
-        summary = {"periods": records, "setup_seconds": setup_seconds, "refresh_every": refresh_every}
-        (job.output_dir / STREAM_FILE).write_text(json.dumps(summary, indent=1))
-    return results
+            steps = self._train_period(examples, p)
+            train_seconds = time.perf_counter() - tick
+            cumulative += refresh_seconds + train_seconds
+            records.append({"period": p, "start_time": start_time, "examples": len(examples), "steps": steps,
+                            "metrics": metrics, "train_seconds": train_seconds, "refresh_seconds": refresh_seconds,
+                            "cumulative_seconds": cumulative})
+            if self.ctx.is_main:
+                scored = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in metrics.items() if "auc" in m)
+                logger.info("period %d/%d: %d examples%s; trained %d steps in %.1f s%s", p + 1, len(periods),
+                            len(examples), f" scored first ({scored})" if scored else "", steps, train_seconds,
+                            f"; refreshed in {refresh_seconds:.1f} s" if refresh_seconds else "")
+        results = {STREAM_SPLIT: mean_over_periods([r["metrics"] for r in records[1:]])}
+        if self.ctx.is_main:
+            summary = {"periods": records, "setup_seconds": setup_seconds, "refresh_every": refresh_every}
+            (self.output_dir / STREAM_FILE).write_text(json.dumps(summary, indent=1))
+        return self.save(results, title=f"{cfg.name}: streaming, mean over periods 2-{cfg.train.periods}")
+
+    def _train_period(self, examples: Interactions, period: int) -> int:
+        """One chronological pass over ``examples``; returns the steps taken. The edge objective
+        (if on) predicts only edges older than the period."""
+        data = self.batches(examples, train=True, links_before=int(examples.timestamp.min()))
+        data.set_epoch(period)
+        loader = make_dataloader(data, self.config.loader.num_workers, pin_memory=self.ctx.device.type == "cuda")
+        iterator, steps = iter(loader), 0
+        while True:
+            try:
+                out = self.pipeline.progress(iterator)
+            except StopIteration:
+                return steps
+            steps += 1
+            check_finite(out, f"period {period}, step {steps}")
+
+    def _refresh(self, cutoff: int, period: int, previous: Path) -> Path:
+        """Two-stage refresh: pre-train again from the tower in ``previous`` on the graph as it
+        stands at ``cutoff``, export, and load the new embeddings into the frozen tower (every
+        rank). Returns the refresh's directory."""
+        directory = self.output_dir / PRETRAIN_DIR / f"refresh_{period:02d}"
+        snapshot = lambda: graph_before(self.dataset, cutoff)  # noqa: E731 - built on rank 0 only
+        directory = self.pretrain(snapshot, directory, initial_tower=previous)
+        unwrap(self.model).model.graph_tower.load_embeddings(load_pretrained(directory))
+        return directory
 
 
 def load_stream(run_dir: Path) -> Dict[str, Any]:

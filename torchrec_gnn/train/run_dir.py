@@ -5,7 +5,7 @@ asked to replace it; a resume continues only the run the directory holds, with t
 (up to :data:`~torchrec_gnn.config.RESUMABLE_FIELDS`), checked before anything is written, so a
 refused resume leaves the finished run exactly as it was. Checkpoints carry the config's
 fingerprint, so a resume from a shared checkpoint directory never loads another run's weights
-(see :func:`torchrec_gnn.recipes.train.resume`).
+(see :meth:`torchrec_gnn.recipes.ranker.RankerRecipe.train`).
 """
 
 from __future__ import annotations
