@@ -12,7 +12,8 @@ import torch
 
 from torchrec_gnn.cli import main as cli_main
 from torchrec_gnn.config import ConfigError, config_to_dict, load_config
-from torchrec_gnn.recipes.compare import VARIANTS, CompareError, main, mean_std
+from torchrec_gnn.recipes.compare import VARIANTS, CompareError, main
+from torchrec_gnn.recipes.report import mean_std
 
 TINY = [
     "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.eval_batch_size=512",

@@ -11,6 +11,7 @@ from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.modules.gnn import GNNConfig
 from torchrec_gnn.modules.inference import full_graph_embeddings
+from torchrec_gnn.recipes.pretrain import LinkPretrainRecipe
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE,
     TOWER_FILE,
@@ -19,7 +20,6 @@ from torchrec_gnn.train.pretrain import (
     hold_out_edges,
     link_batches,
     load_pretrained,
-    pretrain_and_export,
     save_result,
 )
 from torchrec_gnn.typing import EdgeList
@@ -106,7 +106,7 @@ def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Pa
     tower = build_graph_tower(dataset, graph, config, edge_objective=True)
     setup = PretrainSetup(PretrainConfig(epochs=10, patience=3, batch_size=64, lr=0.02),
                           fanouts_by_relation(graph, [5, 5], {}), seed=0, progress=False)
-    result = pretrain_and_export(tower, dataset, graph, setup)
+    result = LinkPretrainRecipe(tower, dataset, graph, setup).run()
     report = result.report
     assert report["relation"] == "user__watches__item" and report["steps"] > 50
     assert report["link_auc"] == max(report["link_auc_by_epoch"]) == report["link_auc_by_epoch"][report["kept_epoch"]]

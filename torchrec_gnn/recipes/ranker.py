@@ -27,11 +27,12 @@ from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.split import graph_before
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.models.builder import build_graph_dlrm, build_graph_tower, tower_node_features
+from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.modules.heads import initial_output_bias
-from torchrec_gnn.recipes.batches import batch_fanouts, batches, configured_fanouts, intra_op_threads, node_degrees, prepare_data
-from torchrec_gnn.train.checkpoint import CheckpointError, CheckpointManager
+from torchrec_gnn.recipes.batches import batch_fanouts, batches, intra_op_threads, node_degrees, prepare_data
+from torchrec_gnn.recipes.pretrain import pretrain_stage, warm_start
+from torchrec_gnn.train.checkpoint import CheckpointManager, resume_latest
 from torchrec_gnn.train.distributed import DistributedContext
 from torchrec_gnn.train.early_stopping import EarlyStopping
 from torchrec_gnn.train.evaluation import evaluate_batches
@@ -40,16 +41,8 @@ from torchrec_gnn.train.metrics import format_table
 from torchrec_gnn.train.monitor import Reporting, TrainingMonitor
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.train.pretrain import (
-    EMBEDDINGS_FILE,
-    PRETRAIN_DIR,
-    TOWER_FILE,
-    PretrainSetup,
-    load_pretrained,
-    pretrain_and_export,
-    save_result,
-)
-from torchrec_gnn.train.sharding import copy_into_sharded, make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap
+from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
+from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -117,7 +110,7 @@ class RankerRecipe:
         if config.model.two_stage:  # DMP built the frozen tables empty on every rank: fill them
             unwrap(self.model).model.graph_tower.load_embeddings(load_pretrained(pretrained))
         elif config.model.warm_start:
-            self._warm_start(pretrained)
+            warm_start(self.model, pretrained, self.ctx)
         # Every head starts from the constant best (mean log1p, log-odds) of the first labels it
         # trains on (streaming: the first period's, never scored), the same on every rank.
         first_labels = self.first_examples().labels
@@ -137,35 +130,8 @@ class RankerRecipe:
 
     def pretrain(self, graph_at_start: Callable[[], HeteroGraph], directory: Path,
                  initial_tower: Optional[Path] = None) -> Path:
-        """Rank 0 pre-trains the GNN tower by link prediction on the graph ``graph_at_start()``
-        builds (called on rank 0 only; from the tower saved in ``initial_tower``, for a refresh)
-        and writes the tower and (two-stage) every user's and item's exported embedding to
-        ``directory`` (kept there, so a resumed run does not redo it). Returns ``directory``
-        once every rank can read it."""
-        config = self.config
-        if self.ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
-            graph = graph_at_start()
-            setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
-                                  num_workers=config.loader.num_workers, device=self.ctx.device,
-                                  export=config.model.two_stage, degree=self.degree)
-            tower = build_graph_tower(self.dataset, graph, config.model, device=self.ctx.device, edge_objective=True,
-                                      history=False)
-            if initial_tower is not None:
-                tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
-            save_result(pretrain_and_export(tower, self.dataset, graph, setup), directory)
-        dist.barrier()
-        return directory
-
-    def _warm_start(self, directory: Path) -> None:
-        """Copy the pre-trained tower (``directory/tower.pt``) into the sharded model's tower:
-        node tables shard by shard, GNN and GFAE wholesale (an edge decoder the model lacks is
-        left out)."""
-        state = load_pretrained(directory, TOWER_FILE)
-        if unwrap(self.model).model.graph_tower.edge_decoder is None:  # pre-training always has one
-            state = {k: v for k, v in state.items() if not k.startswith("encoder.gfae.edge_decoder.")}
-        copy_into_sharded(self.model, state, prefix="model.graph_tower.")
-        if self.ctx.is_main:
-            logger.info("warm start: the tower starts from the pre-trained one in %s (%d tensors)", directory, len(state))
+        """Stage 1 into ``directory`` (see :func:`~torchrec_gnn.recipes.pretrain.pretrain_stage`)."""
+        return pretrain_stage(self.config, self.dataset, graph_at_start, self.ctx, directory, initial_tower, self.degree)
 
     @cached_property
     def full_node_features(self) -> Dict[str, torch.Tensor]:
@@ -211,25 +177,6 @@ class RankerRecipe:
         """(sharded, replicated) objects of a checkpoint."""
         return {"model": self.model, "optimizer": self.optimizer}, {"balancer": self.balancer}
 
-    def _resume(self, manager: CheckpointManager, fingerprint: str) -> Dict[str, Any]:
-        """Load the latest complete checkpoint written by the run whose config has
-        ``fingerprint``; returns its trainer state (``step``, ``epoch``, ``batch_in_epoch`` and,
-        with early stopping, ``early_stopping``)."""
-        latest = manager.latest()
-        if latest is None:
-            raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
-        state = manager.load(latest, *self._state(), expect={"config_fingerprint": fingerprint})
-        if state["world_size"] != self.ctx.world_size and state["batch_in_epoch"] != 0:
-            raise CheckpointError(
-                f"{latest}: saved by {state['world_size']} rank(s) in the middle of epoch {state['epoch']}; the "
-                f"per-rank data position cannot be mapped to {self.ctx.world_size} rank(s). Resume with "
-                f"--nproc_per_node={state['world_size']}, or from a checkpoint at an epoch boundary"
-            )
-        if self.ctx.is_main:
-            logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, state["step"], state["epoch"],
-                        state["batch_in_epoch"])
-        return state
-
     def train(self, resume: bool = False) -> List[Dict[str, Any]]:
         """The loop over ``train.epochs`` (at most ``train.max_steps``), from the latest complete
         checkpoint when ``resume``; returns the logged records (also in ``metrics.jsonl``)."""
@@ -242,7 +189,9 @@ class RankerRecipe:
             total_steps = min(total_steps, cfg.train.max_steps)
         manager = self.checkpoints()
         fingerprint = config_fingerprint(cfg)  # in every checkpoint: a resume loads only this run's
-        position = self._resume(manager, fingerprint) if resume else {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+        position = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+        if resume:
+            position = resume_latest(manager, *self._state(), fingerprint, self.ctx.world_size)
         loop = _Loop(step=int(position["step"]), total_steps=total_steps, fingerprint=fingerprint, manager=manager,
                      best=CheckpointManager(manager.root / "best", keep=1))  # the best validation step's weights
         if cfg.train.early_stopping_patience:

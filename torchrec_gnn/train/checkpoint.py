@@ -156,6 +156,32 @@ class CheckpointManager:
         return trainer_state
 
 
+def resume_latest(manager: CheckpointManager, sharded: Dict[str, Any], replicated: Dict[str, Any],
+                  fingerprint: str, world_size: int) -> Dict[str, Any]:
+    """Load the latest complete checkpoint of ``manager`` written by the run whose config has
+    ``fingerprint`` (collective); returns its trainer state (``step``, ``epoch``,
+    ``batch_in_epoch``, ...).
+
+    Raises:
+        CheckpointError: there is none, it belongs to another run, or it was saved by another
+            number of ranks in the middle of an epoch (the per-rank data position cannot be mapped).
+    """
+    latest = manager.latest()
+    if latest is None:
+        raise CheckpointError(f"--resume: no complete checkpoint in {manager.root}")
+    state = manager.load(latest, sharded, replicated, expect={"config_fingerprint": fingerprint})
+    if state["world_size"] != world_size and state["batch_in_epoch"] != 0:
+        raise CheckpointError(
+            f"{latest}: saved by {state['world_size']} rank(s) in the middle of epoch {state['epoch']}; the "
+            f"per-rank data position cannot be mapped to {world_size} rank(s). Resume with "
+            f"--nproc_per_node={state['world_size']}, or from a checkpoint at an epoch boundary"
+        )
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, state["step"], state["epoch"],
+                    state["batch_in_epoch"])
+    return state
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -1,4 +1,5 @@
-"""Stage 1 of the two-stage baseline (and of warm start): pre-train the GNN on the graph alone.
+"""Stage 1 of the two-stage baseline (and of warm start): the library parts of pre-training the
+GNN on the graph alone (the job itself is :class:`torchrec_gnn.recipes.pretrain.LinkPretrainRecipe`).
 
 What industrial pipelines do before end-to-end training, and what E2E-GRec is compared with:
 
@@ -22,10 +23,8 @@ the losses and the link AUC per epoch.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -34,17 +33,16 @@ import numpy as np
 import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
-from tqdm import tqdm
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation, make_dataloader
+from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
-from torchrec_gnn.models.builder import node_table_name, tower_node_features
+from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
-from torchrec_gnn.typing import EdgeList, EdgeType, NodeType, edge_type_str
+from torchrec_gnn.typing import EdgeList, EdgeType, NodeType
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
@@ -220,88 +218,6 @@ class PretrainResult:
     report: Dict[str, Any]
 
 
-def pretrain_and_export(
-    tower: GNNTower, dataset: GraphRecDataset, graph: HeteroGraph, config: PretrainSetup
-) -> PretrainResult:
-    """Pre-train ``tower`` by link prediction (+ GFAE) on ``graph``, then (with
-    ``config.export``) export by layer-wise full-graph inference over all of ``graph``.
-
-    Args:
-        tower (GNNTower): a freshly initialised tower for ``graph`` with an edge decoder (eager,
-            one process).
-        dataset (GraphRecDataset): node types and side features.
-        graph (HeteroGraph): the training split's graph (the past only).
-        config (PretrainSetup): the stage's settings.
-
-    Returns:
-        PretrainResult: the tower, the embeddings and the report.
-    """
-    cfg, seed = config.pretrain, config.seed
-    start = time.perf_counter()
-    relation = find_link_relation(graph, dataset.user_type, dataset.item_type, cfg.link_relation)
-    message_graph, val_pairs = hold_out_edges(graph, relation, cfg.validation_fraction, seed)
-    train_edges = message_graph.edge_index(relation)
-    if val_pairs.shape[1] < 1 or train_edges.shape[1] < 2:
-        raise ValueError(f"pretrain: relation {relation} has {graph.num_edges(relation)} edges, too few to hold "
-                         f"out {cfg.validation_fraction} of them for the link AUC and learn from the rest")
-    per_batch = cfg.batch_size // 2
-    steps_per_epoch = max(1, int(cfg.supervision_fraction * train_edges.shape[1]) // per_batch)
-    logger.info("pre-training on %s: %d edges to predict (%d per epoch), %d held out for the link AUC",
-                edge_type_str(relation), train_edges.shape[1], steps_per_epoch * per_batch, val_pairs.shape[1])
-    model = LinkPredictionModel(tower, cfg.link_weight, cfg.gfae_weight)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = NeighborSampler(message_graph, config.fanouts)
-    train_data = link_batches(LinkTargets(relation, train_edges, per_batch), sampler, dataset, train=True, seed=seed,
-                              degree=config.degree)
-    val_data = link_batches(LinkTargets(relation, val_pairs, per_batch), sampler, dataset, train=False, seed=seed + 1,
-                            degree=config.degree)
-
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    progress = tqdm(total=total, desc="pre-train", dynamic_ncols=True, disable=not config.progress)
-    step, last, aucs = 0, {}, []
-    best_auc, best_epoch, best_state = -1.0, -1, None
-    model.train()
-    for epoch in range(cfg.epochs):
-        if step >= total:
-            break
-        train_data.set_epoch(epoch)  # a fresh share of the edges and fresh negatives
-        for in_epoch, batch in enumerate(make_dataloader(train_data, config.num_workers)):
-            if step >= total or in_epoch >= steps_per_epoch:
-                break
-            loss, parts = model(batch.to(config.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            last = {"link_loss": float(parts["link"]), "gfae_loss": float(parts["gfae"])}
-            progress.set_postfix(link=f"{last['link_loss']:.4f}", gfae=f"{last['gfae_loss']:.4f}")
-            progress.update(1)
-        aucs.append(_link_auc(model, val_data, config.num_workers, config.device))
-        logger.info("pre-training epoch %d: link AUC %.4f on held-out edges", epoch, aucs[-1])
-        if aucs[-1] > best_auc:
-            best_auc, best_epoch = aucs[-1], epoch
-            best_state = copy.deepcopy(tower.state_dict()) if cfg.patience else None
-        elif cfg.patience and epoch - best_epoch >= cfg.patience:
-            break
-    progress.close()
-    if best_state is not None:
-        tower.load_state_dict(best_state)
-    kept = best_epoch if cfg.patience else len(aucs) - 1
-    pretrain_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    features = tower_node_features(dataset, graph, config.degree)
-    embeddings = export_tower(tower, features, graph, cfg.chunk_size, config.progress) if config.export else {}
-    export_seconds = time.perf_counter() - start
-    report = {"relation": edge_type_str(relation), "steps": step, **last, "link_auc": aucs[kept], "link_auc_by_epoch": aucs,
-              "kept_epoch": kept, "pretrain_seconds": pretrain_seconds, "export_seconds": export_seconds,
-              "exported_nodes": sum(int(e.shape[0]) for e in embeddings.values())}
-    logger.info("pre-training: %d steps, kept epoch %d (link AUC %.4f on %d held-out edges), %.1f s; export %.1f s",
-                step, kept, aucs[kept], val_pairs.shape[1], pretrain_seconds, export_seconds)
-    tower_state = {k: v.detach().cpu().clone() for k, v in tower.state_dict().items()}
-    return PretrainResult(tower_state, embeddings, report)
-
-
 def link_batches(
     links: LinkTargets, sampler: NeighborSampler, dataset: GraphRecDataset, train: bool, seed: int,
     degree: Optional[DegreeFeatures] = None,
@@ -333,7 +249,8 @@ def export_tower(
 
 
 @torch.no_grad()
-def _link_auc(model: LinkPredictionModel, data: GraphBatchDataset, num_workers: int, device: torch.device) -> float:
+def link_auc(model: LinkPredictionModel, data: GraphBatchDataset, num_workers: int, device: torch.device) -> float:
+    """AUC of ``model``'s link scores over every link of ``data`` (eval mode, then back to train)."""
     model.eval()
     scores, labels = [], []
     for batch in make_dataloader(data, num_workers):
