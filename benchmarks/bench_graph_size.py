@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from torchrec_gnn.config import ExperimentConfig, load_config  # noqa: E402
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, find_link_relation  # noqa: E402
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets, find_link_relation  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
@@ -104,9 +104,9 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
     count = steps + 3  # distinct batches at most (cycled when the split has fewer)
 
     def ranker_batches(sampler: NeighborSampler, features) -> list:
-        data = GraphBatchDataset(split.train, sampler, dataset.user_type, dataset.item_type, batch_size,
-                                 graph.node_types, list(dataset.sparse_cardinality), features, shuffle=True,
-                                 drop_last=True)
+        schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types, list(dataset.sparse_cardinality))
+        data = GraphBatchDataset(split.train, GraphBatchBuilder(sampler, schema, node_features=features),
+                                 BatchPlan(batch_size, shuffle=True, drop_last=True))
         return [data[i] for i in range(min(count, len(data)))]
 
     sampled_config = replace(config, gnn=replace(config.gnn, outer_hop="sample"))

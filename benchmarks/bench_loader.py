@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader  # noqa: E402
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, make_dataloader  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler  # noqa: E402
@@ -143,10 +143,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     print(f"data: preset {args.preset!r}, {len(split.train):,} training examples, built in {time.perf_counter() - start:.1f}s")
     print(graph.summary())
     sampler = NeighborSampler(graph, args.fanouts)
-    dataset = GraphBatchDataset(
-        split.train, sampler, data.user_type, data.item_type, args.batch_size, graph.node_types,
-        list(data.sparse_cardinality), node_features=data.node_features, shuffle=True, seed=args.seed,
-    )
+    schema = BatchSchema(data.user_type, data.item_type, graph.node_types, list(data.sparse_cardinality))
+    dataset = GraphBatchDataset(split.train, GraphBatchBuilder(sampler, schema, node_features=data.node_features),
+                                BatchPlan(args.batch_size, shuffle=True, seed=args.seed))
     needed = args.warmup + args.batches
     if len(dataset) < needed:
         raise SystemExit(f"bench_loader: {len(dataset)} batches per epoch, fewer than --warmup + --batches = {needed}")

@@ -32,7 +32,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-from torchrec_gnn.data.loader import GraphBatchDataset, make_dataloader, pad_for_ranks
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -162,11 +162,9 @@ def build_model(kind: str, dataset: GraphRecDataset, graph: HeteroGraph, use_tow
 def batches(examples: Interactions, dataset: GraphRecDataset, graph: HeteroGraph, batch_size: int, train: bool,
             ctx: DistributedContext, seed: int) -> GraphBatchDataset:
     """This rank's batches of ``examples``, each with its sampled subgraph."""
-    return GraphBatchDataset(
-        examples, NeighborSampler(graph, [10, 5]), dataset.user_type, dataset.item_type, batch_size=batch_size,
-        node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality), shuffle=train,
-        drop_last=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
-    )
+    schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types, list(dataset.sparse_cardinality))
+    plan = BatchPlan(batch_size, shuffle=train, drop_last=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
+    return GraphBatchDataset(examples, GraphBatchBuilder(NeighborSampler(graph, [10, 5]), schema), plan)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import torch
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets
 from torchrec_gnn.data.split import TimeSplit, time_split
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.typing import EdgeList
@@ -56,8 +56,13 @@ def make_batches(
     sampler = NeighborSampler(split.graph, list(fanouts))
     links = LinkTargets.from_graph(split.graph, "user", "item", None, links_per_batch) if links_per_batch else None
     dataset = GraphBatchDataset(
-        split.train, sampler, "user", "item", batch_size, split.graph.node_types,
-        ["user_id", "item_id", "genre"], shuffle=True, seed=seed, links=links,
+        split.train,
+        GraphBatchBuilder(
+            sampler,
+            BatchSchema("user", "item", split.graph.node_types, ["user_id", "item_id", "genre"]),
+            links=links,
+        ),
+        BatchPlan(batch_size, shuffle=True, seed=seed),
     )
     return [dataset[i] for i in range(len(dataset))]
 

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_log_dataset
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -37,10 +37,10 @@ def with_row_ids(examples: Interactions) -> Interactions:
 def make_dataset(split: TimeSplit, batch_size: int = 64, fanouts=(5, 3), sparse_names: Sequence[str] = (*SPARSE, "row"),
                  **kwargs) -> GraphBatchDataset:
     sampler = NeighborSampler(split.graph, fanouts if isinstance(fanouts, dict) else list(fanouts))
-    return GraphBatchDataset(
-        with_row_ids(split.train), sampler, "user", "item", batch_size, split.graph.node_types,
-        list(sparse_names), **kwargs,
-    )
+    built = {k: kwargs.pop(k) for k in ("node_features", "degree", "links") if k in kwargs}  # the rest is the plan's
+    schema = BatchSchema("user", "item", split.graph.node_types, list(sparse_names))
+    return GraphBatchDataset(with_row_ids(split.train), GraphBatchBuilder(sampler, schema, **built),
+                             BatchPlan(batch_size, **kwargs))
 
 
 def rows_of(batch: GraphBatch) -> torch.Tensor:
@@ -179,7 +179,11 @@ def test_same_user_and_item_type_share_one_seed_block() -> None:
                             labels=torch.ones(n, 1), dense=torch.zeros(n, 1))
     graph = HeteroGraph.from_edges({"user": 6}, {("user", "friend", "user"): EdgeList(src=user, dst=item)},
                                    add_reverse=True)
-    ds = GraphBatchDataset(examples, NeighborSampler(graph, [2]), "user", "user", 5, ["user"], [])
+    ds = GraphBatchDataset(
+        examples,
+        GraphBatchBuilder(NeighborSampler(graph, [2]), BatchSchema("user", "user", ["user"], [])),
+        BatchPlan(5),
+    )
     b = ds[0]
     ids = b.node_ids["user"].values()
     assert b.num_sampled_nodes["user"][0] == len(unique_in_order(torch.cat([user, item])))
@@ -194,7 +198,11 @@ def test_same_type_links_ride_along_after_the_examples() -> None:
     friend = ("user", "friend", "user")
     graph = HeteroGraph.from_edges({"user": 6}, {friend: EdgeList(src=user, dst=item)}, add_reverse=True)
     links = LinkTargets(friend, torch.tensor([[2], [0]]), per_batch=1)
-    b = GraphBatchDataset(examples, NeighborSampler(graph, [-1]), "user", "user", 4, ["user"], [], links=links)[0]
+    b = GraphBatchDataset(
+        examples,
+        GraphBatchBuilder(NeighborSampler(graph, [-1]), BatchSchema("user", "user", ["user"], []), links=links),
+        BatchPlan(4),
+    )[0]
     ids = b.node_ids["user"].values()
     assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
     assert ids[b.link_index[:, 0]].tolist() == [2, 0] and b.link_label.tolist() == [1.0, 0.0]
@@ -205,8 +213,15 @@ def test_same_type_links_ride_along_after_the_examples() -> None:
 def test_links_ride_along_the_example_batches(tiny_split) -> None:
     links = LinkTargets.from_graph(tiny_split.graph, "user", "item", None, per_batch=20, neg_ratio=1.0)
     assert links.edge_type == ("user", "watches", "item")
-    data = GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
-                             tiny_split.graph.node_types, SPARSE, shuffle=True, links=links)
+    data = GraphBatchDataset(
+        tiny_split.train,
+        GraphBatchBuilder(
+            NeighborSampler(tiny_split.graph, [5, 3]),
+            BatchSchema("user", "item", tiny_split.graph.node_types, SPARSE),
+            links=links,
+        ),
+        BatchPlan(64, shuffle=True),
+    )
     drawn = []
     for i in range(len(data)):
         b = data[i]
@@ -221,11 +236,24 @@ def test_links_ride_along_the_example_batches(tiny_split) -> None:
     assert set(drawn) <= every and len(set(drawn)) == min(len(drawn), len(every))
     data.set_epoch(1)
     assert not torch.equal(data[0].link_index, GraphBatchDataset(
-        tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
-        tiny_split.graph.node_types, SPARSE, shuffle=True, links=links)[0].link_index)
+        tiny_split.train,
+        GraphBatchBuilder(
+            NeighborSampler(tiny_split.graph, [5, 3]),
+            BatchSchema("user", "item", tiny_split.graph.node_types, SPARSE),
+            links=links,
+        ),
+        BatchPlan(64, shuffle=True),
+    )[0].link_index)
     with pytest.raises(ValueError, match="must go from the user type"):
-        GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5]), "item", "user", 64,
-                          tiny_split.graph.node_types, SPARSE, links=links)
+        GraphBatchDataset(
+            tiny_split.train,
+            GraphBatchBuilder(
+                NeighborSampler(tiny_split.graph, [5]),
+                BatchSchema("item", "user", tiny_split.graph.node_types, SPARSE),
+                links=links,
+            ),
+            BatchPlan(64),
+        )
 
 
 # ---------------------------------------------------------------------- determinism
@@ -308,8 +336,14 @@ def test_constructor_errors_name_the_problem(tiny_split) -> None:
     with pytest.raises(ValueError, match=r"rank 2 outside world_size 2"):
         make_dataset(tiny_split, rank=2, world_size=2)
     with pytest.raises(ValueError, match=r"node_types \['user', 'genre'\] must list every node type of the graph once"):
-        GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [2]), "user", "item", 8,
-                          ["user", "genre"], [])
+        GraphBatchDataset(
+            tiny_split.train,
+            GraphBatchBuilder(
+                NeighborSampler(tiny_split.graph, [2]),
+                BatchSchema("user", "item", ["user", "genre"], []),
+            ),
+            BatchPlan(8),
+        )
     dataset = make_dataset(tiny_split, batch_size=100)
     with pytest.raises(IndexError, match=r"batch 4 outside \[0, 4\)"):
         dataset[4]
@@ -330,8 +364,11 @@ def temporal_setup(batch_size: int = 64):
             return self.last
 
     sampler = RecordingSampler(graph, fanouts, temporal=True)
-    dataset = GraphBatchDataset(with_row_ids(ds.examples), sampler, "user", "item", batch_size,
-                                graph.node_types, ["row"], shuffle=True, seed=5)
+    dataset = GraphBatchDataset(
+        with_row_ids(ds.examples),
+        GraphBatchBuilder(sampler, BatchSchema("user", "item", graph.node_types, ["row"])),
+        BatchPlan(batch_size, shuffle=True, seed=5),
+    )
     return graph, sampler, dataset
 
 
@@ -422,8 +459,16 @@ def test_degree_columns_count_only_edges_older_than_the_batch() -> None:
     ds = tiny_log_dataset()
     side = {"item": torch.randn(graph.num_nodes["item"], 2, generator=torch.Generator().manual_seed(0))}
     degrees = DegreeFeatures.fit(graph, before=2_000)
-    data = GraphBatchDataset(with_row_ids(ds.examples), sampler, "user", "item", 64, graph.node_types, ["row"],
-                             node_features=side, degree=degrees, shuffle=True, seed=5)
+    data = GraphBatchDataset(
+        with_row_ids(ds.examples),
+        GraphBatchBuilder(
+            sampler,
+            BatchSchema("user", "item", graph.node_types, ["row"]),
+            node_features=side,
+            degree=degrees,
+        ),
+        BatchPlan(64, shuffle=True, seed=5),
+    )
     checked = 0
     for i in range(len(data)):
         batch = data[i]

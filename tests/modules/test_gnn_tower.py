@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_log_dataset
-from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.models.graph_dlrm import RankerConfig
@@ -87,8 +87,14 @@ def test_each_example_gets_its_own_rows_wherever_it_sits_in_the_batch(tiny_split
 
     def one_batch(examples):
         sampler = NeighborSampler(tiny_split.graph, [-1, -1])
-        return GraphBatchDataset(examples, sampler, "user", "item", len(examples), tiny_split.graph.node_types,
-                                 ["user_id", "item_id", "genre"])[0]
+        return GraphBatchDataset(
+            examples,
+            GraphBatchBuilder(
+                sampler,
+                BatchSchema("user", "item", tiny_split.graph.node_types, ["user_id", "item_id", "genre"]),
+            ),
+            BatchPlan(len(examples)),
+        )[0]
 
     batch, flipped = one_batch(train), one_batch(train.subset(torch.arange(len(train)).flip(0)))
     assert not torch.equal(batch.user_index, flipped.user_index.flip(0))  # different local rows
@@ -184,8 +190,15 @@ def test_side_features_join_the_id_rows_and_are_the_gfae_targets(tiny_split) -> 
     torch.manual_seed(0)
     tower = build_graph_tower(dataset, tiny_split.graph, CONFIG)
     assert tower.encoder.gfae.target_channels == {"user": 8, "item": 3}
-    batch = GraphBatchDataset(tiny_split.train, NeighborSampler(tiny_split.graph, [5, 3]), "user", "item", 64,
-                              tiny_split.graph.node_types, ["user_id", "item_id", "genre"], node_features=features)[0]
+    batch = GraphBatchDataset(
+        tiny_split.train,
+        GraphBatchBuilder(
+            NeighborSampler(tiny_split.graph, [5, 3]),
+            BatchSchema("user", "item", tiny_split.graph.node_types, ["user_id", "item_id", "genre"]),
+            node_features=features,
+        ),
+        BatchPlan(64),
+    )[0]
     x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
     inputs = tower.encoder.input_features(x_dict, batch.node_features)
     projection = tower.encoder.feature_projection["item"]

@@ -305,15 +305,21 @@ def _graph(run: Path):
 def test_scoring_groups_gauc_by_global_user_ids(tiny_split) -> None:
     """The recipe's scoring path groups GAUC by each example's global user id, across batches
     whose local rows mean different users."""
-    from torchrec_gnn.data.loader import GraphBatchDataset
+    from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset
     from torchrec_gnn.data.dataset import TaskSpec
     from torchrec_gnn.graph.sampler import NeighborSampler
     from torchrec_gnn.train.evaluation import score_batch
     from torchrec_gnn.train.metrics import MultiTaskEvaluator, group_auc
 
     examples = tiny_split.train
-    data = GraphBatchDataset(examples, NeighborSampler(tiny_split.graph, [2, 2]), "user", "item", 40,
-                             tiny_split.graph.node_types, ["user_id", "item_id", "genre"])
+    data = GraphBatchDataset(
+        examples,
+        GraphBatchBuilder(
+            NeighborSampler(tiny_split.graph, [2, 2]),
+            BatchSchema("user", "item", tiny_split.graph.node_types, ["user_id", "item_id", "genre"]),
+        ),
+        BatchPlan(40),
+    )
     tasks = [TaskSpec("click", "binary"), TaskSpec("stay", "regression")]
     evaluator = MultiTaskEvaluator(tasks)
     scores = torch.randn(len(examples), 2, generator=torch.Generator().manual_seed(0))

@@ -13,8 +13,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest in ranks
 from conftest import tiny_log_dataset  # noqa: E402
-
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets  # noqa: E402
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets  # noqa: E402
 from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler  # noqa: E402
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm  # noqa: E402
@@ -50,9 +49,13 @@ def _train_two_ranks(rank: int, world_size: int, sharding_type: str, edge_object
         pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, dense_lr=1e-2), balancer, torch.device("cpu"))
         # Each rank reads its own shard of the examples (different data on each rank).
         batches = GraphBatchDataset(
-            split.train, NeighborSampler(split.graph, [5, 3]), "user", "item", 32, split.graph.node_types,
-            ["user_id", "item_id", "genre"], shuffle=True, drop_last=True, rank=rank, world_size=world_size,
-            links=LinkTargets.from_graph(split.graph, "user", "item", None, per_batch=16) if edge_objective else None,
+            split.train,
+            GraphBatchBuilder(
+                NeighborSampler(split.graph, [5, 3]),
+                BatchSchema("user", "item", split.graph.node_types, ["user_id", "item_id", "genre"]),
+                links=LinkTargets.from_graph(split.graph, "user", "item", None, per_batch=16) if edge_objective else None,
+            ),
+            BatchPlan(32, shuffle=True, drop_last=True, rank=rank, world_size=world_size),
         )
         epochs = []
         for epoch in range(EPOCHS):
@@ -123,9 +126,12 @@ def _losses_over_global_batches(rank: int, world_size: int, out_file: str) -> No
         pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, sharding.dense_lr), FixedWeights(len(model.loss_names)),
                                         torch.device("cpu"))
         batches = GraphBatchDataset(
-            split.train, NeighborSampler(split.graph, [-1, -1]), "user", "item", GLOBAL_BATCH // world_size,
-            split.graph.node_types, ["user_id", "item_id", "genre"], shuffle=True, drop_last=True,
-            rank=rank, world_size=world_size,
+            split.train,
+            GraphBatchBuilder(
+                NeighborSampler(split.graph, [-1, -1]),
+                BatchSchema("user", "item", split.graph.node_types, ["user_id", "item_id", "genre"]),
+            ),
+            BatchPlan(GLOBAL_BATCH // world_size, shuffle=True, drop_last=True, rank=rank, world_size=world_size),
         )
         iterator = iter([batches[i] for i in range(COMPARE_STEPS)])
         losses = torch.stack([pipeline.progress(iterator).losses for _ in range(COMPARE_STEPS)])  # (S, T): no tower loss

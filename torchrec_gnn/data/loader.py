@@ -98,159 +98,119 @@ class LinkTargets:
         return int(self.edges.shape[1])
 
 
-class GraphBatchDataset(Dataset):
-    """Map-style dataset whose item ``i`` is the ``i``-th :class:`GraphBatch` of this rank.
+@dataclass(frozen=True)
+class BatchSchema:
+    """What every GraphBatch of a job holds, in the order the model expects.
 
     Args:
-        examples (Interactions): the examples to serve (one split).
-        sampler (NeighborSampler): samples each batch's subgraph.
-        user_type (str): node type of ``examples.user``.
-        item_type (str): node type of ``examples.item``.
-        batch_size (int): B, examples per batch.
-        node_types (Sequence[str]): keys of ``node_ids``, in the order the node tables expect
-            (every type, even when a batch samples none of it).
+        user_type (str): node type of the examples' users.
+        item_type (str): node type of the examples' items.
+        node_types (Sequence[str]): keys of ``node_ids``, in the order of the node tables
+            (every type of the graph, even when a batch samples none of it).
         sparse_names (Sequence[str]): keys of ``sparse_features``, in ranker order.
-        node_features (Dict[str, Tensor]): optional (num_nodes[t], F_t) side features to
-            gather for the sampled nodes.
-        shuffle (bool): reshuffle every epoch (see :meth:`set_epoch`). Default False.
+    """
+
+    user_type: NodeType
+    item_type: NodeType
+    node_types: Sequence[NodeType]
+    sparse_names: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which examples make batch ``i`` of this rank in an epoch: the batch-index sampler of
+    :class:`GraphBatchDataset` (as ``DistributedSampler`` is for a map-style dataset).
+
+    Args:
+        batch_size (int): B, examples per batch.
+        shuffle (bool): reshuffle every epoch (``GraphBatchDataset.set_epoch``). Default False.
         batch_by_time (bool): with ``shuffle``, each batch keeps consecutive examples (give them in
             time order) and the shuffle permutes whole batches, so a batch spans a short time and
             temporal sampling (the graph before its earliest example) loses little. Default False.
-        degree (DegreeFeatures, optional): append each sampled node's degree columns to its
-            side features (:mod:`torchrec_gnn.graph.degree`), counted before the batch's time
-            under temporal sampling. Default None (no degree columns).
         drop_last (bool): drop the last partial batch. Default False.
         seed (int): seed of the shuffling and of the sampler's random draws. Default 0.
         rank (int): this process's rank; batches ``rank, rank + world_size, ...`` are its own.
         world_size (int): number of ranks. Every rank gets the same number of batches (up to
             ``world_size - 1`` trailing batches are left out), so collectives never hang.
-        links (LinkTargets, optional): edges each batch also predicts (the edge objective, or
-            link-prediction pre-training). With no examples at all, the links alone make the
-            batches (``per_batch`` each).
     """
 
-    def __init__(
-        self,
-        examples: Interactions,
-        sampler: NeighborSampler,
-        user_type: NodeType,
-        item_type: NodeType,
-        batch_size: int,
-        node_types: Sequence[NodeType],
-        sparse_names: Sequence[str],
-        node_features: Optional[Dict[NodeType, torch.Tensor]] = None,
-        shuffle: bool = False,
-        batch_by_time: bool = False,
-        degree: Optional[DegreeFeatures] = None,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        links: Optional[LinkTargets] = None,
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"GraphBatchDataset: batch_size must be positive, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"GraphBatchDataset: rank {rank} outside world_size {world_size}")
-        missing = [name for name in sparse_names if name not in examples.sparse]
-        if missing:
-            raise ValueError(
-                f"GraphBatchDataset: sparse features {missing} are not in the examples "
-                f"(have {sorted(examples.sparse)})"
-            )
-        graph_types = list(sampler.graph.node_types)
-        if sorted(node_types) != sorted(graph_types) or len(set(node_types)) != len(node_types):
-            raise ValueError(
-                f"GraphBatchDataset: node_types {list(node_types)} must list every node type of the graph "
-                f"once, in the order of the node tables; the graph has {graph_types}"
-            )
-        for t in (user_type, item_type):
-            if t not in node_types:
-                raise ValueError(f"GraphBatchDataset: node type {t!r} is not in node_types {list(node_types)}")
-        if links is not None and (links.edge_type[0], links.edge_type[2]) != (user_type, item_type):
-            raise ValueError(f"GraphBatchDataset: links of {links.edge_type} must go from the user type "
-                             f"{user_type!r} to the item type {item_type!r}")
-        self.examples = examples
-        self.sampler = sampler
-        self.user_type, self.item_type = user_type, item_type
-        self.batch_size = batch_size
-        self.node_types = list(node_types)
-        self.sparse_names = list(sparse_names)
-        self.node_features = dict(node_features or {})
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.batch_by_time, self.degree = batch_by_time, degree
-        self.rank, self.world_size = rank, world_size
-        self.links = links
-        self.epoch = 0
-        self._order: Optional[torch.Tensor] = None
-        self._link_order: Optional[torch.Tensor] = None
-        count, size, what = len(examples), batch_size, "examples"
-        if count == 0 and links is not None:
-            count, size, what = links.num_edges, links.per_batch, "links"
-        total = count // size if drop_last else -(-count // size)
-        self.num_batches = total // world_size
-        if self.num_batches == 0:
+    batch_size: int
+    shuffle: bool = False
+    batch_by_time: bool = False
+    drop_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"GraphBatchDataset: batch_size must be positive, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"GraphBatchDataset: rank {self.rank} outside world_size {self.world_size}")
+
+    def num_batches(self, count: int, size: int, what: str) -> int:
+        """Batches per rank for ``count`` items (``what``) in batches of ``size``."""
+        total = count // size if self.drop_last else -(-count // size)
+        if total // self.world_size == 0:
             raise ValueError(
                 f"GraphBatchDataset: {count} {what} make {total} batches of {size}, "
-                f"fewer than world_size={world_size} ranks; lower the batch size or add data"
+                f"fewer than world_size={self.world_size} ranks; lower the batch size or add data"
             )
+        return total // self.world_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler)."""
-        self.epoch = epoch
-        self._order = None
-        self._link_order = None
+    def order(self, count: int, epoch: int) -> torch.Tensor:
+        """(count,) the example order of ``epoch``."""
+        generator = _generator(self.seed, epoch)
+        if not self.shuffle:
+            return torch.arange(count)
+        if self.batch_by_time:  # whole batches of consecutive examples in shuffled order, a short one last
+            full = count // self.batch_size
+            blocks = torch.randperm(full, generator=generator)[:, None] * self.batch_size + torch.arange(self.batch_size)
+            return torch.cat([blocks.flatten(), torch.arange(full * self.batch_size, count)])
+        return torch.randperm(count, generator=generator)
 
-    def __len__(self) -> int:
-        return self.num_batches
 
-    def _example_order(self) -> torch.Tensor:
-        if self._order is None:
-            n, generator = len(self.examples), _generator(self.seed, self.epoch)
-            if not self.shuffle:
-                self._order = torch.arange(n)
-            elif self.batch_by_time:  # whole batches of consecutive examples in shuffled order, a short one last
-                full = n // self.batch_size
-                blocks = torch.randperm(full, generator=generator)[:, None] * self.batch_size + torch.arange(self.batch_size)
-                self._order = torch.cat([blocks.flatten(), torch.arange(full * self.batch_size, n)])
-            else:
-                self._order = torch.randperm(n, generator=generator)
-        return self._order
+class GraphBatchBuilder:
+    """The collator: samples one batch's subgraph and assembles its :class:`GraphBatch` (what
+    PyG's ``NodeLoader`` does with a sampler's output).
 
-    def _batch_links(self, global_index: int) -> Optional[torch.Tensor]:
-        """(2, P) global ``[user; item]`` links of batch ``global_index`` (None without links)."""
-        if self.links is None:
-            return None
-        count = self.links.num_edges
-        if self._link_order is None:
-            shuffled = self.shuffle or len(self.examples) > 0  # links ride along shuffled example batches
-            generator = _generator(self.seed, self.epoch, 2)
-            self._link_order = torch.randperm(count, generator=generator) if shuffled else torch.arange(count)
-        start = global_index * self.links.per_batch
-        end = start + self.links.per_batch
-        if len(self.examples) == 0:  # the links make the batches: the last one ends with them
-            end = min(end, count)
-        return self.links.edges[:, self._link_order[torch.arange(start, end) % count]]
+    Args:
+        sampler (NeighborSampler): samples each batch's subgraph.
+        schema (BatchSchema): node and feature keys of the batches.
+        node_features (Dict[str, Tensor], optional): (num_nodes[t], F_t) side features to
+            gather for the sampled nodes.
+        degree (DegreeFeatures, optional): append each sampled node's degree columns to its
+            side features (:mod:`torchrec_gnn.graph.degree`), counted before the batch's time
+            under temporal sampling.
+        links (LinkTargets, optional): the relation (and negatives per link) of the links a
+            batch also predicts (the edge objective, or link-prediction pre-training).
+    """
 
-    def __getitem__(self, index: int) -> GraphBatch:
-        if not 0 <= index < self.num_batches:
-            raise IndexError(f"GraphBatchDataset: batch {index} outside [0, {self.num_batches})")
-        global_index = index * self.world_size + self.rank
-        rows = self._example_order()[global_index * self.batch_size : (global_index + 1) * self.batch_size]
-        generator = _generator(self.seed, self.epoch, global_index, 1)
-        return self.build_batch(self.examples.subset(rows), generator, self._batch_links(global_index))
+    def __init__(self, sampler: NeighborSampler, schema: BatchSchema,
+                 node_features: Optional[Dict[NodeType, torch.Tensor]] = None, degree: Optional[DegreeFeatures] = None,
+                 links: Optional[LinkTargets] = None) -> None:
+        graph_types = list(sampler.graph.node_types)
+        if sorted(schema.node_types) != sorted(graph_types) or len(set(schema.node_types)) != len(schema.node_types):
+            raise ValueError(
+                f"GraphBatchDataset: node_types {list(schema.node_types)} must list every node type of the graph "
+                f"once, in the order of the node tables; the graph has {graph_types}"
+            )
+        for t in (schema.user_type, schema.item_type):
+            if t not in schema.node_types:
+                raise ValueError(f"GraphBatchDataset: node type {t!r} is not in node_types {list(schema.node_types)}")
+        if links is not None and (links.edge_type[0], links.edge_type[2]) != (schema.user_type, schema.item_type):
+            raise ValueError(f"GraphBatchDataset: links of {links.edge_type} must go from the user type "
+                             f"{schema.user_type!r} to the item type {schema.item_type!r}")
+        self.sampler, self.schema, self.degree, self.links = sampler, schema, degree, links
+        self.node_features = dict(node_features or {})
 
-    def build_batch(
-        self, ex: Interactions, generator: torch.Generator, links: Optional[torch.Tensor] = None
-    ) -> GraphBatch:
+    def __call__(self, ex: Interactions, generator: torch.Generator, links: Optional[torch.Tensor] = None) -> GraphBatch:
         """Sample the subgraph of the examples ``ex`` (and of the (2, P) ``links``, held out of
         it) and assemble their :class:`GraphBatch`."""
-        b = len(ex)
-        same_type = self.user_type == self.item_type
-        if same_type:
-            seeds = {self.user_type: torch.cat([ex.user, ex.item])}
-        else:
-            seeds = {self.user_type: ex.user, self.item_type: ex.item}
+        schema, b = self.schema, len(ex)
+        user_type, item_type = schema.user_type, schema.item_type
+        same_type = user_type == item_type
+        seeds = {user_type: torch.cat([ex.user, ex.item])} if same_type else {user_type: ex.user, item_type: ex.item}
         seed_time = link_time = earliest = None
         if self.sampler.temporal:
             # One subgraph serves the whole batch and a GNN mixes it across examples, so every
@@ -271,17 +231,15 @@ class GraphBatchDataset(Dataset):
                 )
                 out, link_index, link_label = sampled.subgraph, sampled.edge_label_index, sampled.edge_label
         if same_type:
-            user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.user_type][b : 2 * b]
+            user_index, item_index = out.seed_index[user_type][:b], out.seed_index[user_type][b : 2 * b]
         else:
-            user_index, item_index = out.seed_index[self.user_type][:b], out.seed_index[self.item_type][:b]
-
+            user_index, item_index = out.seed_index[user_type][:b], out.seed_index[item_type][:b]
         empty = torch.empty(0, dtype=torch.int64)
-        nodes = [out.node.get(t, empty) for t in self.node_types]
-        node_ids = node_id_bags(self.node_types, nodes)
+        sparse_names = list(schema.sparse_names)
         sparse_features = KeyedJaggedTensor(
-            keys=self.sparse_names,
-            values=torch.cat([ex.sparse[k] for k in self.sparse_names]) if self.sparse_names else empty,
-            lengths=torch.ones(len(self.sparse_names) * b, dtype=torch.int32),
+            keys=sparse_names,
+            values=torch.cat([ex.sparse[k] for k in sparse_names]) if sparse_names else empty,
+            lengths=torch.ones(len(sparse_names) * b, dtype=torch.int32),
             stride=b,
         )
         missing = torch.isnan(ex.labels)
@@ -291,17 +249,16 @@ class GraphBatchDataset(Dataset):
             sparse_features=sparse_features,
             labels=ex.labels.masked_fill(missing, 0.0),
             label_mask=~missing,
-            node_ids=node_ids,
+            node_ids=node_id_bags(schema.node_types, [out.node.get(t, empty) for t in schema.node_types]),
             edge_index=out.edge_index_dict,
             user_index=user_index,
             item_index=item_index,
-            num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in self.node_types},
+            num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in schema.node_types},
             num_sampled_edges={et: list(c) for et, c in out.num_sampled_edges.items()},
             node_features=self._node_features(out.node, earliest),
             link_index=link_index,
             link_label=link_label,
         )
-
 
     def _node_features(self, nodes: Dict[NodeType, torch.Tensor], before: Optional[int]) -> Dict[NodeType, torch.Tensor]:
         """(N_t, F_t [+ R_t]) side features of the sampled ``nodes``, with their degree columns
@@ -313,6 +270,85 @@ class GraphBatchDataset(Dataset):
                 columns = self.degree(self.sampler.graph, t, nodes.get(t, empty), before)
                 features[t] = torch.cat([features[t], columns], dim=1) if t in features else columns
         return features
+
+
+class GraphBatchDataset(Dataset):
+    """Map-style dataset whose item ``i`` is the ``i``-th :class:`GraphBatch` of this rank:
+    the ``plan`` picks the batch's examples (and links), the ``builder`` samples and assembles it.
+
+    Args:
+        examples (Interactions): the examples to serve (one split).
+        builder (GraphBatchBuilder): samples and assembles a batch; with ``builder.links`` and no
+            examples at all, the links alone make the batches (``per_batch`` each).
+        plan (BatchPlan): batch size, shuffling, ranks.
+
+    Example::
+
+        schema = BatchSchema("user", "video", graph.node_types, ["user_id", "video_id"])
+        data = GraphBatchDataset(split.train, GraphBatchBuilder(NeighborSampler(graph, [10, 5]), schema),
+                                 BatchPlan(batch_size=1024, shuffle=True))
+        for batch in make_dataloader(data, num_workers=2): ...
+    """
+
+    def __init__(self, examples: Interactions, builder: GraphBatchBuilder, plan: BatchPlan) -> None:
+        missing = [name for name in builder.schema.sparse_names if name not in examples.sparse]
+        if missing:
+            raise ValueError(
+                f"GraphBatchDataset: sparse features {missing} are not in the examples "
+                f"(have {sorted(examples.sparse)})"
+            )
+        self.examples, self.builder, self.plan = examples, builder, plan
+        self.links = builder.links
+        self.epoch = 0
+        self._order: Optional[torch.Tensor] = None
+        self._link_order: Optional[torch.Tensor] = None
+        if len(examples) == 0 and self.links is not None:
+            self.num_batches = plan.num_batches(self.links.num_edges, self.links.per_batch, "links")
+        else:
+            self.num_batches = plan.num_batches(len(examples), plan.batch_size, "examples")
+
+    @property
+    def sampler(self) -> NeighborSampler:
+        return self.builder.sampler
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (call before iterating, as with DistributedSampler)."""
+        self.epoch = epoch
+        self._order = None
+        self._link_order = None
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _batch_links(self, global_index: int) -> Optional[torch.Tensor]:
+        """(2, P) global ``[user; item]`` links of batch ``global_index`` (None without links)."""
+        if self.links is None:
+            return None
+        count = self.links.num_edges
+        if self._link_order is None:
+            shuffled = self.plan.shuffle or len(self.examples) > 0  # links ride along shuffled example batches
+            generator = _generator(self.plan.seed, self.epoch, 2)
+            self._link_order = torch.randperm(count, generator=generator) if shuffled else torch.arange(count)
+        start = global_index * self.links.per_batch
+        end = start + self.links.per_batch
+        if len(self.examples) == 0:  # the links make the batches: the last one ends with them
+            end = min(end, count)
+        return self.links.edges[:, self._link_order[torch.arange(start, end) % count]]
+
+    def __getitem__(self, index: int) -> GraphBatch:
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"GraphBatchDataset: batch {index} outside [0, {self.num_batches})")
+        plan = self.plan
+        global_index = index * plan.world_size + plan.rank
+        if self._order is None:
+            self._order = plan.order(len(self.examples), self.epoch)
+        rows = self._order[global_index * plan.batch_size : (global_index + 1) * plan.batch_size]
+        generator = _generator(plan.seed, self.epoch, global_index, 1)
+        return self.builder(self.examples.subset(rows), generator, self._batch_links(global_index))
 
 
 def pad_for_ranks(examples: Interactions, batch_size: int, world_size: int) -> Interactions:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from torchrec_gnn.config import ExperimentConfig
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import TimeSplit, streaming_graph, time_split
 from torchrec_gnn.graph.degree import DegreeFeatures
@@ -76,15 +76,14 @@ def batches(
     if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
         links = LinkTargets.from_graph(graph, dataset.user_type, dataset.item_type, model.gfae.edge_relation,
                                        model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio, links_before)
-    return GraphBatchDataset(
-        examples, sampler, dataset.user_type, dataset.item_type,
-        batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
-        node_types=graph.node_types, sparse_names=list(dataset.sparse_cardinality),
-        node_features=dataset.node_features if end_to_end else None,
-        shuffle=train and config.train.protocol == "static", batch_by_time=config.fresh_graph,
-        degree=degree if end_to_end else None, drop_last=train, seed=config.train.seed,
-        rank=ctx.rank if ctx else 0, world_size=ctx.world_size if ctx else 1, links=links,
-    )
+    schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types, list(dataset.sparse_cardinality))
+    builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features if end_to_end else None,
+                                degree=degree if end_to_end else None, links=links)
+    plan = BatchPlan(batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
+                     shuffle=train and config.train.protocol == "static", batch_by_time=config.fresh_graph,
+                     drop_last=train, seed=config.train.seed, rank=ctx.rank if ctx else 0,
+                     world_size=ctx.world_size if ctx else 1)
+    return GraphBatchDataset(examples, builder, plan)
 
 
 def intra_op_threads(config: ExperimentConfig, ctx: DistributedContext) -> int:

@@ -36,7 +36,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import GraphBatchDataset, LinkTargets, make_dataloader
+from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
@@ -228,11 +228,9 @@ def link_batches(
         user=torch.empty(0, dtype=torch.int64), item=torch.empty(0, dtype=torch.int64),
         timestamp=torch.empty(0, dtype=torch.int64), labels=torch.empty(0, 0), dense=torch.empty(0, 0),
     )
-    return GraphBatchDataset(
-        no_examples, sampler, dataset.user_type, dataset.item_type, batch_size=1,
-        node_types=sampler.graph.node_types, sparse_names=[], node_features=dataset.node_features,
-        shuffle=train, degree=degree, drop_last=train, seed=seed, links=links,
-    )
+    schema = BatchSchema(dataset.user_type, dataset.item_type, sampler.graph.node_types)
+    builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features, degree=degree, links=links)
+    return GraphBatchDataset(no_examples, builder, BatchPlan(batch_size=1, shuffle=train, drop_last=train, seed=seed))
 
 
 @torch.no_grad()
