@@ -39,7 +39,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
 from torchrec_gnn.modules.fusion import ConcatFusionArch, InputFusionArch
-from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
+from torchrec_gnn.modules.gnn import GNNConfig, HeteroSAGE
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 from torchrec_gnn.modules.heads import TaskHeadsArch, initial_output_bias
 from torchrec_gnn.train.evaluation import evaluate_batches
@@ -136,7 +136,7 @@ def graph_tower(dataset: GraphRecDataset, graph: HeteroGraph) -> GNNTower:
                 for t, n in graph.num_nodes.items()],
         device=torch.device("meta"),
     )
-    gnn = HeteroGNN(graph.node_types, graph.edge_types, D, GNNConfig(hidden_channels=32),
+    gnn = HeteroSAGE(graph.node_types, graph.edge_types, D, GNNConfig(hidden_channels=32),
                     out_node_types=[dataset.user_type, dataset.item_type])
     return GNNTower(node_tables, GraphEncoder(gnn, dataset.user_type, dataset.item_type))
 

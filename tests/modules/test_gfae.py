@@ -43,7 +43,7 @@ def test_loss_falls_when_features_are_predictable_from_neighbours() -> None:
     dst = torch.arange(n_user).repeat_interleave(4)
     user_x = torch.zeros(n_user, d).index_add_(0, dst, item_x[src]) / 4
     edges = {EDGE_TYPES[1]: torch.stack([src, dst]), EDGE_TYPES[0]: torch.stack([dst, src])}
-    gnn = HeteroGNN(["user", "item"], EDGE_TYPES, d, GNNConfig(hidden_channels=32, num_layers=1, dropout=0.0, trim=False))
+    gnn = HeteroGNN.from_config(["user", "item"], EDGE_TYPES, d, GNNConfig(hidden_channels=32, num_layers=1, dropout=0.0, trim=False))
     gfae = GFAE(d, 32, {"user": d}, GFAEConfig(mask_rate=0.5))
     optimizer = torch.optim.Adam([*gnn.parameters(), *gfae.parameters()], lr=1e-2)
     x = {"user": user_x, "item": item_x}

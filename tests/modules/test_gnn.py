@@ -2,11 +2,11 @@ from typing import Dict
 
 import pytest
 import torch
-from torch_geometric.nn import HeteroConv
 
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
-from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, LightGCNConv
+from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, HeteroSAGE, LightGCNConv
+from torchrec_gnn.typing import edge_type_str
 
 NODE_TYPES = ["user", "item"]
 EDGE_TYPES = [("user", "watches", "item"), ("item", "rev_watches", "user")]
@@ -42,17 +42,16 @@ def assert_permutation_invariant(gnn: HeteroGNN, x: Dict[str, torch.Tensor], edg
 @pytest.mark.parametrize("conv", ["sage", "gat", "lightgcn"])
 def test_shapes_and_invariance(conv: str) -> None:
     torch.manual_seed(0)
-    gnn = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, hidden_channels=12, num_layers=2))
+    gnn = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, hidden_channels=12, num_layers=2))
     x, edges = random_graph()
     assert_permutation_invariant(gnn, x, edges)
 
 
 def test_last_layer_only_serves_output_types() -> None:
     edge_types = EDGE_TYPES + [("item", "in", "genre"), ("genre", "rev_in", "item")]
-    gnn = HeteroGNN(["user", "item", "genre"], edge_types, 8, GNNConfig(num_layers=2), out_node_types=["user", "item"])
-    assert isinstance(gnn.convs[-1], HeteroConv)
-    assert set(gnn.convs[-1].convs.keys()) == {EDGE_TYPES[0], EDGE_TYPES[1], ("genre", "rev_in", "item")}
-    assert len(gnn.convs[0].convs) == 4
+    gnn = HeteroGNN.from_config(["user", "item", "genre"], edge_types, 8, GNNConfig(num_layers=2), out_node_types=["user", "item"])
+    assert set(gnn.convs[-1].keys()) == {edge_type_str(et) for et in [*EDGE_TYPES, ("genre", "rev_in", "item")]}
+    assert len(gnn.convs[0]) == 4
     assert set(gnn.roots[-1].keys()) == {"user", "item"} and set(gnn.roots[0].keys()) == {"user", "item", "genre"}
     assert gnn.shared_parameters() == [*gnn.convs[-1].parameters(), *gnn.roots[-1].parameters()]
 
@@ -67,8 +66,8 @@ def test_trimming_gives_the_same_seed_embeddings_and_computes_only_them(conv: st
     sub = NeighborSampler(graph, [4, 3]).sample({"user": torch.arange(5), "item": torch.arange(3)}, generator=g)
     x = {t: torch.randn(sub.num_nodes[t], 8, generator=g) for t in NODE_TYPES}
     torch.manual_seed(0)
-    trimmed = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=True)).eval()
-    full = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=False)).eval()
+    trimmed = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=True)).eval()
+    full = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv=conv, trim=False)).eval()
     full.load_state_dict(trimmed.state_dict())
     out_t = trimmed(x, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges)
     out_f = full(x, sub.edge_index_dict)
@@ -87,20 +86,24 @@ def test_lightgcn_normalisation() -> None:
 
 def test_errors_and_repr() -> None:
     with pytest.raises(ValueError, match=r"node types \['genre'\] receive no messages"):
-        HeteroGNN(["user", "item", "genre"], EDGE_TYPES, 8, GNNConfig())
+        HeteroGNN.from_config(["user", "item", "genre"], EDGE_TYPES, 8, GNNConfig())
     with pytest.raises(ValueError, match="GNNConfig.conv must be one of"):
         GNNConfig(conv="gin")
     with pytest.raises(ValueError, match="divisible by heads=3"):
         GNNConfig(conv="gat", hidden_channels=16, heads=3)
-    gnn = HeteroGNN(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(hidden_channels=12))
-    assert repr(gnn) == "HeteroGNN(conv=sage, 8 -> 12, num_layers=2, node_types=2, relations=2)"
+    gnn = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(hidden_channels=12))
+    assert repr(gnn) == "HeteroSAGE(conv=sage, 8 -> 12, num_layers=2, node_types=2, relations=2)"
+    with pytest.raises(ValueError, match="HeteroSAGE is the 'sage' family, but config.conv is 'gat'"):
+        HeteroSAGE(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv="gat"))
+    with pytest.raises(NotImplementedError, match="use HeteroGNN.from_config"):
+        type("Bare", (HeteroGNN,), {"conv_name": "sage"})(NODE_TYPES, EDGE_TYPES, 8, GNNConfig())
 
 
 @pytest.mark.parametrize("conv", ["sage", "gat", "lightgcn"])
 def test_self_relations(conv: str) -> None:
     # ("user", "friend", "user") gives each conv the same tensor as source and destination.
     edge_types = EDGE_TYPES + [("user", "friend", "user")]
-    gnn = HeteroGNN(NODE_TYPES, edge_types, 8, GNNConfig(conv=conv, hidden_channels=12))
+    gnn = HeteroGNN.from_config(NODE_TYPES, edge_types, 8, GNNConfig(conv=conv, hidden_channels=12))
     x, edges = random_graph()
     edges[("user", "friend", "user")] = torch.tensor([[0, 1, 2], [1, 2, 0]])
     assert_permutation_invariant(gnn, x, edges)

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from test_inference import NUM_NODES, small_graph
+from test_gnn_inference import NUM_NODES, small_graph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
-from torchrec_gnn.modules.inference import full_graph_embeddings
 
 SEEDS = {"user": torch.tensor([0, 5, 22]), "item": torch.tensor([3, 30])}
 
@@ -13,7 +12,7 @@ SEEDS = {"user": torch.tensor([0, 5, 22]), "item": torch.tensor([3, 30])}
 def gnn_and_inputs(conv: str = "sage", dropout: float = 0.1):
     graph = small_graph()
     torch.manual_seed(0)
-    gnn = HeteroGNN(list(NUM_NODES), graph.edge_types, 8,
+    gnn = HeteroGNN.from_config(list(NUM_NODES), graph.edge_types, 8,
                     GNNConfig(conv=conv, hidden_channels=8, num_layers=2, dropout=dropout, outer_hop="history"),
                     out_node_types=["user", "item"])
     x = {t: torch.randn(n, 8) for t, n in NUM_NODES.items()}
@@ -41,9 +40,9 @@ def test_one_hop_and_a_fresh_history_equal_full_graph_inference(conv: str) -> No
     seeds' output is exactly what layer-wise inference over the whole graph gives them."""
     graph, gnn, x = gnn_and_inputs(conv)
     gnn.eval()
-    exported = full_graph_embeddings(gnn, x, graph, progress=False)
+    exported = gnn.inference(x, graph, progress=False)
     history = gnn.add_history(NUM_NODES)
-    history.load(full_graph_embeddings(gnn, x, graph, progress=False, num_layers=1))
+    history.load(gnn.inference(x, graph, progress=False, num_layers=1))
     sub = NeighborSampler(graph, [-1]).sample(SEEDS, generator=torch.Generator().manual_seed(0))
     x_sub = {t: x[t][sub.node[t]] for t in NUM_NODES}
     out = gnn(x_sub, sub.edge_index_dict, sub.num_sampled_nodes, sub.num_sampled_edges, sub.node)

@@ -10,7 +10,6 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.modules.gnn import GNNConfig
-from torchrec_gnn.modules.inference import full_graph_embeddings
 from torchrec_gnn.recipes.pretrain import LinkPretrainRecipe
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE,
@@ -117,7 +116,7 @@ def test_pretraining_learns_links_and_exports_full_graph_embeddings(tmp_path: Pa
     assert {t: tuple(e.shape) for t, e in result.embeddings.items()} == {"user": (USERS, 8), "item": (ITEMS, 8)}
     # The export is layer-wise inference of the trained tower over the whole graph.
     tables = {t: tower.node_embeddings.embedding_bags[f"node_{t}"].weight.detach() for t in graph.node_types}
-    expected = full_graph_embeddings(tower.encoder.gnn, tables, graph, progress=False)
+    expected = tower.encoder.gnn.inference(tables, graph, progress=False)
     torch.testing.assert_close(result.embeddings["user"], expected["user"])
 
     save_result(result, tmp_path)

@@ -109,7 +109,7 @@ def build_graph_tower(
         for t, n in graph.num_nodes.items()
     ]
     seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])
-    gnn = HeteroGNN(graph.node_types, graph.edge_types, dim, config.gnn, out_node_types=seed_types)
+    gnn = HeteroGNN.from_config(graph.node_types, graph.edge_types, dim, config.gnn, out_node_types=seed_types)
     feature_channels = {t: int(x.shape[1]) for t, x in dataset.node_features.items()}
     if config.node_degree:
         for t, columns in degree_channels(graph).items():

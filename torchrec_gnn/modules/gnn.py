@@ -1,23 +1,29 @@
-"""Heterogeneous message passing over a sampled subgraph (PyG layers).
+"""Heterogeneous message passing over a sampled subgraph, or over the whole graph (PyG layers).
+
+:class:`HeteroGNN` is the stack (trimming, a history for the outer hop, layer-wise full-graph
+inference); each conv family is a subclass that says how one relation's conv is built, as in
+PyG's ``nn/models/basic_gnn.py``: :class:`HeteroSAGE`, :class:`HeteroGAT`, :class:`HeteroLightGCN`.
+:meth:`HeteroGNN.from_config` picks the family from ``GNNConfig.conv``.
 
 Notation: N_t sampled nodes of type t, E_r sampled edges of relation r, D input channels,
-H hidden channels.
+H hidden channels, C destination nodes per inference chunk.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
-from torch_geometric.nn import GATConv, HeteroConv, MessagePassing, SAGEConv
-from torch_geometric.nn.conv.hetero_conv import group
+from torch_geometric.nn import GATConv, MessagePassing, SAGEConv
 from torch_geometric.utils import degree
+from tqdm import tqdm
 
+from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
-from torchrec_gnn.typing import EdgeType, NodeType
+from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 CONV_TYPES = ("sage", "gat", "lightgcn")
 NORM_TYPES = ("layer", "none")
@@ -116,14 +122,19 @@ class LightGCNConv(MessagePassing):
 
 
 class HeteroGNN(nn.Module):
-    """A stack of ``HeteroConv`` layers over every relation of the graph.
+    """A stack of per-relation convs over every relation of the graph, summed per destination
+    type (the base of :class:`HeteroSAGE`, :class:`HeteroGAT` and :class:`HeteroLightGCN`;
+    subclasses implement :meth:`init_conv`).
+
+    Between layers every node type gets a root (self) transform, LayerNorm, ReLU and dropout,
+    unless the family has no weights of its own (``node_transforms = False``).
 
     Args:
         node_types (Sequence[str]): node types of the graph.
         edge_types (Sequence[EdgeType]): relations ``(src, rel, dst)``; include reverse
             relations so that every node type receives messages.
         in_channels (int): D, input width (the node tables' embedding dim).
-        config (GNNConfig): layer type and sizes.
+        config (GNNConfig): layer sizes (``config.conv`` names the family; see :meth:`from_config`).
         out_node_types (Sequence[str], optional): node types whose output is used (the
             examples' user and item types). The last layer then only runs the relations that
             end at them, which saves work and leaves no parameter without a gradient (DDP
@@ -131,10 +142,19 @@ class HeteroGNN(nn.Module):
 
     Example::
 
-        gnn = HeteroGNN(["user", "video"], [("user", "watches", "video"),
-                        ("video", "rev_watches", "user")], in_channels=16, config=GNNConfig())
+        gnn = HeteroGNN.from_config(["user", "video"], [("user", "watches", "video"),
+                                    ("video", "rev_watches", "user")], in_channels=16, config=GNNConfig())
         h_dict = gnn(x_dict, edge_index_dict)
     """
+
+    conv_name: ClassVar[str] = ""  # the family's GNNConfig.conv
+    node_transforms: ClassVar[bool] = True  # root transform, norm, activation and dropout between layers
+
+    @staticmethod
+    def from_config(node_types: Sequence[NodeType], edge_types: Sequence[EdgeType], in_channels: int,
+                    config: GNNConfig, out_node_types: Optional[Sequence[NodeType]] = None) -> "HeteroGNN":
+        """The family ``config.conv`` names, built with these arguments."""
+        return GNN_FAMILIES[config.conv](node_types, edge_types, in_channels, config, out_node_types)
 
     def __init__(
         self,
@@ -145,6 +165,9 @@ class HeteroGNN(nn.Module):
         out_node_types: Optional[Sequence[NodeType]] = None,
     ) -> None:
         super().__init__()
+        if config.conv != self.conv_name:
+            raise ValueError(f"{type(self).__name__} is the {self.conv_name!r} family, but config.conv is "
+                             f"{config.conv!r}; use HeteroGNN.from_config to pick the family from the config")
         self.node_types = list(node_types)
         self.out_node_types = list(out_node_types) if out_node_types is not None else list(node_types)
         unknown = [t for t in self.out_node_types if t not in self.node_types]
@@ -161,8 +184,10 @@ class HeteroGNN(nn.Module):
         self.in_channels = in_channels
         self.config = config
         hidden = config.hidden_channels
+        # convs[l][edge_type_str(et)]: relation et's conv in layer l (the last layer has only the
+        # relations ending at out_node_types).
         self.convs = nn.ModuleList()
-        # SAGE/GAT: one root (self) transform per node type and layer instead of one per relation:
+        # One root (self) transform per node type and layer instead of one per relation:
         # sum_r W_r x equals (sum_r W_r) x, so this is the same model family at a fraction of the
         # matmuls (a type receiving from 6 relations ran 6 root projections per layer).
         self.roots = nn.ModuleList()
@@ -170,22 +195,27 @@ class HeteroGNN(nn.Module):
             width = in_channels if layer == 0 else hidden
             last = layer == config.num_layers - 1
             relations = [et for et in self.edge_types if not last or et[2] in self.out_node_types]
-            with warnings.catch_warnings():
-                # The last layer leaves non-output types un-updated on purpose; PyG warns about it.
-                warnings.filterwarnings("ignore", message="There exist node types")
-                self.convs.append(HeteroConv({et: self._conv(width) for et in relations}, aggr="sum"))
-            if config.conv != "lightgcn":
-                receivers = self.out_node_types if last else self.node_types
-                self.roots.append(nn.ModuleDict({t: nn.Linear(width, hidden, bias=False) for t in receivers}))
-        # LightGCN has no weights of its own: a learned readout maps its output to H.
-        self.readout = nn.Linear(in_channels, hidden) if config.conv == "lightgcn" else None
+            self.convs.append(nn.ModuleDict({edge_type_str(et): self.init_conv(width) for et in relations}))
+            if self.node_transforms:
+                layer_receivers = self.out_node_types if last else self.node_types
+                self.roots.append(nn.ModuleDict({t: nn.Linear(width, hidden, bias=False) for t in layer_receivers}))
+        self.readout = self.init_readout()
         self.norms = nn.ModuleList(
             nn.ModuleDict({t: nn.LayerNorm(hidden) for t in self.node_types})
-            for _ in range(config.num_layers - 1 if config.norm == "layer" and config.conv != "lightgcn" else 0)
+            for _ in range(config.num_layers - 1 if config.norm == "layer" and self.node_transforms else 0)
         )
         self.dropout = nn.Dropout(config.dropout)
         self.history: Optional[HistoricalEmbeddings] = None
         self.reset_parameters()
+
+    def init_conv(self, width: int) -> MessagePassing:
+        """One relation's conv reading ``width`` channels (the family's choice)."""
+        raise NotImplementedError(f"{type(self).__name__}.init_conv; use HeteroGNN.from_config or a family subclass")
+
+    def init_readout(self) -> Optional[nn.Module]:
+        """A learned map from the combined layer outputs to the output (:meth:`combine`); none
+        by default."""
+        return None
 
     def add_history(self, num_nodes: Mapping[NodeType, int], device: Optional[torch.device] = None) -> HistoricalEmbeddings:
         """Give the last layer a history of its inputs for every node (``num_nodes[t]`` = N_t;
@@ -195,14 +225,6 @@ class HeteroGNN(nn.Module):
         self.history = HistoricalEmbeddings(num_nodes, self.last_layer_in_channels, device)
         return self.history
 
-    def _conv(self, width: int) -> MessagePassing:
-        cfg = self.config
-        if cfg.conv == "sage":
-            return SAGEConv((width, width), cfg.hidden_channels, root_weight=False)
-        if cfg.conv == "gat":
-            return GATConv((width, width), cfg.hidden_channels // cfg.heads, heads=cfg.heads, add_self_loops=False)
-        return LightGCNConv()
-
     @property
     def out_channels(self) -> int:
         return self.config.hidden_channels
@@ -210,11 +232,16 @@ class HeteroGNN(nn.Module):
     @property
     def last_layer_in_channels(self) -> int:
         """Width of the last layer's input (the width a history of it holds)."""
-        return self.in_channels if self.num_layers == 1 or self.config.conv == "lightgcn" else self.config.hidden_channels
+        return self.in_channels if self.num_layers == 1 else self.config.hidden_channels
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
 
     def reset_parameters(self) -> None:
-        for conv in self.convs:
-            conv.reset_parameters()
+        for convs in self.convs:
+            for conv in convs.values():
+                conv.reset_parameters()
         for roots in self.roots:
             for root in roots.values():
                 root.reset_parameters()
@@ -226,8 +253,7 @@ class HeteroGNN(nn.Module):
 
     def shared_parameters(self) -> List[nn.Parameter]:
         """The last layer with weights: the shared layer every loss reaches (GradNorm)."""
-        last = [self.readout] if self.readout is not None else [self.convs[-1], self.roots[-1]]
-        return [p for module in last for p in module.parameters() if p.requires_grad]
+        return [p for module in (self.convs[-1], self.roots[-1]) for p in module.parameters() if p.requires_grad]
 
     def forward(
         self,
@@ -278,15 +304,13 @@ class HeteroGNN(nn.Module):
                 }
             x_dict = self.layer_forward(layer, x_dict, edge_index_dict, x_dst_dict)
             layers.append(x_dict)
-        if self.config.conv == "lightgcn":
-            # LightGCN readout: mean over the layer outputs (rows trimmed to the last layer's).
-            rows = {t: x_dict[t].shape[0] for t in self.out_node_types}
-            return self.lightgcn_readout({t: [h[t][: rows[t]] for h in layers] for t in rows})
-        return x_dict
+        rows = {t: x_dict[t].shape[0] for t in self.out_node_types}
+        return self.combine({t: [h[t][: rows[t]] for h in layers] for t in rows})
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.convs)
+    def combine(self, layer_outputs: Dict[NodeType, List[torch.Tensor]]) -> Dict[NodeType, torch.Tensor]:
+        """The output from every layer's (the input first, rows trimmed to the last layer's):
+        by default the last layer's output (N_t, H)."""
+        return {t: hs[-1] for t, hs in layer_outputs.items()}
 
     def layer_forward(
         self,
@@ -296,8 +320,7 @@ class HeteroGNN(nn.Module):
         x_dst_dict: Optional[Dict[NodeType, torch.Tensor]] = None,
         src_degree_dict: Optional[Dict[EdgeType, torch.Tensor]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
-        """Layer ``layer`` alone: the sampled forward pass and layer-wise full-graph inference
-        (:func:`torchrec_gnn.modules.inference.full_graph_embeddings`) both run it.
+        """Layer ``layer`` alone: the sampled forward pass and :meth:`inference` both run it.
 
         Args:
             layer (int): which layer.
@@ -308,35 +331,101 @@ class HeteroGNN(nn.Module):
             x_dst_dict (Dict[str, Tensor], optional): (M_t, D_l) destination features when they
                 differ from the sources (a chunk of destination nodes); default ``x_dict``.
             src_degree_dict (Dict[EdgeType, Tensor], optional): (N_src,) out-degree of every
-                source per relation, for LightGCN's normalisation when ``edge_index_dict`` holds
-                only a chunk of the destinations; default: counted in the given edges.
+                source per relation (:meth:`full_graph_degrees`), given to convs that
+                normalise by it; default: none.
 
         Returns:
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
         """
         x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
         degrees = src_degree_dict or {}
-        convs = self.convs[layer].convs
+        convs = self.convs[layer]
         messages: Dict[NodeType, List[torch.Tensor]] = {}
-        for et in self.edge_types:  # the relations in a fixed order, as HeteroConv sums them
-            if et in convs and et in edge_index_dict:
+        for et in self.edge_types:  # the relations in a fixed order, summed in that order
+            key = edge_type_str(et)
+            if key in convs and et in edge_index_dict:
                 src, _, dst = et
                 extra = {"src_degree": degrees[et]} if et in degrees else {}
-                out_r = convs[et]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et], **extra)
+                out_r = convs[key]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et], **extra)
                 messages.setdefault(dst, []).append(out_r)
-        out = {t: group(hs, "sum") for t, hs in messages.items()}
-        if self.roots:
+        out = {t: torch.stack(hs).sum(0) for t, hs in messages.items()}
+        if self.node_transforms:
             out = {t: h + self.roots[layer][t](x_dst_dict[t]) for t, h in out.items()}
-        if self.config.conv != "lightgcn" and layer < self.num_layers - 1:
-            if self.norms:
-                out = {t: self.norms[layer][t](h) for t, h in out.items()}
-            out = {t: self.dropout(h.relu()) for t, h in out.items()}
+            if layer < self.num_layers - 1:
+                if self.norms:
+                    out = {t: self.norms[layer][t](h) for t, h in out.items()}
+                out = {t: self.dropout(h.relu()) for t, h in out.items()}
         return out
 
-    def lightgcn_readout(self, layer_outputs: Dict[NodeType, List[torch.Tensor]]) -> Dict[NodeType, torch.Tensor]:
-        """LightGCN's output: the learned readout of the mean over the input and every layer's
-        output, (N_t, D) each in ``layer_outputs[t]``; returns (N_t, H)."""
-        return {t: self.readout(torch.stack(hs).mean(0)) for t, hs in layer_outputs.items()}
+    def full_graph_degrees(self, graph: HeteroGraph, like: torch.Tensor) -> Optional[Dict[EdgeType, torch.Tensor]]:
+        """What :meth:`inference` hands every layer as ``src_degree_dict``: None unless the
+        family normalises by source degrees."""
+        return None
+
+    @torch.no_grad()
+    def inference(
+        self,
+        x_dict: Mapping[NodeType, torch.Tensor],
+        graph: HeteroGraph,
+        chunk_size: int = 8192,
+        progress: bool = True,
+        num_layers: Optional[int] = None,
+    ) -> Dict[NodeType, torch.Tensor]:
+        """Layer-wise full-graph inference (PyG's ``BasicGNN.inference``): every node's
+        embedding without sampling, in eval mode (no dropout).
+
+        Instead of an L-hop neighbourhood per node, layer ``l`` runs once over *all* nodes with
+        *all* their neighbours, in chunks of C destination nodes, before layer ``l + 1`` starts:
+        each edge is touched once per layer, O(L * E) instead of the L-hop fan-in of sampling.
+
+        Args:
+            x_dict (Mapping[str, Tensor]): (N_t, D) input features of every node of every type.
+            graph (HeteroGraph): the graph (relations must include the GNN's).
+            chunk_size (int): C, destination nodes per step (bounds the memory of one step to the
+                edges of C nodes). Default 8192.
+            progress (bool): show a progress bar over layers and chunks. Default True.
+            num_layers (int, optional): run only the first ``num_layers`` layers (fewer than the
+                GNN's: the last layer's input of every node, for its history). Default: all.
+
+        Returns:
+            Dict[str, Tensor]: (N_t, H) for every type of ``out_node_types``; with fewer
+            ``num_layers`` than the GNN's, that layer's output for every node type. The result
+            does not depend on ``chunk_size``.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"HeteroGNN.inference: chunk_size must be >= 1, got {chunk_size}")
+        num_layers = self.num_layers if num_layers is None else num_layers
+        if not 1 <= num_layers <= self.num_layers:
+            raise ValueError(f"HeteroGNN.inference: num_layers must be in [1, {self.num_layers}], got {num_layers}")
+        missing = [et for et in self.edge_types if et not in set(graph.edge_types)]
+        if missing:
+            raise ValueError(f"HeteroGNN.inference: the graph lacks the GNN's relations {missing}")
+        was_training = self.training
+        self.eval()
+        x = dict(x_dict)
+        device = next(iter(x.values())).device
+        layer_outputs: Dict[NodeType, List[torch.Tensor]] = {t: [x[t]] for t in self.out_node_types}
+        src_degree = self.full_graph_degrees(graph, next(iter(x.values())))
+        receivers = [self.out_node_types if layer == self.num_layers - 1 else self.node_types for layer in range(num_layers)]
+        total = sum(-(-graph.num_nodes[t] // chunk_size) for types in receivers for t in types)
+        bar = tqdm(total=total, desc="layer-wise inference", disable=not progress, dynamic_ncols=True)
+        for layer in range(num_layers):
+            out: Dict[NodeType, torch.Tensor] = {}
+            for t in receivers[layer]:
+                rows = []
+                for start in range(0, graph.num_nodes[t], chunk_size):
+                    stop = min(start + chunk_size, graph.num_nodes[t])
+                    edges = {et: chunk_edge_index(graph, et, start, stop).to(device)
+                             for et in self.edge_types if et[2] == t and edge_type_str(et) in self.convs[layer]}
+                    rows.append(self.layer_forward(layer, x, edges, {t: x[t][start:stop]}, src_degree)[t])
+                    bar.update(1)
+                out[t] = torch.cat(rows)
+            x = out
+            for t in layer_outputs:
+                layer_outputs[t].append(x[t])
+        bar.close()
+        self.train(was_training)
+        return x if num_layers < self.num_layers else self.combine(layer_outputs)
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -344,3 +433,76 @@ class HeteroGNN(nn.Module):
             f"{self.__class__.__name__}(conv={cfg.conv}, {self.in_channels} -> {cfg.hidden_channels}, "
             f"num_layers={cfg.num_layers}, node_types={len(self.node_types)}, relations={len(self.edge_types)})"
         )
+
+
+class HeteroSAGE(HeteroGNN):
+    """GraphSAGE per relation (mean aggregation; the root transform is the stack's, per node type)."""
+
+    conv_name = "sage"
+
+    def init_conv(self, width: int) -> MessagePassing:
+        return SAGEConv((width, width), self.config.hidden_channels, root_weight=False)
+
+
+class HeteroGAT(HeteroGNN):
+    """GATv1 attention per relation (``config.heads`` heads concatenated to H)."""
+
+    conv_name = "gat"
+
+    def init_conv(self, width: int) -> MessagePassing:
+        heads = self.config.heads
+        return GATConv((width, width), self.config.hidden_channels // heads, heads=heads, add_self_loops=False)
+
+
+class HeteroLightGCN(HeteroGNN):
+    """LightGCN (He et al. 2020): parameter-free normalised propagation; the output is a learned
+    readout of the mean over the input and every layer's output. Full-graph inference
+    normalises by the graph's true source degrees (training counts them within each sampled
+    subgraph)."""
+
+    conv_name = "lightgcn"
+    node_transforms = False
+
+    def init_conv(self, width: int) -> MessagePassing:
+        return LightGCNConv()
+
+    def init_readout(self) -> Optional[nn.Module]:
+        # LightGCN has no weights of its own: a learned readout maps its output to H.
+        return nn.Linear(self.in_channels, self.config.hidden_channels)
+
+    @property
+    def last_layer_in_channels(self) -> int:
+        return self.in_channels
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.readout.parameters() if p.requires_grad]
+
+    def combine(self, layer_outputs: Dict[NodeType, List[torch.Tensor]]) -> Dict[NodeType, torch.Tensor]:
+        """The learned readout of the mean over the input and every layer's output, (N_t, D)
+        each in ``layer_outputs[t]``; returns (N_t, H)."""
+        return {t: self.readout(torch.stack(hs).mean(0)) for t, hs in layer_outputs.items()}
+
+    def full_graph_degrees(self, graph: HeteroGraph, like: torch.Tensor) -> Optional[Dict[EdgeType, torch.Tensor]]:
+        """Every source's out-degree per relation in the whole graph (a chunk holds every edge of
+        its destinations but not every edge of their sources), in ``like``'s dtype and device."""
+        return {
+            et: torch.from_numpy(np.bincount(np.asarray(graph.csc(et).row), minlength=graph.num_nodes[et[0]])).to(like)
+            for et in self.edge_types
+        }
+
+
+GNN_FAMILIES = {"sage": HeteroSAGE, "gat": HeteroGAT, "lightgcn": HeteroLightGCN}
+
+
+def chunk_edge_index(graph: HeteroGraph, edge_type: EdgeType, start: int, stop: int) -> torch.Tensor:
+    """All edges of ``edge_type`` that end at destination nodes ``start .. stop - 1``.
+
+    Returns:
+        Tensor: (2, E_chunk) int64; row = global source id, col = destination id - ``start``.
+    """
+    index = graph.csc(edge_type)
+    lo, hi = int(index.colptr[start]), int(index.colptr[stop])
+    src = torch.from_numpy(np.asarray(index.row[lo:hi], dtype=np.int64))
+    degree_ = torch.from_numpy(np.diff(np.asarray(index.colptr[start : stop + 1], dtype=np.int64)))
+    dst = torch.repeat_interleave(torch.arange(stop - start), degree_)
+    return torch.stack([src, dst])

@@ -29,7 +29,6 @@ from torchrec_gnn.modules.fusion import InputFusionArch
 from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
 from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.history import HistoricalEmbeddings
-from torchrec_gnn.modules.inference import full_graph_embeddings
 from torchrec_gnn.modules.utils import connected_zero
 from torchrec_gnn.typing import NodeType
 
@@ -227,11 +226,11 @@ class GraphEncoder(nn.Module):
     ) -> Dict[NodeType, torch.Tensor]:
         """The node tables ``tables[t]`` (N_t, D) and side features ``node_features[t]``
         (N_t, F_t) through the GNN by layer-wise full-graph inference over ``graph`` (eval mode,
-        no GFAE masking; :func:`~torchrec_gnn.modules.inference.full_graph_embeddings`, whose
+        no GFAE masking; :meth:`~torchrec_gnn.modules.gnn.HeteroGNN.inference`, whose
         ``num_layers`` stops early). Returns (N_t, H) per node type it computes."""
         device = next(iter(tables.values())).device
         x_dict = self.input_features(tables, {t: x.to(device) for t, x in node_features.items()})
-        return full_graph_embeddings(self.gnn, x_dict, graph, chunk_size, progress, num_layers)
+        return self.gnn.inference(x_dict, graph, chunk_size, progress, num_layers)
 
     def history_rows(
         self, tables: Mapping[NodeType, torch.Tensor], node_features: Mapping[NodeType, torch.Tensor],
@@ -305,7 +304,7 @@ class GNNTower(GraphTowerInterface):
             EmbeddingBagConfig(name="t_user", num_embeddings=1000, embedding_dim=16, feature_names=["user"]),
             EmbeddingBagConfig(name="t_video", num_embeddings=500, embedding_dim=16, feature_names=["video"]),
         ])
-        gnn = HeteroGNN(graph.node_types, graph.edge_types, in_channels=16, config=GNNConfig())
+        gnn = HeteroSAGE(graph.node_types, graph.edge_types, in_channels=16, config=GNNConfig())
         tower = GNNTower(tables, GraphEncoder(gnn, "user", "video"))
         graph_emb = tower(batch)   # user (B, 64), item (B, 64), gfae_loss ()
     """

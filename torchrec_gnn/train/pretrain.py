@@ -11,7 +11,7 @@ What industrial pipelines do before end-to-end training, and what E2E-GRec is co
    (:class:`~torchrec_gnn.data.loader.LinkTargets`): a batch's links are absent from its own
    message passing and each is paired with a uniformly drawn item as negative.
 2. **Export** every user's and item's embedding by layer-wise full-graph inference over the
-   whole graph (:func:`~torchrec_gnn.modules.inference.full_graph_embeddings`).
+   whole graph (:meth:`~torchrec_gnn.modules.gnn.HeteroGNN.inference`).
 3. The ranker then trains with those embeddings frozen
    (:class:`~torchrec_gnn.modules.frozen_tower.FrozenGraphTower`), through the same fusion, or,
    with ``model.warm_start``, starts end-to-end training from the pre-trained tower.

@@ -3,8 +3,7 @@ import torch
 
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
-from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
-from torchrec_gnn.modules.inference import chunk_edge_index, full_graph_embeddings
+from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, chunk_edge_index
 
 NUM_NODES = {"user": 23, "item": 31, "genre": 4}
 
@@ -36,10 +35,10 @@ def test_layerwise_equals_sampling_every_neighbour(conv: str, chunk_size: int) -
     forward pass gives it with all neighbours (fanout -1) on every hop."""
     graph = small_graph()
     torch.manual_seed(0)
-    gnn = HeteroGNN(list(NUM_NODES), graph.edge_types, 8, GNNConfig(conv=conv, hidden_channels=8, num_layers=2),
+    gnn = HeteroGNN.from_config(list(NUM_NODES), graph.edge_types, 8, GNNConfig(conv=conv, hidden_channels=8, num_layers=2),
                     out_node_types=["user", "item"]).eval()
     x = {t: torch.randn(n, 8) for t, n in NUM_NODES.items()}
-    exported = full_graph_embeddings(gnn, x, graph, chunk_size=chunk_size, progress=False)
+    exported = gnn.inference(x, graph, chunk_size=chunk_size, progress=False)
     assert {t: tuple(e.shape) for t, e in exported.items()} == {"user": (23, 8), "item": (31, 8)}
 
     sampler = NeighborSampler(graph, [-1, -1])
@@ -65,19 +64,19 @@ def lightgcn_by_hand(gnn: HeteroGNN, x, graph: HeteroGraph):
             deg_in, deg_out = adjacency.sum(1).clamp(min=1), adjacency.sum(0).clamp(min=1)
             out[dst] += (adjacency / (deg_in[:, None] * deg_out[None, :]).sqrt()) @ h[src]
         layers.append(out)
-    return gnn.lightgcn_readout({t: [h[t] for h in layers] for t in gnn.out_node_types})
+    return gnn.combine({t: [h[t] for h in layers] for t in gnn.out_node_types})
 
 
 def test_lightgcn_export_is_exact_for_every_chunk_size() -> None:
     graph = small_graph()
     torch.manual_seed(0)
-    gnn = HeteroGNN(list(NUM_NODES), graph.edge_types, 8, GNNConfig(conv="lightgcn", hidden_channels=6),
+    gnn = HeteroGNN.from_config(list(NUM_NODES), graph.edge_types, 8, GNNConfig(conv="lightgcn", hidden_channels=6),
                     out_node_types=["user", "item"])
     x = {t: torch.randn(n, 8) for t, n in NUM_NODES.items()}
     expected = lightgcn_by_hand(gnn.eval(), x, graph)
     gnn.train()
     for chunk_size in (1, 5, 1000):  # a chunk holds a few destinations, their sources many more
-        out = full_graph_embeddings(gnn, x, graph, chunk_size=chunk_size, progress=False)
+        out = gnn.inference(x, graph, chunk_size=chunk_size, progress=False)
         assert out["user"].shape == (23, 6) and out["item"].shape == (31, 6)
         for t in out:
             torch.testing.assert_close(out[t], expected[t], atol=1e-5, rtol=1e-5)
@@ -86,11 +85,11 @@ def test_lightgcn_export_is_exact_for_every_chunk_size() -> None:
 
 def test_bad_chunk_size_and_missing_relations_fail_clearly() -> None:
     graph = small_graph()
-    gnn = HeteroGNN(list(NUM_NODES), graph.edge_types, 8, GNNConfig(hidden_channels=8))
+    gnn = HeteroGNN.from_config(list(NUM_NODES), graph.edge_types, 8, GNNConfig(hidden_channels=8))
     x = {t: torch.randn(n, 8) for t, n in NUM_NODES.items()}
     with pytest.raises(ValueError, match="chunk_size"):
-        full_graph_embeddings(gnn, x, graph, chunk_size=0)
+        gnn.inference(x, graph, chunk_size=0)
     other = HeteroGraph.from_edges(NUM_NODES, {("user", "watches", "item"): (torch.tensor([0]), torch.tensor([0]))},
                                    add_reverse=True)
     with pytest.raises(ValueError, match="lacks the GNN's relations"):
-        full_graph_embeddings(gnn, x, other)
+        gnn.inference(x, other)
