@@ -213,15 +213,13 @@ def test_same_type_links_ride_along_after_the_examples() -> None:
 def test_links_ride_along_the_example_batches(tiny_split) -> None:
     links = LinkTargets.from_graph(tiny_split.graph, "user", "item", None, per_batch=20, neg_ratio=1.0)
     assert links.edge_type == ("user", "watches", "item")
-    data = GraphBatchDataset(
-        tiny_split.train,
-        GraphBatchBuilder(
-            NeighborSampler(tiny_split.graph, [5, 3]),
-            BatchSchema("user", "item", tiny_split.graph.node_types, SPARSE),
-            links=links,
-        ),
-        BatchPlan(64, shuffle=True),
-    )
+    schema = BatchSchema("user", "item", tiny_split.graph.node_types, SPARSE)
+
+    def with_links() -> GraphBatchDataset:
+        builder = GraphBatchBuilder(NeighborSampler(tiny_split.graph, [5, 3]), schema, links=links)
+        return GraphBatchDataset(tiny_split.train, builder, BatchPlan(64, shuffle=True))
+
+    data = with_links()
     drawn = []
     for i in range(len(data)):
         b = data[i]
@@ -235,15 +233,7 @@ def test_links_ride_along_the_example_batches(tiny_split) -> None:
     every = set(zip(*tiny_split.graph.edge_index(links.edge_type).tolist()))
     assert set(drawn) <= every and len(set(drawn)) == min(len(drawn), len(every))
     data.set_epoch(1)
-    assert not torch.equal(data[0].link_index, GraphBatchDataset(
-        tiny_split.train,
-        GraphBatchBuilder(
-            NeighborSampler(tiny_split.graph, [5, 3]),
-            BatchSchema("user", "item", tiny_split.graph.node_types, SPARSE),
-            links=links,
-        ),
-        BatchPlan(64, shuffle=True),
-    )[0].link_index)
+    assert not torch.equal(data[0].link_index, with_links()[0].link_index)
     with pytest.raises(ValueError, match="must go from the user type"):
         GraphBatchDataset(
             tiny_split.train,

@@ -17,7 +17,7 @@ Notation: N_t sampled nodes of type t, E_r sampled edges of relation r, S_t seed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numba
 import numpy as np
@@ -30,6 +30,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
+Chunk = Tuple[np.ndarray, np.ndarray, np.ndarray]  # one relation's (row, col, edge) of one hop
 
 # Initial capacity of the per-type node buffers; they double when a batch needs more and are
 # kept for the next batch.
@@ -444,37 +445,23 @@ class NeighborSampler:
                 ids, seed_time.get(t, _EMPTY_TIME), temporal, g2l[t], nodes[t], times[t], 0
             )
             seed_index[t] = torch.from_numpy(index)
-        num_sampled_nodes = {t: [count[t]] for t in node_types}
-        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
-        chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = {et: [] for et in edge_types}
-
         parallel = self.num_threads > 1
         if parallel:
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
-        lo = {t: 0 for t in node_types}  # frontier of type t at this hop: [lo[t], hop_start[t])
-        for hop in range(self.num_hops):
-            hop_start = dict(count)
-            for rel, et in enumerate(edge_types):
-                src, _, dst = et
-                k = self.num_neighbors[et][hop]
-                colptr, row, etime, eweight = self._arrays[et]
-                if k == 0 or lo[dst] == hop_start[dst] or row.shape[0] == 0:
-                    num_sampled_edges[et].append(0)
-                    continue
-                big = hop_start[dst] - lo[dst] >= PARALLEL_MIN_FRONTIER
-                kernel = _kernels.sample_relation_parallel if parallel and big else _kernels.sample_relation
-                out_row, out_col, out_edge, nodes[src], times[src], count[src] = kernel(
-                    colptr, row, etime, eweight,
-                    nodes[dst], times[dst], lo[dst], hop_start[dst],
-                    g2l[src], nodes[src], times[src], count[src], hop_start[src],
-                    k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
-                )  # fmt: skip
-                num_sampled_edges[et].append(int(out_row.shape[0]))
-                chunks[et].append((out_row, out_col, out_edge))
-            for t in node_types:
-                num_sampled_nodes[t].append(count[t] - hop_start[t])
-            lo = hop_start
 
+        def sample_relation(et: EdgeType, rel: int, hop: int, k: int, lo: int, hop_start: Dict[NodeType, int]) -> Chunk:
+            src, dst = et[0], et[2]
+            big = hop_start[dst] - lo >= PARALLEL_MIN_FRONTIER
+            kernel = _kernels.sample_relation_parallel if parallel and big else _kernels.sample_relation
+            out_row, out_col, out_edge, nodes[src], times[src], count[src] = kernel(
+                *self._arrays[et],
+                nodes[dst], times[dst], lo, hop_start[dst],
+                g2l[src], nodes[src], times[src], count[src], hop_start[src],
+                k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
+            )  # fmt: skip
+            return out_row, out_col, out_edge
+
+        num_sampled_nodes, num_sampled_edges, chunks = self._expand(count, sample_relation)
         node: Dict[NodeType, Tensor] = {}
         node_time: Optional[Dict[NodeType, Tensor]] = {} if temporal else None
         for t in node_types:
@@ -483,17 +470,8 @@ class NeighborSampler:
             node[t] = torch.from_numpy(ids.copy())
             if node_time is not None:
                 node_time[t] = torch.from_numpy(times[t][: count[t]].copy())
-        row_d, col_d, edge_d = _join_chunks(edge_types, chunks)
-        return SampledSubgraph(
-            node=node,
-            row=row_d,
-            col=col_d,
-            edge=edge_d,
-            num_sampled_nodes=num_sampled_nodes,
-            num_sampled_edges=num_sampled_edges,
-            seed_index=seed_index,
-            node_time=node_time,
-        )
+        return SampledSubgraph(node=node, **_join_chunks(edge_types, chunks), num_sampled_nodes=num_sampled_nodes,
+                               num_sampled_edges=num_sampled_edges, seed_index=seed_index, node_time=node_time)
 
     def _sample_disjoint(
         self,
@@ -521,43 +499,59 @@ class NeighborSampler:
             count[t] = ids.shape[0]
             seed_index[t] = torch.arange(count[t])
             examples += count[t]
-        num_sampled_nodes = {t: [count[t]] for t in node_types}
-        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
-        chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = {et: [] for et in edge_types}
-        lo = {t: 0 for t in node_types}
-        for hop in range(self.num_hops):
-            hop_start = dict(count)
-            for rel, et in enumerate(edge_types):
-                src, _, dst = et
-                k = self.num_neighbors[et][hop]
-                colptr, row, etime, eweight = self._arrays[et]
-                if k == 0 or lo[dst] == hop_start[dst] or row.shape[0] == 0:
-                    num_sampled_edges[et].append(0)
-                    continue
-                (out_row, out_col, out_edge, nodes[src], batch[src], times[src], *tables[src],
-                 count[src]) = _kernels.sample_relation_disjoint(
-                    colptr, row, etime, eweight,
-                    nodes[dst], batch[dst], times[dst], lo[dst], hop_start[dst],
-                    *tables[src], graph.num_nodes[src], nodes[src], batch[src], times[src], count[src],
-                    k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
-                )  # fmt: skip
-                num_sampled_edges[et].append(int(out_row.shape[0]))
-                chunks[et].append((out_row, out_col, out_edge))
-            for t in node_types:
-                num_sampled_nodes[t].append(count[t] - hop_start[t])
-            lo = hop_start
-        row_d, col_d, edge_d = _join_chunks(edge_types, chunks)
+
+        def sample_relation(et: EdgeType, rel: int, hop: int, k: int, lo: int, hop_start: Dict[NodeType, int]) -> Chunk:
+            src, dst = et[0], et[2]
+            (out_row, out_col, out_edge, nodes[src], batch[src], times[src], *tables[src],
+             count[src]) = _kernels.sample_relation_disjoint(
+                *self._arrays[et],
+                nodes[dst], batch[dst], times[dst], lo, hop_start[dst],
+                *tables[src], graph.num_nodes[src], nodes[src], batch[src], times[src], count[src],
+                k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
+            )  # fmt: skip
+            return out_row, out_col, out_edge
+
+        num_sampled_nodes, num_sampled_edges, chunks = self._expand(count, sample_relation)
         return SampledSubgraph(
             node={t: torch.from_numpy(nodes[t][: count[t]].copy()) for t in node_types},
-            row=row_d,
-            col=col_d,
-            edge=edge_d,
+            **_join_chunks(edge_types, chunks),
             num_sampled_nodes=num_sampled_nodes,
             num_sampled_edges=num_sampled_edges,
             seed_index=seed_index,
             node_time={t: torch.from_numpy(times[t][: count[t]].copy()) for t in node_types} if temporal else None,
             batch={t: torch.from_numpy(batch[t][: count[t]].copy()) for t in node_types},
         )
+
+    def _expand(
+        self, count: Dict[NodeType, int], sample_relation: Callable[..., Chunk]
+    ) -> Tuple[Dict[NodeType, List[int]], Dict[EdgeType, List[int]], Dict[EdgeType, List[Chunk]]]:
+        """The hop loop around the seeds already in ``count`` (nodes per type): hop h's frontier
+        of type t is the nodes first reached at hop h - 1, ``[lo[t], hop_start[t])``; every
+        relation with a fanout and a frontier calls ``sample_relation(et, rel, hop, k, lo[dst],
+        hop_start)``, which appends the new sources (updating ``count``) and returns the edges.
+
+        Returns:
+            per-hop node counts, per-hop edge counts, and each relation's per-hop edge chunks.
+        """
+        node_types, edge_types = self.graph.node_types, self.graph.edge_types
+        num_sampled_nodes = {t: [count[t]] for t in node_types}
+        num_sampled_edges: Dict[EdgeType, List[int]] = {et: [] for et in edge_types}
+        chunks: Dict[EdgeType, List[Chunk]] = {et: [] for et in edge_types}
+        lo = {t: 0 for t in node_types}
+        for hop in range(self.num_hops):
+            hop_start = dict(count)
+            for rel, et in enumerate(edge_types):
+                k, dst = self.num_neighbors[et][hop], et[2]
+                if k == 0 or lo[dst] == hop_start[dst] or self._arrays[et][1].shape[0] == 0:
+                    num_sampled_edges[et].append(0)
+                    continue
+                chunk = sample_relation(et, rel, hop, k, lo[dst], hop_start)
+                num_sampled_edges[et].append(int(chunk[0].shape[0]))
+                chunks[et].append(chunk)
+            for t in node_types:
+                num_sampled_nodes[t].append(count[t] - hop_start[t])
+            lo = hop_start
+        return num_sampled_nodes, num_sampled_edges, chunks
 
     # ------------------------------------------------------------------ helpers
     def _check_seeds(
@@ -669,10 +663,9 @@ class HeldOutPairs:
         return torch.from_numpy(np.isin(users.numpy() * self.num_dst + items.numpy(), self.keys))
 
 
-def _join_chunks(
-    edge_types: List[EdgeType], chunks: Dict[EdgeType, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]]
-) -> Tuple[Dict[EdgeType, Tensor], Dict[EdgeType, Tensor], Dict[EdgeType, Tensor]]:
-    """Concatenate each relation's per-hop ``(row, col, edge)`` arrays into (E_r,) tensors."""
+def _join_chunks(edge_types: List[EdgeType], chunks: Dict[EdgeType, List[Chunk]]) -> Dict[str, Dict[EdgeType, Tensor]]:
+    """Concatenate each relation's per-hop ``(row, col, edge)`` arrays into (E_r,) tensors:
+    ``{"row": ..., "col": ..., "edge": ...}``, the SampledSubgraph fields."""
     row_d, col_d, edge_d = {}, {}, {}
     for et in edge_types:
         parts = chunks[et]
@@ -682,7 +675,7 @@ def _join_chunks(
             row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(a) for a in parts[0])
         else:
             row_d[et], col_d[et], edge_d[et] = (torch.from_numpy(np.concatenate(a)) for a in zip(*parts))
-    return row_d, col_d, edge_d
+    return {"row": row_d, "col": col_d, "edge": edge_d}
 
 
 def _drop_pairs(sub: SampledSubgraph, held: HeldOutPairs) -> None:
