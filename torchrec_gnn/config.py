@@ -19,12 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from torchrec_gnn.dataclass_yaml import build_dataclass
-from torchrec_gnn.graph.sampler import TEMPORAL_STRATEGIES
-from torchrec_gnn.models.builder import ModelConfig
+from torchrec_gnn.models.config import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
+from torchrec_gnn.train.config import PretrainConfig, ShardingConfig
 from torchrec_gnn.train.early_stopping import METRICS as EARLY_STOPPING_METRICS
-from torchrec_gnn.train.pretrain import PretrainConfig
-from torchrec_gnn.train.sharding import ShardingConfig
+from torchrec_gnn.typing import TEMPORAL_STRATEGIES
 
 DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,6 +13,8 @@ import torch
 
 NodeType = str
 EdgeType = Tuple[str, str, str]
+# Which of a node's older edges temporal sampling draws (PyG's names): a uniform sample, or the most recent.
+TEMPORAL_STRATEGIES = ("uniform", "last")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch_geometric.data import HeteroData
 
 from torchrec_gnn.graph import _kernels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
+from torchrec_gnn.typing import TEMPORAL_STRATEGIES, EdgeType, NodeType, edge_type_str
 
 NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
 Chunk = Tuple[np.ndarray, np.ndarray, np.ndarray]  # one relation's (row, col, edge) of one hop
@@ -38,7 +38,6 @@ _INITIAL_CAPACITY = 4096
 # num_threads > 1 only switches to the parallel kernel for frontiers at least this large: below it,
 # waking the threads costs more than the count/draw steps they share (benchmarks/README.md).
 PARALLEL_MIN_FRONTIER = 8192
-TEMPORAL_STRATEGIES = ("uniform", "last")
 _EMPTY_TIME = np.empty(0, np.int64)
 _EMPTY_WEIGHT = np.empty(0, np.float32)
 _EMPTY_TIME.flags.writeable = False

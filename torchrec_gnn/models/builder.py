@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Optional
+from dataclasses import replace
+from typing import Dict, Mapping, Optional
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -13,68 +13,13 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain, RankerConfig
+from torchrec_gnn.models.config import ModelConfig
+from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
-from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
-from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN
+from torchrec_gnn.modules.gfae import GFAE
+from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
-from torchrec_gnn.typing import EdgeType, NodeType
-
-
-@dataclass
-class ModelConfig:
-    """Everything that shapes the model.
-
-    Args:
-        embedding_dim (int): D of the ranker's sparse tables (and of the dense arch output).
-        node_embedding_dim (int): width of the node tables (GNN input).
-        use_graph (bool): build the GNN tower (False = the no-graph ranker).
-        use_gfae (bool): add the GFAE's feature-reconstruction loss (to pre-training, with
-            ``two_stage``); its edge part is ``gfae.edge_objective``.
-        two_stage (bool): the two-stage baseline: the GNN is pre-trained on the graph alone
-            (``torchrec_gnn.train.pretrain``) and the ranker gets its exported embeddings
-            frozen, through the same fusion (needs ``use_graph``). Default False (end to end).
-        warm_start (bool): pre-train the tower exactly as the two-stage baseline does, then
-            train the whole model end to end from those weights (the tower is not frozen).
-            Default False.
-        node_degree (bool): every node's scaled ``log1p`` in-degree per relation joins
-            its side features (:mod:`torchrec_gnn.graph.degree`), counted in the graph as each
-            batch sees it (temporal sampling: before the batch), so the GNN can tell a node with
-            many neighbours from one with few. Default False.
-        gnn (GNNConfig): message passing.
-        gfae (GFAEConfig): masking and reconstruction loss.
-        ranker (RankerConfig): DLRM arches and fusion switches.
-        regression_loss (str): ``"mse_log1p"`` or ``"huber_log1p"``.
-    """
-
-    embedding_dim: int = 16
-    node_embedding_dim: int = 32
-    use_graph: bool = True
-    use_gfae: bool = True
-    two_stage: bool = False
-    warm_start: bool = False
-    node_degree: bool = False
-    gnn: GNNConfig = field(default_factory=GNNConfig)
-    gfae: GFAEConfig = field(default_factory=GFAEConfig)
-    ranker: RankerConfig = field(default_factory=RankerConfig)
-    regression_loss: str = "mse_log1p"
-
-    def __post_init__(self) -> None:
-        if (self.two_stage or self.warm_start) and not self.use_graph:
-            raise ValueError("ModelConfig: two_stage and warm_start need use_graph=True (they pre-train the GNN tower)")
-        if self.two_stage and self.warm_start:
-            raise ValueError("ModelConfig: choose two_stage (frozen pre-trained embeddings) or warm_start "
-                             "(end-to-end from the pre-trained tower), not both")
-
-    def sampled_fanouts(self, fanouts: Dict[EdgeType, List[int]]) -> Dict[EdgeType, List[int]]:
-        """The hops of ``fanouts`` this model reads from a batch's sampled subgraph: every hop
-        for an end-to-end tower, all but the outer one when the outer hop comes from the history,
-        none for the two-stage ranker (it reads its users' and items' embeddings from a table)."""
-        if self.two_stage:
-            return {et: [] for et in fanouts}
-        if self.gnn.outer_hop == "history":
-            return {et: f[:-1] for et, f in fanouts.items()}
-        return dict(fanouts)
+from torchrec_gnn.typing import NodeType
 
 
 def node_table_name(node_type: str) -> str:

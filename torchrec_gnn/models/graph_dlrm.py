@@ -19,7 +19,6 @@ Without a tower (``graph_tower=None``) it is a plain multi-task DLRM: the no-gra
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -41,55 +40,10 @@ from torchrec.modules.mlp import MLP
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import TaskSpec
+from torchrec_gnn.models.config import RankerConfig
 from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
 from torchrec_gnn.modules.gnn_tower import GraphTowerInterface
 from torchrec_gnn.modules.heads import TaskHeadsArch, task_losses
-
-
-INTERACTIONS = ("dot", "dcn", "projection")
-PREHEAD_FUSIONS = ("concat", "gated", "none")
-
-
-@dataclass
-class RankerConfig:
-    """Sizes and switches of the ranker.
-
-    Args:
-        dense_arch_hidden_sizes (List[int]): hidden layers of the DenseArch MLP; its output
-            layer has the sparse embedding dim D, as the interaction needs. Default [64].
-        over_arch_layer_sizes (List[int]): shared MLP after the interaction; its last size is
-            R, the representation entering the heads. Default [128, 64].
-        head_layer_sizes (List[int]): hidden sizes of each task head. Default [32].
-        interaction (str): ``"dot"`` (DLRM), ``"dcn"`` (DLRM_DCN low-rank cross net) or
-            ``"projection"`` (DLRM_Projection: dot products of two learned projections).
-        dcn_num_layers (int): cross layers for ``"dcn"``. Default 2.
-        dcn_low_rank_dim (int): low rank of the cross layers. Default 16.
-        projection_branch1_layer_sizes (List[int]): ``"projection"``'s first branch MLP; its
-            last size is F1 * D. Default [64, 64] (F1 = 4 with D = 16).
-        projection_branch2_layer_sizes (List[int]): the second branch, last size F2 * D.
-            Default [64, 64].
-        input_fusion (bool): graph embeddings join the interaction. Default True.
-        prehead_fusion (str): ``"concat"``, ``"gated"`` or ``"none"``. Default ``"concat"``.
-    """
-
-    dense_arch_hidden_sizes: List[int] = field(default_factory=lambda: [64])
-    over_arch_layer_sizes: List[int] = field(default_factory=lambda: [128, 64])
-    head_layer_sizes: List[int] = field(default_factory=lambda: [32])
-    interaction: str = "dot"
-    dcn_num_layers: int = 2
-    dcn_low_rank_dim: int = 16
-    projection_branch1_layer_sizes: List[int] = field(default_factory=lambda: [64, 64])
-    projection_branch2_layer_sizes: List[int] = field(default_factory=lambda: [64, 64])
-    input_fusion: bool = True
-    prehead_fusion: str = "concat"
-
-    def __post_init__(self) -> None:
-        if self.interaction not in INTERACTIONS:
-            raise ValueError(f"RankerConfig.interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
-        if self.prehead_fusion not in PREHEAD_FUSIONS:
-            raise ValueError(
-                f"RankerConfig.prehead_fusion must be one of {PREHEAD_FUSIONS}, got {self.prehead_fusion!r}"
-            )
 
 
 class RankingArches(nn.Module):

@@ -36,12 +36,20 @@ from torchmetrics.functional.classification import binary_auroc
 
 from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions
-from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets, make_dataloader
+from torchrec_gnn.data.loader import (
+    BatchPlan,
+    BatchSchema,
+    GraphBatchBuilder,
+    GraphBatchDataset,
+    LinkTargets,
+    make_dataloader,
+)
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.train.config import PretrainConfig
 from torchrec_gnn.typing import EdgeList, EdgeType, NodeType
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
@@ -50,61 +58,6 @@ PRETRAIN_DIR = "pretrain"  # in a two-stage or warm-start run's output directory
 EMBEDDINGS_FILE = "node_embeddings.pt"
 TOWER_FILE = "tower.pt"
 REPORT_FILE = "pretrain.json"
-
-
-@dataclass
-class PretrainConfig:
-    """Stage 1 of the two-stage baseline (``model.two_stage: true``) and of warm start
-    (``model.warm_start: true``).
-
-    Args:
-        epochs (int): at most this many epochs. Default 1.
-        patience (int): stop after this many epochs without a better held-out link AUC and
-            keep the best epoch's tower (0 = run every epoch, keep the last). Default 0.
-        max_steps (int, optional): stop after this many steps.
-        batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
-        lr (float): Adam learning rate of the whole tower. Default 0.005.
-        link_relation (str, optional): the relation to predict, ``"src__rel__dst"`` from the user
-            to the item type; default: the user -> item relation with the most edges.
-        supervision_fraction (float): share of that relation's edges predicted per epoch (a fresh
-            random share each epoch; each held out of its own batch's message passing).
-            Default 0.3.
-        validation_fraction (float): share of its edges held out of the graph for good to score
-            the link AUC. Default 0.03.
-        link_weight (float): weight of the link-prediction loss (0 = GFAE-only pre-training).
-            Default 1.0.
-        gfae_weight (float): weight of the GFAE loss next to the link loss (with
-            ``model.use_gfae``). Default 1.0.
-        chunk_size (int): destination nodes per step of the full-graph export. Default 8192.
-        refresh_every (int): under the streaming protocol, the two-stage baseline pre-trains
-            again (from the previous tower) and re-exports on the graph as it stands every this
-            many periods (0 = never refresh). Default 0.
-    """
-
-    epochs: int = 1
-    patience: int = 0
-    max_steps: Optional[int] = None
-    batch_size: int = 1024
-    lr: float = 0.005
-    link_relation: Optional[str] = None
-    supervision_fraction: float = 0.3
-    validation_fraction: float = 0.03
-    link_weight: float = 1.0
-    gfae_weight: float = 1.0
-    chunk_size: int = 8192
-    refresh_every: int = 0
-
-    def __post_init__(self) -> None:
-        if self.refresh_every < 0:
-            raise ValueError(f"pretrain.refresh_every must be >= 0 (0 = never), got {self.refresh_every}")
-        if not 0.0 < self.supervision_fraction <= 1.0:
-            raise ValueError(f"pretrain.supervision_fraction must be in (0, 1], got {self.supervision_fraction}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"pretrain.validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.batch_size < 2 or self.batch_size % 2:
-            raise ValueError(f"pretrain.batch_size must be an even number >= 2 (links + negatives), got {self.batch_size}")
-        if self.epochs < 1 or self.patience < 0:
-            raise ValueError(f"pretrain.epochs must be >= 1 and pretrain.patience >= 0, got {self.epochs}, {self.patience}")
 
 
 @dataclass

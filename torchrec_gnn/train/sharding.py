@@ -8,8 +8,7 @@ device can do; node tables may be further restricted by ``node_sharding_types``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -30,6 +29,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
+from torchrec_gnn.train.config import TABLE_OPTIMIZER_NAMES, ShardingConfig
 
 # Sharding types of an EmbeddingBagCollection on the fused kernel per device type
 # (TORCHREC_FACTS.md): on CPU the planner would put small tables on data_parallel + DENSE, whose
@@ -42,37 +42,7 @@ EBC_SHARDING_TYPES = {
 # Share of each device's memory the planner keeps free for dense parameters, activations and
 # input batches (TorchRec's FixedPercentageStorageReservation; its own default is 15%).
 STORAGE_RESERVED = 0.15
-TABLE_OPTIMIZERS = {
-    "rowwise_adagrad": torchrec.optim.RowWiseAdagrad,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-}
-
-
-@dataclass
-class ShardingConfig:
-    """How tables are sharded and optimised.
-
-    Args:
-        node_sharding_types (List[str], optional): sharding types the planner may pick for node
-            tables (CPU: table_wise, column_wise, table_column_wise; CUDA also row_wise).
-            Default: every type the device can do.
-        table_optimizer (str): fused in-backward optimizer of all tables:
-            ``"rowwise_adagrad"`` (default), ``"adagrad"`` or ``"sgd"``.
-        table_lr (float): its learning rate. Default 0.05.
-        dense_lr (float): Adam learning rate of the dense parameters. Default 1e-3.
-    """
-
-    node_sharding_types: Optional[List[str]] = None
-    table_optimizer: str = "rowwise_adagrad"
-    table_lr: float = 0.05
-    dense_lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.table_optimizer not in TABLE_OPTIMIZERS:
-            raise ValueError(
-                f"ShardingConfig.table_optimizer must be one of {sorted(TABLE_OPTIMIZERS)}, got {self.table_optimizer!r}"
-            )
+TABLE_OPTIMIZERS = dict(zip(TABLE_OPTIMIZER_NAMES, (torchrec.optim.RowWiseAdagrad, torch.optim.Adagrad, torch.optim.SGD)))
 
 
 def node_pooling_factors(

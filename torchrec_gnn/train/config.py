@@ -1,0 +1,90 @@
+"""Configs of the training stages (sharding, two-stage pre-training), importable without TorchRec
+(experiment configs are read before the stack loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+TABLE_OPTIMIZER_NAMES = ("rowwise_adagrad", "adagrad", "sgd")
+
+
+@dataclass
+class ShardingConfig:
+    """How tables are sharded and optimised.
+
+    Args:
+        node_sharding_types (List[str], optional): sharding types the planner may pick for node
+            tables (CPU: table_wise, column_wise, table_column_wise; CUDA also row_wise).
+            Default: every type the device can do.
+        table_optimizer (str): fused in-backward optimizer of all tables:
+            ``"rowwise_adagrad"`` (default), ``"adagrad"`` or ``"sgd"``.
+        table_lr (float): its learning rate. Default 0.05.
+        dense_lr (float): Adam learning rate of the dense parameters. Default 1e-3.
+    """
+
+    node_sharding_types: Optional[List[str]] = None
+    table_optimizer: str = "rowwise_adagrad"
+    table_lr: float = 0.05
+    dense_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.table_optimizer not in TABLE_OPTIMIZER_NAMES:
+            raise ValueError(
+                f"ShardingConfig.table_optimizer must be one of {sorted(TABLE_OPTIMIZER_NAMES)}, got {self.table_optimizer!r}"
+            )
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1 of the two-stage baseline (``model.two_stage: true``) and of warm start
+    (``model.warm_start: true``).
+
+    Args:
+        epochs (int): at most this many epochs. Default 1.
+        patience (int): stop after this many epochs without a better held-out link AUC and
+            keep the best epoch's tower (0 = run every epoch, keep the last). Default 0.
+        max_steps (int, optional): stop after this many steps.
+        batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
+        lr (float): Adam learning rate of the whole tower. Default 0.005.
+        link_relation (str, optional): the relation to predict, ``"src__rel__dst"`` from the user
+            to the item type; default: the user -> item relation with the most edges.
+        supervision_fraction (float): share of that relation's edges predicted per epoch (a fresh
+            random share each epoch; each held out of its own batch's message passing).
+            Default 0.3.
+        validation_fraction (float): share of its edges held out of the graph for good to score
+            the link AUC. Default 0.03.
+        link_weight (float): weight of the link-prediction loss (0 = GFAE-only pre-training).
+            Default 1.0.
+        gfae_weight (float): weight of the GFAE loss next to the link loss (with
+            ``model.use_gfae``). Default 1.0.
+        chunk_size (int): destination nodes per step of the full-graph export. Default 8192.
+        refresh_every (int): under the streaming protocol, the two-stage baseline pre-trains
+            again (from the previous tower) and re-exports on the graph as it stands every this
+            many periods (0 = never refresh). Default 0.
+    """
+
+    epochs: int = 1
+    patience: int = 0
+    max_steps: Optional[int] = None
+    batch_size: int = 1024
+    lr: float = 0.005
+    link_relation: Optional[str] = None
+    supervision_fraction: float = 0.3
+    validation_fraction: float = 0.03
+    link_weight: float = 1.0
+    gfae_weight: float = 1.0
+    chunk_size: int = 8192
+    refresh_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.refresh_every < 0:
+            raise ValueError(f"pretrain.refresh_every must be >= 0 (0 = never), got {self.refresh_every}")
+        if not 0.0 < self.supervision_fraction <= 1.0:
+            raise ValueError(f"pretrain.supervision_fraction must be in (0, 1], got {self.supervision_fraction}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"pretrain.validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise ValueError(f"pretrain.batch_size must be an even number >= 2 (links + negatives), got {self.batch_size}")
+        if self.epochs < 1 or self.patience < 0:
+            raise ValueError(f"pretrain.epochs must be >= 1 and pretrain.patience >= 0, got {self.epochs}, {self.patience}")
