@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -82,17 +83,20 @@ class Model(torch.nn.Module):
         return (h["user"][index[0]] * h["movie"][index[1]]).sum(dim=-1)
 
 
-def auc(model: Model, loader) -> float:
+def auc(model: Model, loader, limit_batches: Optional[int] = None) -> float:
     model.eval()
     scores, labels = [], []
     with torch.no_grad():
-        for batch in loader:
+        for step, batch in enumerate(loader):
+            if limit_batches is not None and step >= limit_batches:
+                break
             scores.append(model(batch))
             labels.append(batch[RATES].edge_label)
     return float(roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy()))
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Train and score; returns the last epoch's validation AUC and the test AUC."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k-recbole")
     parser.add_argument("--epochs", type=int, default=3)
@@ -101,7 +105,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loader", choices=["torchrec_gnn", "pyg"], default="torchrec_gnn",
                         help="whose LinkNeighborLoader samples (pyg needs pyg-lib or torch-sparse)")
-    args = parser.parse_args()
+    parser.add_argument("--limit-batches", type=int, default=None,
+                        help="train and score on at most this many batches per epoch and split (a smoke test)")
+    args = parser.parse_args(argv)
     if not (args.data / "ml-100k.inter.gz").is_file():
         parser.error(f"--data {args.data}: ml-100k.inter.gz not found there")
     loader_class = LinkNeighborLoader
@@ -125,15 +131,19 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         model.train()
         total, count, start = 0.0, 0, time.perf_counter()
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False):
+        for step, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", leave=False)):
+            if args.limit_batches is not None and step >= args.limit_batches:
+                break
             optimizer.zero_grad()
             loss = F.binary_cross_entropy_with_logits(model(batch), batch[RATES].edge_label)
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * batch[RATES].edge_label.numel(), count + batch[RATES].edge_label.numel()
-        print(f"epoch {epoch}: loss {total / count:.4f}, val AUC {auc(model, eval_loaders['val']):.4f} "
-              f"({time.perf_counter() - start:.1f} s)")
-    print(f"test AUC {auc(model, eval_loaders['test']):.4f}")
+        val_auc = auc(model, eval_loaders["val"], args.limit_batches)
+        print(f"epoch {epoch}: loss {total / count:.4f}, val AUC {val_auc:.4f} ({time.perf_counter() - start:.1f} s)")
+    test_auc = auc(model, eval_loaders["test"], args.limit_batches)
+    print(f"test AUC {test_auc:.4f}")
+    return {"val_auc": val_auc, "test_auc": test_auc}
 
 
 if __name__ == "__main__":
