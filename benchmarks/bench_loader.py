@@ -18,7 +18,15 @@ and prints ``loader batches/s (2 workers) / train steps/s``: above 1 the loader 
 bottleneck. Both run on the same CPUs here (no GPU), so in a real job the trainer is much faster
 and the ratio much smaller.
 
+Those two are timed apart. ``--pipeline`` also times them together, as a job runs: the training
+job itself (:class:`~torchrec_gnn.recipes.ranker.RankerRecipe` on ``configs/default.yaml`` with
+this preset and batch size: sharded model, GradNorm, TorchRec's train pipeline) stepping on
+pre-built batches, and the same job fed by ``make_dataloader`` with its workers building the
+batches on the same cores, in interleaved rounds. ``fed / pre-built`` below 1 is what delivery
+costs the trainer.
+
     .venv/bin/python benchmarks/bench_loader.py --json out.json
+    .venv/bin/python benchmarks/bench_loader.py --pipeline --json out.json   # also loader and trainer together
     .venv/bin/python benchmarks/bench_loader.py --preset tiny --batch-size 64 --batches 20 --train-steps 5
 """
 
@@ -117,6 +125,54 @@ def time_training(
     return seconds
 
 
+def time_pipeline_fed(args: argparse.Namespace) -> Dict[str, object]:
+    """Steps/s of the real training job on pre-built batches and fed by its DataLoader workers
+    (``args.pipeline_workers``), interleaved over ``args.repeats`` rounds of ``args.train_steps`` steps."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    from torchrec_gnn.config import load_config
+    from torchrec_gnn.recipes.ranker import RankerRecipe
+    from torchrec_gnn.train.distributed import init_distributed
+
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config("configs/default.yaml", [
+            f"data.preset={args.preset}", f"data.seed={args.seed}", f"loader.batch_size={args.batch_size}",
+            f"loader.fanouts={list(args.fanouts)}", f"train.output_dir={out}", f"train.seed={args.seed}",
+        ])
+        recipe = RankerRecipe(config, init_distributed("cpu"))
+        try:
+            recipe.setup()
+            data = recipe.batches(recipe.split.train, train=True)
+            prebuilt = [data[i] for i in range(min(args.train_batches, len(data)))]
+            rates: Dict[str, List[float]] = {"prebuilt": [], "fed": []}
+
+            def timed(iterator, steps: int) -> float:
+                for _ in range(args.train_warmup):
+                    recipe.pipeline.progress(iterator)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    recipe.pipeline.progress(iterator)
+                return steps / (time.perf_counter() - start)
+
+            cycle = (prebuilt[i % len(prebuilt)] for i in range(10**9))
+            for r in range(args.repeats):
+                rates["prebuilt"].append(timed(cycle, args.train_steps))
+                data.set_epoch(r)
+                loader = make_dataloader(data, num_workers=args.pipeline_workers)
+                rates["fed"].append(timed(iter(loader), args.train_steps))
+                del loader  # shuts the workers down
+                print(f"  repeat {r}: pre-built {rates['prebuilt'][-1]:.3f} steps/s, fed by "
+                      f"{args.pipeline_workers} workers {rates['fed'][-1]:.3f} steps/s")
+        finally:
+            recipe.cleanup()
+    prebuilt_rate, fed_rate = statistics.median(rates["prebuilt"]), statistics.median(rates["fed"])
+    return {"prebuilt_steps_per_s": prebuilt_rate, "fed_steps_per_s": fed_rate, "fed_over_prebuilt": fed_rate / prebuilt_rate,
+            "repeats": rates, "workers": args.pipeline_workers, "torch_threads": torch.get_num_threads(),
+            "config": "configs/default.yaml"}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default", help="SyntheticConfig preset (default 'default')")
@@ -133,6 +189,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                         help="torch thread counts to time training with; the fastest sets the ratio "
                              "(default: 1 and torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also time the training job (GradNorm pipeline) fed by the loader against pre-built batches")
+    parser.add_argument("--pipeline-workers", type=int, default=2, help="loader workers feeding the job (default 2)")
     parser.add_argument("--json", default=None, help="write the figures as one JSON object here")
     args = parser.parse_args(argv)
 
@@ -193,7 +252,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     print(f"ratio loader({ratio_workers} workers) / train steps ({fastest} threads, the faster): {ratio:.1f}x "
           f"({'loader keeps up' if ratio >= 1 else 'loader is the bottleneck'})")
 
+    together = None
+    if args.pipeline:
+        print("\ntogether: the training job on pre-built batches vs fed by its loader")
+        together = time_pipeline_fed(args)
+        print(f"training job: pre-built {together['prebuilt_steps_per_s']:.3f} steps/s, fed by "
+              f"{together['workers']} workers {together['fed_steps_per_s']:.3f} steps/s: "
+              f"fed / pre-built {together['fed_over_prebuilt']:.2f}")
+
     result = {
+        "together": together,
         "loader_batches_per_s": {str(w): v for w, v in loader.items()},
         "loader_batches_per_s_repeats": {str(w): v for w, v in rates.items()},
         "build_only_batches_per_s": build_only,
