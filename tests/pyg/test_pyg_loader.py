@@ -277,6 +277,10 @@ def test_unsupported_options_raise_by_name() -> None:
         NeighborLoader(data, num_neighbors=[2], time_attr="when")
     with pytest.raises(ValueError, match="has no edge weight"):
         NeighborLoader(data, num_neighbors=[2], weight_attr="missing")
+    no_index = hetero(5)
+    del no_index[REV].edge_index
+    with pytest.raises(ValueError, match="has no edge_index"):
+        NeighborLoader(no_index, num_neighbors=[2], input_nodes=("user", torch.arange(2)))
     both = hetero(5)
     both["user"].time = torch.arange(8)
     with pytest.raises(ValueError, match="both a node and an edge attribute"):

@@ -246,6 +246,9 @@ def _index_graph(
                      for t, s in node_stores.items() if time_attr in s}
     edges = {}
     for et, store in edge_stores.items():
+        if "edge_index" not in store:
+            raise ValueError(f"torchrec_gnn.pyg: data[{et}] has no edge_index (a SparseTensor adj_t is not supported); "
+                             f"give every relation an edge_index")
         edge_index = store.edge_index
         time = None
         if time_is_edge and time_attr in store:
