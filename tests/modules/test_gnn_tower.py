@@ -293,6 +293,9 @@ def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split) -> None
     items = batch.node_ids["item"].values()[batch.item_index]
     torch.testing.assert_close(out.user, full["user"][users])
     torch.testing.assert_close(out.item, full["item"][items])
+    plain = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG).encoder
+    with pytest.raises(ValueError, match=r"^GraphEncoder.history_rows: this encoder has no history$"):
+        plain.history_rows(tables, {}, tiny_split.graph)
 
 
 def test_links_are_scored_only_by_an_edge_decoder(tiny_split, tiny_link_batches) -> None:
