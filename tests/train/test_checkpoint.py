@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
+from threaded_ranks import on_threaded_ranks
+
 from torchrec_gnn.train.checkpoint import TRAINER_FILE, CheckpointError, CheckpointManager
 
 
@@ -244,4 +246,22 @@ def test_rng_is_restored_only_from_a_same_size_run_that_saved_it(tmp_path: Path)
     (path / "rng_rank0.pt").unlink()
     torch.manual_seed(999)
     assert manager.load(path, {"model": model}, {})["step"] == 3
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_two_ranks_save_their_own_rng_and_resume_it(tmp_path: Path) -> None:
+    """On 2 ranks (threads of this process) each rank writes its RNG file and the trainer state
+    records the world size; a 2-rank load continues the saved random stream. (The threads share
+    one CPU RNG, so this cannot tell the ranks' files apart.)"""
+    manager = CheckpointManager(tmp_path)
+    model, _ = model_and_optimizer(0)
+    torch.manual_seed(123)
+    on_threaded_ranks(2, lambda rank: manager.save(4, {"model": model}, {"balancer": nn.Linear(2, 1)}, {"epoch": 0}))
+    expected = torch.rand(4)  # what the saved run draws next
+    path = manager.latest()
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in path.iterdir()}
+    assert json.loads((path / TRAINER_FILE).read_text())["world_size"] == 2
+    torch.manual_seed(999)
+    states = on_threaded_ranks(2, lambda rank: manager.load(path, {"model": nn.Linear(3, 2)}, {"balancer": nn.Linear(2, 1)}))
+    assert [state["world_size"] for state in states] == [2, 2]
     assert torch.equal(torch.rand(4), expected)
