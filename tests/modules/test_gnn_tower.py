@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_log_dataset
+from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.loader import GraphBatchDataset
+from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.models.graph_dlrm import RankerConfig
@@ -219,14 +221,14 @@ def test_gfae_masks_its_share_of_the_seeds_or_of_every_row(tiny_split, tiny_batc
             assert rows.numel() == max(1, round(0.3 * pool)) and int(rows.max()) < pool, (trim, t)
 
 
-def test_keyed_defaults_to_the_graph_prefix(tiny_split, tiny_batches) -> None:
+def test_keyed_defaults_to_the_graph_prefix(tiny_split: TimeSplit, tiny_batches: List[GraphBatch]) -> None:
     graph = tower_and_inputs(tiny_split, tiny_batches[0])[0].eval()(tiny_batches[0])
     keyed = graph.keyed()
     assert keyed.keys() == ["graph_user", "graph_item"]
     assert torch.equal(keyed["graph_user"], graph.user) and torch.equal(keyed["graph_item"], graph.item)
 
 
-def test_encoder_and_tower_refuse_mismatched_parts_naming_them(tiny_split) -> None:
+def test_encoder_and_tower_refuse_mismatched_parts_naming_them(tiny_split: TimeSplit) -> None:
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -260,7 +262,8 @@ def test_encoder_and_tower_refuse_mismatched_parts_naming_them(tiny_split) -> No
     assert GNNTower(tables({}, {"genre": 8}), encoder).node_types == list(graph.node_types)
 
 
-def test_an_untrimmed_tower_reads_batches_without_per_hop_counts(tiny_split, tiny_batches) -> None:
+def test_an_untrimmed_tower_reads_batches_without_per_hop_counts(tiny_split: TimeSplit,
+                                                                 tiny_batches: List[GraphBatch]) -> None:
     """Per-hop counts only let the GNN trim; without trimming a batch may lack them (the batch's
     defaults) and every sampled row is still encoded, giving the same embeddings."""
     from dataclasses import replace
@@ -275,7 +278,7 @@ def test_an_untrimmed_tower_reads_batches_without_per_hop_counts(tiny_split, tin
     torch.testing.assert_close(uncounted.item, counted.item)
 
 
-def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split) -> None:
+def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split: TimeSplit) -> None:
     """Outer hop from a fresh history: on one-hop batches with every neighbour, the tower gives
     each example the full-graph embedding of its user and item."""
     from conftest import make_batches
@@ -298,7 +301,7 @@ def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split) -> None
         plain.history_rows(tables, {}, tiny_split.graph)
 
 
-def test_links_are_scored_only_by_an_edge_decoder(tiny_split, tiny_link_batches) -> None:
+def test_links_are_scored_only_by_an_edge_decoder(tiny_split: TimeSplit, tiny_link_batches: List[GraphBatch]) -> None:
     """With an edge decoder every link (even a single one) gets a logit and the edge loss is their
     BCE; without one, links are ignored: no logit, zero loss."""
     from dataclasses import replace
