@@ -529,3 +529,9 @@ def test_training_window_metrics_on_two_ranks_cover_both_ranks_latest_batches() 
         for task, values in expected.items():
             for name, value in values.items():
                 assert got[task][name] == pytest.approx(value, rel=1e-5), (task, name)
+
+
+def test_repr_names_the_tasks_and_the_examples_held() -> None:
+    evaluator = MultiTaskEvaluator(TASKS)
+    evaluator.update(torch.zeros(3, 3), torch.zeros(3, 3), None, torch.arange(3))
+    assert repr(evaluator) == "MultiTaskEvaluator(tasks=[click:binary, like:binary, stay:regression], examples=3)"
