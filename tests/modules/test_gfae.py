@@ -150,3 +150,56 @@ def test_edge_decoders_score_pairs() -> None:
     with pytest.raises(ValueError, match=r"EdgeDecoder: kind must be one of .*got 'cosine'"):
         EdgeDecoder(8, "cosine")
     assert GFAE(4, 8, {}, GFAEConfig(edge_objective=True, decoder_hidden=7, edge_decoder="mlp")).edge_decoder.mlp[0].out_features == 7
+
+
+def test_mask_takes_one_row_when_the_rate_rounds_to_zero() -> None:
+    """0.1 * 4 rounds to 0: exactly one row is still masked (not more), so the decoder trains."""
+    gfae = GFAE(2, 4, {"user": 2}, GFAEConfig(mask_rate=0.1))
+    for seed in range(3):
+        _, rows = gfae.mask({"user": torch.zeros(4, 2)}, {"user": 4}, torch.Generator().manual_seed(seed))
+        assert rows["user"].numel() == 1 and 0 <= int(rows["user"]) < 4
+
+
+def test_mask_keeps_the_inputs_dtype_and_device() -> None:
+    """Half-precision inputs stay half precision, and the mask lives on the inputs' device (the
+    meta device stands in for an accelerator: a CPU tensor mixed in would fail or show)."""
+    gfae = GFAE(3, 4, {"user": 3}, GFAEConfig(mask_rate=0.5)).to(torch.bfloat16)
+    x = {"user": torch.arange(18, dtype=torch.bfloat16).view(6, 3)}
+    masked, rows = gfae.mask(x, {"user": 6}, torch.Generator().manual_seed(0))
+    assert masked["user"].dtype == torch.bfloat16
+    assert torch.equal(masked["user"][rows["user"]], torch.zeros(3, 3, dtype=torch.bfloat16))
+    on_meta = GFAE(3, 4, {"user": 3}, GFAEConfig(mask_rate=0.5)).to("meta")
+    masked, rows = on_meta.mask({"user": torch.zeros(6, 3, device="meta")}, {"user": 6}, torch.Generator().manual_seed(0))
+    assert rows["user"].device.type == "meta" and rows["user"].shape == (3,)
+    assert masked["user"].device.type == "meta" and masked["user"].shape == (6, 3)
+
+
+def test_loss_skips_a_type_with_nothing_masked_and_counts_the_others() -> None:
+    gfae = GFAE(2, 2, {"user": 2, "item": 2}, GFAEConfig(loss="mse"))
+    gfae.decoders["user"] = gfae.decoders["item"] = torch.nn.Identity()
+    h = {"user": torch.tensor([[1.0, 0.0]]), "item": torch.tensor([[3.0, 1.0]])}
+    target = {"user": torch.tensor([[0.0, 0.0]]), "item": torch.tensor([[1.0, 1.0]])}
+    mask = {"user": torch.tensor([], dtype=torch.long), "item": torch.tensor([0])}  # empty type first
+    assert gfae.loss(h, target, mask).item() == pytest.approx(2.0)  # item only: (4 + 0) / 2
+
+
+def test_scaled_cosine_error_is_scale_free() -> None:
+    """Shrinking predictions or targets (even to norms below 1) leaves the error unchanged."""
+    gfae = GFAE(2, 2, {"user": 2}, GFAEConfig(loss="sce", gamma=2.0))
+    gfae.decoders["user"] = torch.nn.Identity()
+    h, target = torch.tensor([[3.0, 4.0], [0.0, 2.0]]), torch.tensor([[4.0, 3.0], [1.0, 1.0]])
+    rows = {"user": torch.tensor([0, 1])}
+    expected = ((1 - 24 / 25) ** 2 + (1 - 2**-0.5) ** 2) / 2
+    for scale_h, scale_target in [(1.0, 1.0), (1e-2, 1.0), (1.0, 1e-3), (1e-2, 1e-2)]:
+        loss = gfae.loss({"user": h * scale_h}, {"user": target * scale_target}, rows)
+        assert loss.item() == pytest.approx(expected, rel=1e-4), (scale_h, scale_target)
+
+
+def test_edge_decoder_defaults_to_a_scaled_dot_product_and_a_64_wide_mlp() -> None:
+    from torchrec_gnn.modules.gfae import EdgeDecoder
+
+    u, v = torch.tensor([[1.0, 2.0, 0.0, 1.0]]), torch.tensor([[2.0, 1.0, 5.0, 0.0]])
+    default = EdgeDecoder(4)
+    assert default.kind == "dot" and default.mlp is None
+    torch.testing.assert_close(default(u, v), torch.tensor([4.0 / 2.0]))
+    assert EdgeDecoder(4, "mlp").mlp[0].out_features == 64

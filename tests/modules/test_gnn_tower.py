@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_log_dataset
+from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset
+from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.models.graph_dlrm import RankerConfig
@@ -230,3 +232,104 @@ def test_gfae_masks_its_share_of_the_seeds_or_of_every_row(tiny_split, tiny_batc
         for t, rows in calls[0]["rows"].items():
             pool = batch.num_sampled_nodes[t][0] if trim else int(batch.num_nodes[t])
             assert rows.numel() == max(1, round(0.3 * pool)) and int(rows.max()) < pool, (trim, t)
+
+
+def test_keyed_defaults_to_the_graph_prefix(tiny_split: TimeSplit, tiny_batches: List[GraphBatch]) -> None:
+    graph = tower_and_inputs(tiny_split, tiny_batches[0])[0].eval()(tiny_batches[0])
+    keyed = graph.keyed()
+    assert keyed.keys() == ["graph_user", "graph_item"]
+    assert torch.equal(keyed["graph_user"], graph.user) and torch.equal(keyed["graph_item"], graph.item)
+
+
+def test_encoder_and_tower_refuse_mismatched_parts_naming_them(tiny_split: TimeSplit) -> None:
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from torchrec_gnn.modules.gnn import HeteroGNN
+    from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
+
+    graph = tiny_split.graph
+    gnn = HeteroGNN.from_config(graph.node_types, graph.edge_types, 8, CONFIG.gnn, out_node_types=["user", "item"])
+    with pytest.raises(ValueError, match=r"GraphEncoder: node type 'buyer' is not one of the GNN's \['user'"):
+        GraphEncoder(gnn, "buyer", "item")
+    with pytest.raises(ValueError, match=r"GraphEncoder: GFAE targets \['genre'\] are not GNN outputs \['user', 'item'\]; "
+                                         r"reconstruct only output node types"):
+        GraphEncoder(gnn, "user", "item", GFAE(8, 12, {"user": 8, "genre": 8}, GFAEConfig()))
+    encoder = GraphEncoder(gnn, "user", "item", GFAE(8, 12, {"user": 8, "item": 8}, GFAEConfig()))
+
+    def tables(pooling: Dict[str, PoolingType], dims: Dict[str, int]) -> EmbeddingBagCollection:
+        return EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name=f"node_{t}", num_embeddings=n, embedding_dim=dims.get(t, 8), feature_names=[t],
+                               pooling=pooling.get(t, PoolingType.SUM))
+            for t, n in graph.num_nodes.items() if t != "genre" or "genre" in dims or "genre" in pooling
+        ])
+
+    with pytest.raises(ValueError, match=r"GNNTower: node types \['genre'\] have no table in the EmbeddingBagCollection "
+                                         r"\(its feature names: \['item', 'user'\]\); add one table per node type"):
+        GNNTower(tables({}, {}), encoder)
+    with pytest.raises(ValueError, match=r"GNNTower: node tables \['node_genre'\] must use sum pooling"):
+        GNNTower(tables({"genre": PoolingType.MEAN}, {}), encoder)
+    with pytest.raises(ValueError, match=r"GNNTower: node tables have embedding dims \[4, 8\] but the GNN expects "
+                                         r"in_channels=8"):
+        GNNTower(tables({}, {"genre": 4}), encoder)
+    assert GNNTower(tables({}, {"genre": 8}), encoder).node_types == list(graph.node_types)
+
+
+def test_an_untrimmed_tower_reads_batches_without_per_hop_counts(tiny_split: TimeSplit,
+                                                                 tiny_batches: List[GraphBatch]) -> None:
+    """Per-hop counts only let the GNN trim; without trimming a batch may lack them (the batch's
+    defaults) and every sampled row is still encoded, giving the same embeddings."""
+    from dataclasses import replace
+
+    batch = tiny_batches[0]
+    torch.manual_seed(0)
+    config = replace(CONFIG, gnn=replace(CONFIG.gnn, trim=False))
+    tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config).eval()
+    with torch.no_grad():
+        counted, uncounted = tower(batch), tower(replace(batch, num_sampled_nodes={}, num_sampled_edges={}))
+    torch.testing.assert_close(uncounted.user, counted.user)
+    torch.testing.assert_close(uncounted.item, counted.item)
+
+
+def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split: TimeSplit) -> None:
+    """Outer hop from a fresh history: on one-hop batches with every neighbour, the tower gives
+    each example the full-graph embedding of its user and item."""
+    from conftest import make_batches
+    from torchrec_gnn.models.builder import node_table_name
+
+    torch.manual_seed(0)
+    tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, history=True).eval()
+    tables = {t: tower.node_embeddings.embedding_bags[node_table_name(t)].weight.detach() for t in tower.node_types}
+    tower.encoder.history.load(tower.encoder.history_rows(tables, {}, tiny_split.graph))
+    full = tower.encoder.full_graph(tables, {}, tiny_split.graph)
+    batch = make_batches(tiny_split, fanouts=[-1])[0]
+    with torch.no_grad():
+        out = tower(batch)
+    users = batch.node_ids["user"].values()[batch.user_index]
+    items = batch.node_ids["item"].values()[batch.item_index]
+    torch.testing.assert_close(out.user, full["user"][users])
+    torch.testing.assert_close(out.item, full["item"][items])
+    plain = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG).encoder
+    with pytest.raises(ValueError, match=r"^GraphEncoder.history_rows: this encoder has no history$"):
+        plain.history_rows(tables, {}, tiny_split.graph)
+
+
+def test_links_are_scored_only_by_an_edge_decoder(tiny_split: TimeSplit, tiny_link_batches: List[GraphBatch]) -> None:
+    """With an edge decoder every link (even a single one) gets a logit and the edge loss is their
+    BCE; without one, links are ignored: no logit, zero loss."""
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    batch = tiny_link_batches[0]
+    torch.manual_seed(0)
+    plain = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, edge_objective=False).eval()
+    out = plain(batch)
+    assert batch.link_label.numel() > 0 and out.link_logits.shape == (0,) and out.edge_loss.item() == 0.0
+    scorer = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, edge_objective=True).eval()
+    one_link = replace(batch, link_index=batch.link_index[:, :1], link_label=batch.link_label[:1])
+    for links in (batch, one_link):
+        out = scorer(links)
+        assert out.link_logits.shape == links.link_label.shape
+        torch.testing.assert_close(out.edge_loss, F.binary_cross_entropy_with_logits(out.link_logits, links.link_label))
+        assert out.edge_loss.item() > 0

@@ -3,16 +3,19 @@
 import itertools
 import json
 import math
+import warnings
 from typing import Dict, Tuple
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from sklearn.metrics import log_loss, roc_auc_score
 from torchrec.metrics.calibration import CalibrationMetric
 from torchrec.metrics.metrics_config import RecTaskInfo
 from torchrec.metrics.ne import NEMetric
 
+from threaded_ranks import on_threaded_ranks
 from torchrec_gnn.data.dataset import TaskSpec
 from torchrec_gnn.train.metrics import (
     MultiTaskEvaluator,
@@ -368,3 +371,167 @@ def test_single_examples_and_single_classes() -> None:
     one = _regression_metrics(np.array([math.log1p(3.0)]), np.array([1.0]))
     assert one == pytest.approx({"rmse": 2.0, "mae": 2.0, "count": 1})
     assert math.isnan(_regression_metrics(np.array([]), np.array([]))["mae"])
+
+
+def test_group_auc_keeps_tied_scores_of_neighbouring_groups_apart() -> None:
+    """User 1's top score equals user 2's lowest: each user still ranks only its own scores."""
+    scores, labels, users = np.array([0.1, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]), np.array([1, 1, 2, 2])
+    assert group_auc(scores, labels, users) == (1.0, 2, 0)
+    assert group_auc(np.zeros(0), np.zeros(0), np.zeros(0)) == pytest.approx((math.nan, 0, 0), nan_ok=True)
+
+
+def test_undefined_metrics_raise_no_numpy_warnings() -> None:
+    """Single-class users, one-class tasks and empty inputs give NaN quietly (no RuntimeWarning
+    in every evaluation log)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gauc, used, skipped = group_auc(np.array([0.2, 0.9, 0.4]), np.array([1, 1, 0]), np.array([1, 1, 2]))
+        assert math.isnan(gauc) and (used, skipped) == (0, 2)
+        assert math.isnan(roc_auc(np.array([0.1, 0.3]), np.array([0, 0])))
+        assert math.isnan(normalized_entropy(np.zeros(0), np.zeros(0)))
+        metrics = evaluate(make_data(n=60, seed=7))
+    assert metrics["click"]["gauc_users_skipped"] > 0
+
+
+def test_diverged_task_reports_the_same_metrics_all_nan_but_count() -> None:
+    """A task with a non-finite output has the same keys as a healthy one (tables and loggers
+    need no special case): every value NaN but the count, and no GAUC user."""
+    data = make_data(n=200, seed=5)
+    healthy = evaluate(data)
+    data["outputs"][0, :] = float("inf")
+    data["mask"][0, :] = True
+    diverged = evaluate(data)
+    for task in TASKS:
+        values = diverged[task.name]
+        assert values.keys() == healthy[task.name].keys(), task.name
+        assert values["count"] == int(data["mask"][:, TASKS.index(task)].sum())
+        counts = {"count", "gauc_users", "gauc_users_skipped"}
+        assert all(math.isnan(v) for k, v in values.items() if k not in counts), values
+    assert (diverged["click"]["gauc_users"], diverged["click"]["gauc_users_skipped"]) == (0, 0)
+
+
+def test_update_errors_name_every_wrong_field_at_once() -> None:
+    evaluator = MultiTaskEvaluator(TASKS)
+    with pytest.raises(ValueError) as info:
+        evaluator.update(torch.zeros(4, 3), torch.zeros(4, 2), torch.ones(3, 3, dtype=torch.bool), torch.arange(4))
+    assert str(info.value) == ("MultiTaskEvaluator.update: labels must have shape (B, T) = (4, 3), got (4, 2); "
+                               "label_mask must have shape (B, T) = (4, 3), got (3, 3)")
+    with pytest.raises(ValueError, match=r"user_ids must be a \(B,\) integer tensor, got \(\) torch.int64"):
+        evaluator.update(torch.zeros(1, 3), torch.zeros(1, 3), None, torch.tensor(5))  # a scalar id
+    assert evaluator.num_examples == 0
+
+
+def test_update_keeps_its_own_copy_of_the_batch() -> None:
+    """A pipeline refilling the batch's buffers in place after update changes nothing."""
+    data = make_data(n=120, seed=8)
+    expected = evaluate(data)
+    outputs, labels, mask, users = (data[k].clone() for k in ("outputs", "labels", "mask", "users"))
+    evaluator = MultiTaskEvaluator(TASKS)
+    evaluator.update(outputs, labels, mask, users)
+    for buffer in (outputs, labels, users):
+        buffer.zero_()
+    assert_metrics_equal(evaluator.compute(), expected, rel=0)
+
+
+@pytest.mark.parametrize("num_bad, shown", [(5, "0.1, 0.2, 0.3, 0.4, 0.5"), (6, "0.1, 0.2, 0.3, 0.4, 0.5, ...")])
+def test_bad_label_error_lists_at_most_five_values(num_bad: int, shown: str) -> None:
+    evaluator = MultiTaskEvaluator([TaskSpec("click", "binary")])
+    labels = torch.tensor([[0.1 * (i + 1)] for i in range(num_bad)] + [[1.0]])
+    evaluator.update(torch.zeros(num_bad + 1, 1), labels, None, torch.arange(num_bad + 1))
+    with pytest.raises(ValueError) as info:
+        evaluator.compute()
+    assert str(info.value).endswith(f"binary task 'click' needs 0/1 labels, found [{shown}]")
+
+
+def test_training_window_metrics_without_binary_tasks_and_with_a_small_window() -> None:
+    regression_only = TrainingWindowMetrics([TaskSpec("stay", "regression")], batch_size=4, window_size=8)
+    regression_only.update(torch.zeros(4, 1), torch.ones(4, 1))
+    assert regression_only.compute() == {}
+    batches = window_batches(seed=2, num_batches=3, batch_size=40)
+    window = TrainingWindowMetrics(TASKS, batch_size=40, window_size=10)  # raised to one batch
+    for outputs, labels in batches:
+        window.update(outputs, labels)
+    got, expected = window.compute(), window_reference(batches[-1:])
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert got[task][name] == pytest.approx(value, rel=1e-5), (task, name)
+
+
+def test_format_table_exact_layout() -> None:
+    """Names left-aligned, numbers right-aligned, a missing metric blank (no trailing spaces),
+    None as "-", booleans and strings as they are, unknown metrics after the known ones."""
+    metrics = {"click": {"auc": 0.5, "count": 3, "window_auc": None, "ok": True}, "stay": {"rmse": 1.25, "note": "x"}}
+    assert format_table(metrics).splitlines() == [
+        "task      auc    rmse  count  window_auc    ok  note",
+        "-----  ------  ------  -----  ----------  ----  ----",
+        "click  0.5000              3           -  True",
+        "stay           1.2500                              x",
+    ]
+    assert format_table({"val": {"click": {"auc": 0.71, "count": 812}}}, title="epoch 3").splitlines() == [
+        "epoch 3",
+        "split  task      auc  count",
+        "-----  -----  ------  -----",
+        "val    click  0.7100    812",
+    ]
+
+
+@pytest.mark.parametrize("split", ["shared_users", "rank_1_empty"])
+def test_compute_on_two_ranks_returns_the_metrics_of_all_examples(split: str) -> None:
+    """Every rank gets the single-process metrics of both ranks' examples; a user seen on both
+    ranks is one GAUC group, and a rank without examples contributes nothing."""
+    data = make_data(n=300, seed=11, num_users=30)
+    expected = evaluate(data)
+    row = torch.arange(300)
+
+    def rank_metrics(rank: int) -> Dict[str, Dict[str, float]]:
+        keep = row % 2 == rank if split == "shared_users" else torch.full((300,), rank == 0)
+        evaluator = MultiTaskEvaluator(TASKS)
+        if keep.any():
+            evaluator.update(data["outputs"][keep], data["labels"][keep], data["mask"][keep], data["users"][keep])
+        return evaluator.compute()
+
+    for metrics in on_threaded_ranks(2, rank_metrics):
+        assert_metrics_equal(metrics, expected, rel=1e-12)
+
+
+def test_compute_gathers_over_its_process_group_only() -> None:
+    """Ranks 0 and 1 evaluate together in one group, rank 2 alone in another: each group's
+    ranks get the metrics of that group's examples only."""
+    data = make_data(n=300, seed=12)
+    thirds = [{k: v[i::3] for k, v in data.items()} for i in range(3)]
+    pair = {k: torch.cat([thirds[0][k], thirds[1][k]]) for k in data}
+    expected = [evaluate(pair), evaluate(pair), evaluate(thirds[2])]
+
+    def rank_metrics(rank: int) -> Dict[str, Dict[str, float]]:
+        groups = [dist.new_group([0, 1]), dist.new_group([2])]  # collective: every rank creates both
+        evaluator = MultiTaskEvaluator(TASKS, process_group=groups[rank // 2])
+        third = thirds[rank]
+        evaluator.update(third["outputs"], third["labels"], third["mask"], third["users"])
+        return evaluator.compute()
+
+    for rank, metrics in enumerate(on_threaded_ranks(3, rank_metrics)):
+        assert_metrics_equal(metrics, expected[rank], rel=1e-12)
+
+
+def test_training_window_metrics_on_two_ranks_cover_both_ranks_latest_batches() -> None:
+    """The window (raised to one batch per rank) holds every rank's latest batch; both ranks
+    compute the same values."""
+    batches = window_batches(seed=3, num_batches=4, batch_size=40)  # rank r takes batches r, r + 2
+
+    def rank_window(rank: int) -> Dict[str, Dict[str, float]]:
+        window = TrainingWindowMetrics(TASKS, batch_size=40, window_size=10, world_size=2, rank=rank)
+        for outputs, labels in batches[rank::2]:
+            window.update(outputs, labels)
+        return window.compute()
+
+    expected = window_reference(batches[2:])  # the last batch of each rank
+    for got in on_threaded_ranks(2, rank_window):
+        for task, values in expected.items():
+            for name, value in values.items():
+                assert got[task][name] == pytest.approx(value, rel=1e-5), (task, name)
+
+
+def test_repr_names_the_tasks_and_the_examples_held() -> None:
+    evaluator = MultiTaskEvaluator(TASKS)
+    evaluator.update(torch.zeros(3, 3), torch.zeros(3, 3), None, torch.arange(3))
+    assert repr(evaluator) == "MultiTaskEvaluator(tasks=[click:binary, like:binary, stay:regression], examples=3)"
