@@ -107,25 +107,3 @@ def test_self_relations(conv: str) -> None:
     x, edges = random_graph()
     edges[("user", "friend", "user")] = torch.tensor([[0, 1, 2], [1, 2, 0]])
     assert_permutation_invariant(gnn, x, edges)
-
-
-def test_fused_sage_is_the_same_function_and_gradient() -> None:
-    """``fused`` aggregates all relations into a destination type at once (here users receive
-    from two relations); the outputs and every gradient equal the per-relation SAGEConv calls to
-    float tolerance."""
-    edge_types = EDGE_TYPES + [("user", "follows", "user")]
-    torch.manual_seed(0)
-    plain = HeteroGNN.from_config(NODE_TYPES, edge_types, 8, GNNConfig(hidden_channels=12, dropout=0.0))
-    fused = HeteroGNN.from_config(NODE_TYPES, edge_types, 8, GNNConfig(hidden_channels=12, dropout=0.0, fused=True))
-    fused.load_state_dict(plain.state_dict())
-    x, edges = random_graph()
-    edges[("user", "follows", "user")] = torch.randint(0, x["user"].shape[0], (2, 25), generator=torch.Generator().manual_seed(3))
-    out_plain, out_fused = plain(x, edges), fused(x, edges)
-    for t in out_plain:
-        torch.testing.assert_close(out_fused[t], out_plain[t], atol=1e-5, rtol=1e-5)
-    sum(o.pow(2).sum() for o in out_plain.values()).backward()
-    sum(o.pow(2).sum() for o in out_fused.values()).backward()
-    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
-    with pytest.raises(ValueError, match="fused needs conv 'sage'"):
-        GNNConfig(conv="gat", fused=True)

@@ -29,9 +29,6 @@ class GNNConfig:
             ``"history"`` (it stops one hop short and the last layer reads the hop-1 nodes'
             inputs from historical embeddings, :mod:`torchrec_gnn.modules.history`; end-to-end
             training only, pre-training always samples). Default ``"sample"``.
-        fused (bool): ``"sage"`` only: one mean aggregation and one matmul per destination type
-            instead of one SAGEConv call per relation (the same function, summed in another
-            order; :meth:`HeteroSAGE.relation_messages`). Default False.
         history_refresh_every (int): with ``outer_hop="history"``, refresh the whole cache by
             full-graph inference every this many training steps (and before every evaluation).
             Default 50.
@@ -45,7 +42,6 @@ class GNNConfig:
     heads: int = 2
     trim: bool = True
     outer_hop: str = "sample"
-    fused: bool = False
     history_refresh_every: int = 50
 
     def __post_init__(self) -> None:
@@ -57,8 +53,6 @@ class GNNConfig:
                                  f"(got num_layers={self.num_layers}, trim={self.trim})")
             if self.history_refresh_every < 1:
                 raise ValueError(f"GNNConfig.history_refresh_every must be >= 1, got {self.history_refresh_every}")
-        if self.fused and self.conv != "sage":
-            raise ValueError(f"GNNConfig.fused needs conv 'sage' (mean aggregation), got {self.conv!r}")
         if self.conv not in CONV_TYPES:
             raise ValueError(f"GNNConfig.conv must be one of {CONV_TYPES}, got {self.conv!r}")
         if self.norm not in NORM_TYPES:

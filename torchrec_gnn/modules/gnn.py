@@ -278,7 +278,17 @@ class HeteroGNN(nn.Module):
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
         """
         x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
-        out = self.relation_messages(layer, x_dict, x_dst_dict, edge_index_dict, src_degree_dict or {})
+        degrees = src_degree_dict or {}
+        convs = self.convs[layer]
+        messages: Dict[NodeType, List[torch.Tensor]] = {}
+        for et in self.edge_types:  # the relations in a fixed order, summed in that order
+            key = edge_type_str(et)
+            if key in convs and et in edge_index_dict:
+                src, _, dst = et
+                extra = {"src_degree": degrees[et]} if et in degrees else {}
+                out_r = convs[key]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et], **extra)
+                messages.setdefault(dst, []).append(out_r)
+        out = {t: torch.stack(hs).sum(0) for t, hs in messages.items()}
         if self.node_transforms:
             out = {t: h + self.roots[layer][t](x_dst_dict[t]) for t, h in out.items()}
             if layer < self.num_layers - 1:
@@ -286,23 +296,6 @@ class HeteroGNN(nn.Module):
                     out = {t: self.norms[layer][t](h) for t, h in out.items()}
                 out = {t: self.dropout(h.relu()) for t, h in out.items()}
         return out
-
-    def relation_messages(
-        self, layer: int, x_dict: Dict[NodeType, torch.Tensor], x_dst_dict: Dict[NodeType, torch.Tensor],
-        edge_index_dict: Dict[EdgeType, torch.Tensor], src_degree_dict: Dict[EdgeType, torch.Tensor],
-    ) -> Dict[NodeType, torch.Tensor]:
-        """(M_t, H) per destination type: the sum over the layer's relations ending at it of
-        each relation's conv output (the arguments are :meth:`layer_forward`'s)."""
-        convs = self.convs[layer]
-        messages: Dict[NodeType, List[torch.Tensor]] = {}
-        for et in self.edge_types:  # the relations in a fixed order, summed in that order
-            key = edge_type_str(et)
-            if key in convs and et in edge_index_dict:
-                src, _, dst = et
-                extra = {"src_degree": src_degree_dict[et]} if et in src_degree_dict else {}
-                out_r = convs[key]((x_dict[src], x_dst_dict[dst]), edge_index_dict[et], **extra)
-                messages.setdefault(dst, []).append(out_r)
-        return {t: torch.stack(hs).sum(0) for t, hs in messages.items()}
 
     def full_graph_degrees(self, graph: HeteroGraph, like: torch.Tensor) -> Optional[Dict[EdgeType, torch.Tensor]]:
         """What :meth:`inference` hands every layer as ``src_degree_dict``: None unless the
@@ -389,35 +382,6 @@ class HeteroSAGE(HeteroGNN):
 
     def init_conv(self, width: int) -> MessagePassing:
         return SAGEConv((width, width), self.config.hidden_channels, root_weight=False)
-
-    def relation_messages(
-        self, layer: int, x_dict: Dict[NodeType, torch.Tensor], x_dst_dict: Dict[NodeType, torch.Tensor],
-        edge_index_dict: Dict[EdgeType, torch.Tensor], src_degree_dict: Dict[EdgeType, torch.Tensor],
-    ) -> Dict[NodeType, torch.Tensor]:
-        """With ``config.fused``, per destination type t with R relations: one mean aggregation
-        of all R relations' messages into (M_t, R, D) (one ``index_add_`` keyed by destination and
-        relation) and one (M_t, R * D) x (R * D, H) matmul with the R ``lin_l`` weights side by
-        side, plus the sum of their biases; the same function as R SAGEConv calls summed."""
-        if not self.config.fused:
-            return super().relation_messages(layer, x_dict, x_dst_dict, edge_index_dict, src_degree_dict)
-        convs = self.convs[layer]
-        by_dst: Dict[NodeType, List[EdgeType]] = {}
-        for et in self.edge_types:
-            if edge_type_str(et) in convs and et in edge_index_dict:
-                by_dst.setdefault(et[2], []).append(et)
-        out = {}
-        for t, relations in by_dst.items():
-            m, r = x_dst_dict[t].shape[0], len(relations)
-            gathered = torch.cat([x_dict[et[0]][edge_index_dict[et][0]] for et in relations])  # (E_t, D)
-            slot = torch.cat([edge_index_dict[et][1] * r + i for i, et in enumerate(relations)])  # (E_t,)
-            sums = gathered.new_zeros(m * r, gathered.shape[1]).index_add_(0, slot, gathered)
-            counts = torch.bincount(slot, minlength=m * r).clamp(min=1).to(gathered.dtype)
-            means = (sums / counts.unsqueeze(1)).view(m, -1)  # (M_t, R * D)
-            lins = [convs[edge_type_str(et)].lin_l for et in relations]
-            weight = torch.cat([lin.weight for lin in lins], dim=1)  # (H, R * D)
-            bias = torch.stack([lin.bias for lin in lins]).sum(0)
-            out[t] = torch.addmm(bias, means, weight.t())
-        return out
 
 
 class HeteroGAT(HeteroGNN):
