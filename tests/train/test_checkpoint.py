@@ -15,7 +15,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from threaded_ranks import on_threaded_ranks
 
-from torchrec_gnn.train.checkpoint import TRAINER_FILE, CheckpointError, CheckpointManager
+from torchrec_gnn.train.checkpoint import TRAINER_FILE, CheckpointError, CheckpointManager, resume_latest
 
 
 def model_and_optimizer(seed: int) -> Tuple[nn.Linear, torch.optim.Adam]:
@@ -265,3 +265,25 @@ def test_two_ranks_save_their_own_rng_and_resume_it(tmp_path: Path) -> None:
     states = on_threaded_ranks(2, lambda rank: manager.load(path, {"model": nn.Linear(3, 2)}, {"balancer": nn.Linear(2, 1)}))
     assert [state["world_size"] for state in states] == [2, 2]
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_resume_latest_loads_this_runs_newest_and_refuses_an_unmappable_position(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep=2)
+    model, optimizer = model_and_optimizer(0)
+    with pytest.raises(CheckpointError, match=r"--resume: no complete checkpoint in"):
+        resume_latest(manager, {"model": model}, {}, "abc", world_size=1)
+    for step, in_epoch in ((4, 4), (8, 0)):
+        manager.save(step, {"model": model}, {}, {"epoch": 1, "batch_in_epoch": in_epoch, "config_fingerprint": "abc"})
+    other, _ = model_and_optimizer(1)
+    state = resume_latest(manager, {"model": other}, {}, "abc", world_size=1)
+    assert state["step"] == 8 and torch.equal(other.weight, model.weight)
+    with pytest.raises(CheckpointError, match=r"config_fingerprint"):
+        resume_latest(manager, {"model": other}, {}, "another run", world_size=1)
+    # Written by 2 ranks: an epoch boundary maps to any world size, the middle of an epoch does not.
+    trainer = manager.latest() / TRAINER_FILE
+    trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "world_size": 2}))
+    assert resume_latest(manager, {"model": other}, {}, "abc", world_size=1)["batch_in_epoch"] == 0
+    trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "batch_in_epoch": 3}))
+    with pytest.raises(CheckpointError, match=r"saved by 2 rank\(s\) in the middle of epoch 1; .* mapped to 1 rank\(s\). "
+                                              r"Resume with --nproc_per_node=2"):
+        resume_latest(manager, {"model": other}, {}, "abc", world_size=1)
