@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny heterogeneous log dataset, its leak-free split and GraphBatches."""
 
+import logging
 from typing import List
 
 import pytest
@@ -43,6 +44,17 @@ def tiny_log_dataset(n: int = 1200, seed: int = 0) -> GraphRecDataset:
         examples=examples, edges=edges, dense_names=["d0", "d1", "d2"],
         sparse_cardinality={"user_id": NUM_USERS, "item_id": NUM_ITEMS, "genre": NUM_GENRES},
     )
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored():
+    """A CLI entry point configures the package's logger (its own handler, no propagation to
+    the root); put it back after each test so a later test's ``caplog`` still sees the records."""
+    logger = logging.getLogger("torchrec_gnn")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture(scope="session")
