@@ -47,14 +47,15 @@ def tiny_log_dataset(n: int = 1200, seed: int = 0) -> GraphRecDataset:
 
 
 @pytest.fixture(autouse=True)
-def _package_logger_restored():
-    """A CLI entry point configures the package's logger (its own handler, no propagation to
-    the root); put it back after each test so a later test's ``caplog`` still sees the records."""
+def _package_logger_reset() -> None:
+    """Each test starts with the package's logger as Python makes it (no handler, propagating to
+    the root, no level): a CLI entry point run earlier, by a test or a module-scoped fixture,
+    gives it its own handler and turns propagation off, which would hide the records from a
+    later test's ``caplog``."""
     logger = logging.getLogger("torchrec_gnn")
-    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.propagate, logger.level = propagate, level
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")
