@@ -298,7 +298,6 @@ class GraphBatchDataset(Dataset):
                 f"(have {sorted(examples.sparse)})"
             )
         self.examples, self.builder, self.plan = examples, builder, plan
-        self.links = builder.links
         self.epoch = 0
         self._order: Optional[torch.Tensor] = None
         self._link_order: Optional[torch.Tensor] = None
@@ -310,6 +309,11 @@ class GraphBatchDataset(Dataset):
     @property
     def sampler(self) -> NeighborSampler:
         return self.builder.sampler
+
+    @property
+    def links(self) -> Optional[LinkTargets]:
+        """The builder's links (the batches' share of them is this dataset's to pick)."""
+        return self.builder.links
 
     @property
     def seed(self) -> int:

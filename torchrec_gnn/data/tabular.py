@@ -202,11 +202,12 @@ def load_tabular(path: str | Path) -> GraphRecDataset:
         (cfg.item_type, inter_file, inter, cfg.item_column),
     ]
     id_columns += list(sides.values())
-    for et, (file, frame) in edge_tables.items():
+    for node_type, file, frame, col in id_columns:
+        check_no_missing_values(frame[col], f"{file}: id column {col!r}")
+    for et, (file, frame) in edge_tables.items():  # read_edge_table checked these already
         id_columns += [(et[0], file, frame, "src"), (et[2], file, frame, "dst")]
     raw_ids: Dict[str, List[pd.Series]] = {}
     for node_type, file, frame, col in id_columns:
-        check_no_missing_values(frame[col], f"{file}: id column {col!r}")
         raw_ids.setdefault(node_type, []).append(frame[col])
     index = {t: id_index(cols) for t, cols in raw_ids.items()}
     num_nodes = {t: len(ix) for t, ix in index.items()}
