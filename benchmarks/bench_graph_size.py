@@ -112,7 +112,7 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
     sampled_config = replace(config, gnn=replace(config.gnn, outer_hop="sample"))
     every_hop = batch_fanouts(replace(experiment, model=sampled_config), graph)
     e2e_batches = ranker_batches(NeighborSampler(graph, every_hop), dataset.node_features)
-    sampled_edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in e2e_batches)
+    sampled_edges = statistics.mean(sum(e.shape[1] for e in b.graph_features.edge_index.values()) for b in e2e_batches)
     e2e_step, _ = pipeline_step_seconds(dataset, graph, sampled_config, balancer, e2e_batches, steps)
     print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
     history_config = replace(config, gnn=replace(config.gnn, outer_hop="history"))

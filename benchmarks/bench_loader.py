@@ -208,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     needed = args.warmup + args.batches
     if len(dataset) < needed:
         raise SystemExit(f"bench_loader: {len(dataset)} batches per epoch, fewer than --warmup + --batches = {needed}")
-    probe = dataset[0]
+    probe = dataset[0].graph_features
     edges = sum(e.shape[1] for e in probe.edge_index.values())
     print(f"config: B={args.batch_size}, fanouts {args.fanouts}, {len(dataset)} batches/epoch; a batch has "
           f"{sum(probe.num_nodes.values()):,} nodes, {edges:,} edges; torch threads {torch.get_num_threads()}, "

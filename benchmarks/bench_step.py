@@ -130,8 +130,8 @@ def main() -> None:
     data = training_batches(config, split.graph, dataset, split.train, train=True, degree=degree)
     features = tower_node_features(dataset, split.graph, degree)
     batches = [data[i] for i in range(min(args.steps, len(data)))]
-    edges = statistics.mean(sum(e.shape[1] for e in b.edge_index.values()) for b in batches)
-    nodes = statistics.mean(sum(b.num_nodes.values()) for b in batches)
+    edges = statistics.mean(sum(e.shape[1] for e in b.graph_features.edge_index.values()) for b in batches)
+    nodes = statistics.mean(sum(b.graph_features.num_nodes.values()) for b in batches)
     print(f"{len(batches)} batches of {config.loader.batch_size}: {nodes:,.0f} sampled nodes, {edges:,.0f} sampled edges each")
 
     fixed = BalancerConfig(kind="fixed")

@@ -28,9 +28,10 @@ from torchrec.models.deepfm import FMInteractionArch, SimpleDeepFMNN
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_gnn.console import configure_console
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphFeatures
 from torchrec_gnn.data.dataset import GraphRecDataset, Interactions, TaskSpec
 from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, make_dataloader, pad_for_ranks
 from torchrec_gnn.data.split import time_split
@@ -70,7 +71,8 @@ class MultiTaskDeepFM(nn.Module):
         graph_tower (GNNTower, optional): the tower; None gives the same model without the graph.
         head_layer_sizes (List[int]): hidden sizes of each task head.
 
-    ``forward(batch)`` returns GraphDLRM's contract: outputs (B, T) and the tower's auxiliary
+    ``forward(dense_features, sparse_features, graph_features)`` is GraphDLRM's contract: it
+    returns the outputs (B, T) and the tower's auxiliary
     losses (A,), so :class:`GraphDLRMTrain` and :class:`BalancedTrainPipeline` train it as they are.
     """
 
@@ -101,12 +103,13 @@ class MultiTaskDeepFM(nn.Module):
         shared = self.graph_tower.shared_parameters() if self.graph_tower is not None else []
         return shared or list(self.inter_arch.deep_fm.dense_module.parameters())
 
-    def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        dense = self.dense_arch(batch.dense_features)  # (B, D)
-        pooled = self.sparse_arch(batch.sparse_features)  # KeyedTensor, F features
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor,
+                graph_features: GraphFeatures) -> Tuple[torch.Tensor, torch.Tensor]:
+        dense = self.dense_arch(dense_features)  # (B, D)
+        pooled = self.sparse_arch(sparse_features)  # KeyedTensor, F features
         aux_losses = dense.new_zeros(0)
         if self.graph_tower is not None:
-            graph = self.graph_tower(batch)
+            graph = self.graph_tower(graph_features)
             pooled = graph.join(pooled, projection=self.input_fusion)  # F + 2 features: input-level fusion
             aux_losses = graph.aux_losses(self.aux_loss_names)
         representation = self.inter_arch(dense, pooled)  # (B, D + deep_fm_dimension + 1)

@@ -67,6 +67,26 @@ def test_config_differences_and_fingerprint_ignore_resumable_fields() -> None:
     assert config_fingerprint(base) != config_fingerprint(other)
 
 
+def test_data_set_overrides_are_typed_at_load() -> None:
+    """``data.synthetic`` / ``data.random`` override typed dataclasses: bad keys, types and values
+    fail when the config loads (not when the data set is built), and the typed configs apply
+    preset, seed and overrides in that order."""
+    config = load_config(None, ["data.preset=tiny", "data.seed=5", "data.synthetic.num_users=123"])
+    synthetic = config.data.synthetic_config()
+    assert (synthetic.num_users, synthetic.num_videos, synthetic.seed) == (123, 500, 5)  # override, tiny preset, seed
+    assert load_config(None, ["data.synthetic.seed=9"]).data.synthetic_config().seed == 9
+    assert load_config(None, ["data.seed=2"]).data.random_config().seed == 2
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.synthetic.num_user=5", "data.synthetic.num_videos=abc", "data.random.click_rate=1.5"])
+    message = str(info.value)
+    assert "data.synthetic.num_user: unknown key; valid keys of data.synthetic: [" in message
+    assert "data.synthetic.num_videos: expected int, got 'abc'" in message
+    with pytest.raises(ConfigError, match=r"data.random: RandomDataConfig: .*click_rate must be in \(0, 1\), got 1.5"):
+        load_config(None, ["data.random.click_rate=1.5"])
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'; valid presets: \['default', 'large', 'tiny'\]"):
+        load_config(None, ["data.preset=huge"])
+
+
 def test_runs_that_cannot_train_as_asked_fail_at_load() -> None:
     with pytest.raises(ConfigError, match=r"loader.fanouts \(and loader.relation_fanouts\) give \[1\] hop\(s\) but model.gnn.num_layers is 2"):
         load_config(None, ["loader.fanouts=[5]"])

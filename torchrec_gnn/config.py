@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+from torchrec_gnn.data.random_data import RandomDataConfig
+from torchrec_gnn.data.synthetic import SyntheticConfig
 from torchrec_gnn.dataclass_yaml import build_dataclass
 from torchrec_gnn.models.config import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
@@ -42,8 +44,12 @@ class DataConfig:
         path (str, optional): data location for the file-based data sets (default: the
             shared data directory, see ``torchrec_gnn.data.paths``).
         preset (str): synthetic size preset: ``"tiny"``, ``"default"`` or ``"large"``.
-        synthetic (Dict[str, Any]): overrides of ``SyntheticConfig`` fields (e.g. ``seed``).
-        random (Dict[str, Any]): overrides of ``RandomDataConfig`` fields (e.g. ``num_examples``).
+        synthetic (Dict[str, Any]): overrides of the preset's ``SyntheticConfig`` fields (e.g.
+            ``new_video_fraction``); checked against that dataclass when the config loads
+            (unknown fields with the valid ones, wrong types, its own checks). The typed result
+            is :meth:`synthetic_config`; a run's saved config keeps only the overrides.
+        random (Dict[str, Any]): overrides of ``RandomDataConfig`` fields (e.g. ``num_examples``),
+            checked the same way; typed: :meth:`random_config`.
         negatives_per_positive (int): MovieLens sampled negatives per rating (adds a task).
         seed (int): seed of the data generators and of negative sampling. Separate from
             ``train.seed`` so that runs with different training seeds see the same data.
@@ -66,6 +72,26 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        self.synthetic_config()
+        self.random_config()
+
+    def synthetic_config(self) -> SyntheticConfig:
+        """The synthetic generator's config: the preset, ``seed``, then the ``synthetic`` overrides."""
+        preset = dataclasses.asdict(SyntheticConfig.preset(self.preset, seed=self.seed))
+        return _typed(SyntheticConfig, {**preset, **self.synthetic}, "data.synthetic.")
+
+    def random_config(self) -> RandomDataConfig:
+        """The random data set's config: the defaults, ``seed``, then the ``random`` overrides."""
+        return _typed(RandomDataConfig, {"seed": self.seed, **self.random}, "data.random.")
+
+
+def _typed(cls: type, raw: Dict[str, Any], prefix: str) -> Any:
+    """``cls`` built from ``raw`` by :func:`build_dataclass`, raising one error that lists every problem."""
+    problems: List[str] = []
+    built = build_dataclass(cls, raw, prefix, problems)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return built
 
 
 @dataclass

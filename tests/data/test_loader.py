@@ -57,17 +57,19 @@ def graph_edges(graph: HeteroGraph) -> Dict[Tuple[str, str, str], Set[Tuple[int,
 
 
 def assert_batches_equal(a: GraphBatch, b: GraphBatch) -> None:
-    for name in ("dense_features", "labels", "label_mask", "user_index", "item_index"):
+    ga, gb = a.graph_features, b.graph_features
+    for name in ("dense_features", "labels", "label_mask"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    for name in ("sparse_features", "node_ids"):
-        ka, kb = getattr(a, name), getattr(b, name)
-        assert ka.keys() == kb.keys() and ka.stride() == kb.stride(), name
-        assert torch.equal(ka.values(), kb.values()) and torch.equal(ka.lengths(), kb.lengths()), name
-    assert a.edge_index.keys() == b.edge_index.keys()
-    assert all(torch.equal(a.edge_index[et], b.edge_index[et]) for et in a.edge_index)
-    assert a.num_sampled_nodes == b.num_sampled_nodes and a.num_sampled_edges == b.num_sampled_edges
-    assert a.node_features.keys() == b.node_features.keys()
-    assert all(torch.equal(a.node_features[t], b.node_features[t]) for t in a.node_features)
+    for name in ("user_index", "item_index"):
+        assert torch.equal(getattr(ga, name), getattr(gb, name)), name
+    for ka, kb in ((a.sparse_features, b.sparse_features), (ga.node_ids, gb.node_ids)):
+        assert ka.keys() == kb.keys() and ka.stride() == kb.stride()
+        assert torch.equal(ka.values(), kb.values()) and torch.equal(ka.lengths(), kb.lengths())
+    assert ga.edge_index.keys() == gb.edge_index.keys()
+    assert all(torch.equal(ga.edge_index[et], gb.edge_index[et]) for et in ga.edge_index)
+    assert ga.num_sampled_nodes == gb.num_sampled_nodes and ga.num_sampled_edges == gb.num_sampled_edges
+    assert ga.node_features.keys() == gb.node_features.keys()
+    assert all(torch.equal(ga.node_features[t], gb.node_features[t]) for t in ga.node_features)
 
 
 @pytest.fixture(scope="module")
@@ -90,56 +92,60 @@ def test_every_example_is_served_once_per_epoch(dataset, batches) -> None:
 def test_seed_rows_hold_the_examples_ids(dataset, batches) -> None:
     ex = dataset.examples
     for b in batches:
+        g = b.graph_features
         rows = rows_of(b)
-        assert b.user_index.dtype == b.item_index.dtype == torch.int64
-        assert torch.equal(b.node_ids["user"].values()[b.user_index], ex.user[rows])
-        assert torch.equal(b.node_ids["item"].values()[b.item_index], ex.item[rows])
+        assert g.user_index.dtype == g.item_index.dtype == torch.int64
+        assert torch.equal(g.node_ids["user"].values()[g.user_index], ex.user[rows])
+        assert torch.equal(g.node_ids["item"].values()[g.item_index], ex.item[rows])
 
 
 def test_node_ids_one_row_per_node_type_seeds_first(dataset, batches, tiny_split) -> None:
     ex = dataset.examples
     for b in batches:
-        kjt = b.node_ids
-        counts = [sum(b.num_sampled_nodes[t]) for t in kjt.keys()]
+        g = b.graph_features
+        kjt = g.node_ids
+        counts = [sum(g.num_sampled_nodes[t]) for t in kjt.keys()]
         assert kjt.keys() == tiny_split.graph.node_types and kjt.stride() == max(counts)
         assert kjt.length_per_key() == counts  # one id per bag, then empty bags up to the stride
         assert kjt.lengths().tolist() == sum(([1] * n + [0] * (max(counts) - n) for n in counts), [])
-        assert b.num_nodes == {t: sum(b.num_sampled_nodes[t]) for t in kjt.keys()}
+        assert g.num_nodes == {t: sum(g.num_sampled_nodes[t]) for t in kjt.keys()}
         rows = rows_of(b)
         for t, seeds in (("user", ex.user[rows]), ("item", ex.item[rows]), ("genre", torch.empty(0, dtype=torch.long))):
             ids = kjt[t].values()
             expected = unique_in_order(seeds)
-            assert b.num_sampled_nodes[t][0] == len(expected)  # hop 0 = the distinct seeds
+            assert g.num_sampled_nodes[t][0] == len(expected)  # hop 0 = the distinct seeds
             assert ids[: len(expected)].tolist() == expected  # first, in first-appearance order
             assert len(set(ids.tolist())) == ids.numel()  # deduplicated
-            assert len(b.num_sampled_nodes[t]) == 3  # hops 0, 1, 2
+            assert len(g.num_sampled_nodes[t]) == 3  # hops 0, 1, 2
         # Per-example indices stay inside the seed block.
-        assert int(b.user_index.max()) < b.num_sampled_nodes["user"][0]
-        assert int(b.item_index.max()) < b.num_sampled_nodes["item"][0]
+        assert int(g.user_index.max()) < g.num_sampled_nodes["user"][0]
+        assert int(g.item_index.max()) < g.num_sampled_nodes["item"][0]
 
 
 def test_node_type_without_sampled_nodes_keeps_its_empty_key(tiny_split) -> None:
     fanouts = {et: ([0, 0] if et in GENRE_RELATIONS else [4, 2]) for et in tiny_split.graph.edge_types}
     b = make_dataset(tiny_split, fanouts=fanouts)[0]
-    assert b.node_ids.keys() == ["user", "item", "genre"]
-    assert b.num_nodes["genre"] == 0 and b.node_ids["genre"].values().numel() == 0
-    assert b.num_sampled_nodes["genre"] == [0, 0, 0]
-    assert all(b.edge_index[et].shape == (2, 0) for et in GENRE_RELATIONS)
-    assert b.num_nodes["user"] > 0 and b.num_nodes["item"] > 0
+    g = b.graph_features
+    assert g.node_ids.keys() == ["user", "item", "genre"]
+    assert g.num_nodes["genre"] == 0 and g.node_ids["genre"].values().numel() == 0
+    assert g.num_sampled_nodes["genre"] == [0, 0, 0]
+    assert all(g.edge_index[et].shape == (2, 0) for et in GENRE_RELATIONS)
+    assert g.num_nodes["user"] > 0 and g.num_nodes["item"] > 0
 
 
 def test_every_sampled_edge_exists_in_the_graph(batches, tiny_split) -> None:
     exists = graph_edges(tiny_split.graph)
     for b in batches:
-        assert b.edge_index.keys() == set(tiny_split.graph.edge_types)
-        for (src, rel, dst), e in b.edge_index.items():
+        g = b.graph_features
+        assert g.edge_index.keys() == set(tiny_split.graph.edge_types)
+        for (src, rel, dst), e in g.edge_index.items():
             et = (src, rel, dst)
-            assert e.dtype == torch.int64 and e.shape == (2, sum(b.num_sampled_edges[et]))
-            assert e.numel() == 0 or (int(e[0].max()) < b.num_nodes[src] and int(e[1].max()) < b.num_nodes[dst])
-            pairs = zip(b.node_ids[src].values()[e[0]].tolist(), b.node_ids[dst].values()[e[1]].tolist())
+            assert e.dtype == torch.int64 and e.shape == (2, sum(g.num_sampled_edges[et]))
+            assert e.numel() == 0 or (int(e[0].max()) < g.num_nodes[src] and int(e[1].max()) < g.num_nodes[dst])
+            pairs = zip(g.node_ids[src].values()[e[0]].tolist(), g.node_ids[dst].values()[e[1]].tolist())
             missing = [p for p in pairs if p not in exists[et]]
             assert not missing, f"{et}: sampled edges not in the graph: {missing[:5]}"
-    assert sum(b.edge_index[("user", "watches", "item")].shape[1] for b in batches) > 0
+    assert sum(b.graph_features.edge_index[("user", "watches", "item")].shape[1] for b in batches) > 0
 
 
 def test_labels_and_mask_for_missing_labels(dataset, batches) -> None:
@@ -167,8 +173,9 @@ def test_dense_and_sparse_features_are_the_examples_rows(dataset, batches) -> No
 def test_node_features_are_gathered_for_the_sampled_nodes(tiny_split) -> None:
     features = {"item": torch.randn(tiny_split.graph.num_nodes["item"], 4, generator=torch.Generator().manual_seed(0))}
     b = make_dataset(tiny_split, node_features=features)[1]
-    assert b.node_features.keys() == {"item"}
-    assert torch.equal(b.node_features["item"], features["item"][b.node_ids["item"].values()])
+    g = b.graph_features
+    assert g.node_features.keys() == {"item"}
+    assert torch.equal(g.node_features["item"], features["item"][g.node_ids["item"].values()])
 
 
 def test_same_user_and_item_type_share_one_seed_block() -> None:
@@ -185,9 +192,10 @@ def test_same_user_and_item_type_share_one_seed_block() -> None:
         BatchPlan(5),
     )
     b = ds[0]
-    ids = b.node_ids["user"].values()
-    assert b.num_sampled_nodes["user"][0] == len(unique_in_order(torch.cat([user, item])))
-    assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
+    g = b.graph_features
+    ids = g.node_ids["user"].values()
+    assert g.num_sampled_nodes["user"][0] == len(unique_in_order(torch.cat([user, item])))
+    assert torch.equal(ids[g.user_index], user) and torch.equal(ids[g.item_index], item)
     assert b.sparse_features.keys() == [] and b.batch_size == 5
 
 
@@ -203,10 +211,11 @@ def test_same_type_links_ride_along_after_the_examples() -> None:
         GraphBatchBuilder(NeighborSampler(graph, [-1]), BatchSchema("user", "user", ["user"], []), links=links),
         BatchPlan(4),
     )[0]
-    ids = b.node_ids["user"].values()
-    assert torch.equal(ids[b.user_index], user) and torch.equal(ids[b.item_index], item)
-    assert ids[b.link_index[:, 0]].tolist() == [2, 0] and b.link_label.tolist() == [1.0, 0.0]
-    visible = {(int(ids[s]), int(ids[d])) for s, d in b.edge_index[friend].t()}
+    g = b.graph_features
+    ids = g.node_ids["user"].values()
+    assert torch.equal(ids[g.user_index], user) and torch.equal(ids[g.item_index], item)
+    assert ids[g.link_index[:, 0]].tolist() == [2, 0] and g.link_label.tolist() == [1.0, 0.0]
+    visible = {(int(ids[s]), int(ids[d])) for s, d in g.edge_index[friend].t()}
     assert (2, 0) not in visible and (1, 4) in visible
 
 
@@ -223,17 +232,18 @@ def test_links_ride_along_the_example_batches(tiny_split) -> None:
     drawn = []
     for i in range(len(data)):
         b = data[i]
-        users, items = b.node_ids["user"].values(), b.node_ids["item"].values()
-        assert b.link_index.shape == (2, 40) and b.link_label.tolist() == [1.0] * 20 + [0.0] * 20
-        assert torch.equal(users[b.user_index], b.sparse_features["user_id"].values())  # examples unchanged
-        drawn += list(zip(users[b.link_index[0, :20]].tolist(), items[b.link_index[1, :20]].tolist()))
-        watched = b.edge_index[("user", "watches", "item")]
+        g = b.graph_features
+        users, items = g.node_ids["user"].values(), g.node_ids["item"].values()
+        assert g.link_index.shape == (2, 40) and g.link_label.tolist() == [1.0] * 20 + [0.0] * 20
+        assert torch.equal(users[g.user_index], b.sparse_features["user_id"].values())  # examples unchanged
+        drawn += list(zip(users[g.link_index[0, :20]].tolist(), items[g.link_index[1, :20]].tolist()))
+        watched = g.edge_index[("user", "watches", "item")]
         assert not set(drawn[-20:]) & set(zip(users[watched[0]].tolist(), items[watched[1]].tolist()))
     # One epoch walks through distinct history edges (wrapping only past the end).
     every = set(zip(*tiny_split.graph.edge_index(links.edge_type).tolist()))
     assert set(drawn) <= every and len(set(drawn)) == min(len(drawn), len(every))
     data.set_epoch(1)
-    assert not torch.equal(data[0].link_index, with_links()[0].link_index)
+    assert not torch.equal(data[0].graph_features.link_index, with_links()[0].graph_features.link_index)
     with pytest.raises(ValueError, match="must go from the user type"):
         GraphBatchDataset(
             tiny_split.train,
@@ -370,7 +380,7 @@ def sampled_with_times(graph, sampler, dataset):
         times = {et: torch.from_numpy(np.asarray(graph.csc(et).time))[sub.edge[et]]
                  for et in graph.edge_types if graph.csc(et).time is not None}
         # The loader's edge_index is the sampler's row/col.
-        assert all(torch.equal(batch.edge_index[et], sub.edge_index_dict[et]) for et in graph.edge_types)
+        assert all(torch.equal(batch.graph_features.edge_index[et], sub.edge_index_dict[et]) for et in graph.edge_types)
         yield batch, sub, times
 
 
@@ -386,7 +396,8 @@ def test_temporal_sampling_tree_of_each_example_is_older_than_the_example() -> N
             assert bool((t_edge < sub.node_time[et[2]][sub.col[et]]).all()), et
         hop1 = {t: sub.num_sampled_nodes[t][0] for t in graph.node_types}  # first non-seed row
         for j in range(batch.batch_size):
-            seeds = {"user": {int(batch.user_index[j])}, "item": {int(batch.item_index[j])}}
+            graph_features = batch.graph_features
+            seeds = {"user": {int(graph_features.user_index[j])}, "item": {int(graph_features.item_index[j])}}
             reached = {t: set() for t in graph.node_types}
             for et, t_edge in times.items():
                 src, _, dst = et
@@ -407,7 +418,7 @@ def test_temporal_sampling_tree_of_each_example_is_older_than_the_example() -> N
 
 
 def test_temporal_receptive_field_of_each_example_is_older_than_the_example() -> None:
-    """What a 2-layer GNN over ``batch.edge_index`` actually aggregates into each example's seeds."""
+    """What a 2-layer GNN over ``batch.graph_features.edge_index`` actually aggregates into each example's seeds."""
     graph, sampler, dataset = temporal_setup()
     ex = dataset.examples
     leaks = 0
@@ -415,8 +426,8 @@ def test_temporal_receptive_field_of_each_example_is_older_than_the_example() ->
         t_ex = ex.timestamp[rows_of(batch)]
         for j in range(batch.batch_size):
             frontier = {t: set() for t in graph.node_types}
-            frontier["user"].add(int(batch.user_index[j]))
-            frontier["item"].add(int(batch.item_index[j]))
+            frontier["user"].add(int(batch.graph_features.user_index[j]))
+            frontier["item"].add(int(batch.graph_features.item_index[j]))
             for _layer in range(2):
                 nxt = {t: set() for t in graph.node_types}
                 for (src, rel, dst), t_edge in times.items():
@@ -464,14 +475,14 @@ def test_degree_columns_count_only_edges_older_than_the_batch() -> None:
         batch = data[i]
         earliest = int(ds.examples.timestamp[rows_of(batch)].min())
         for t in graph.node_types:
-            nodes = batch.node_ids[t].values()
+            nodes = batch.graph_features.node_ids[t].values()
             relations = [et for et in graph.edge_types if et[2] == t]
             columns = [graph.csc(et).degree(nodes.numpy(), np.full(nodes.numel(), earliest)) for et in relations]
             scale = torch.tensor([degrees.scale[et] for et in relations])
             expected = torch.log1p(torch.from_numpy(np.stack(columns, axis=1)).float()) / scale
             if t in side:
                 expected = torch.cat([side[t][nodes], expected], dim=1)
-            assert torch.equal(batch.node_features[t], expected), (i, t)
+            assert torch.equal(batch.graph_features.node_features[t], expected), (i, t)
             future = [graph.csc(et).degree(nodes.numpy()) for et in relations if graph.csc(et).time is not None]
             checked += int(sum((f > c).sum() for f, c in zip(future, columns)))
     assert checked > 0  # some sampled node had an edge from the batch's future, which no column counted

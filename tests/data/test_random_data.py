@@ -119,19 +119,19 @@ def test_config_errors_name_the_field() -> None:
         RandomDataConfig(num_embeddings_per_feature=[10, 20, 30])
     with pytest.raises(ValueError, match=r"num_users must be >= 1, got 0; click_rate must be in \(0, 1\), got 1.5"):
         RandomDataConfig(num_users=0, click_rate=1.5)
-    with pytest.raises(ValueError, match=r"unknown fields \['num_user'\]; valid fields: \[.*'num_users'"):
-        RandomDataConfig.from_overrides(num_user=3)
+    with pytest.raises(ValueError, match=r"data.random.num_user: unknown key; valid keys of data.random: \[.*'num_users'"):
+        DataConfig(dataset="random", random={"num_user": 3})
 
 
 def test_registry_and_config_hook() -> None:
-    config = load_config(None, ["data.dataset=random", "data.random.num_examples=500",
-                                "data.random.num_users=20", "data.random.num_items=30",
-                                "data.random.num_clicks=100", "data.random.num_embeddings_per_feature=[5]"])
-    assert config.data.random["num_embeddings_per_feature"] == [5]
-    with pytest.raises(ValueError, match=r"has 1 values but num_sparse=26"):
-        load_dataset(config.data)
-    data = DataConfig(dataset="random", random={k: v for k, v in config.data.random.items() if k != "num_embeddings_per_feature"})
-    ds = load_dataset(dataclasses.replace(data, seed=3))
+    sizes = ["data.dataset=random", "data.random.num_examples=500", "data.random.num_users=20",
+             "data.random.num_items=30", "data.random.num_clicks=100"]
+    with pytest.raises(ValueError, match=r"data.random: RandomDataConfig: num_embeddings_per_feature has 1 values "
+                                         r"but num_sparse=26"):  # at load, before any data is built
+        load_config(None, [*sizes, "data.random.num_embeddings_per_feature=[5]"])
+    config = load_config(None, sizes)
+    assert config.data.random_config().num_examples == 500
+    ds = load_dataset(dataclasses.replace(config.data, seed=3))
     assert ds.name == "random" and len(ds.examples) == 500
-    assert torch.equal(ds.examples.user, load_dataset(DataConfig(dataset="random", random={**data.random, "seed": 3})).examples.user)
-    assert not torch.equal(ds.examples.user, load_dataset(dataclasses.replace(data, seed=4)).examples.user)
+    assert torch.equal(ds.examples.user, load_dataset(DataConfig(dataset="random", random={**config.data.random, "seed": 3})).examples.user)
+    assert not torch.equal(ds.examples.user, load_dataset(dataclasses.replace(config.data, seed=4)).examples.user)

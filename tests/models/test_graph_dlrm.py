@@ -42,7 +42,7 @@ def test_every_loss_reaches_the_gnn_and_the_sampled_node_rows(tiny_split, tiny_b
     for node_type in ("user", "item"):
         weight = tower.node_embeddings.embedding_bags[f"node_{node_type}"].weight
         rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
-        sampled = set(batch.node_ids[node_type].values().tolist())
+        sampled = set(batch.graph_features.node_ids[node_type].values().tolist())
         assert rows_with_grad and rows_with_grad <= sampled
 
 
@@ -117,7 +117,8 @@ def test_from_dlrm_keeps_the_interaction(tiny_split, tiny_batches, kind) -> None
         sizes = [[p.shape for p in b.parameters() if p.dim() == 2]
                  for b in (model.inter_arch.interaction_branch1, model.inter_arch.interaction_branch2)]
         assert sizes == [[(24, (features + 1) * 8), (16, 24)], [(32, (features + 1) * 8)]]
-    outputs, _ = model(tiny_batches[0])
+    batch = tiny_batches[0]
+    outputs, _ = model(batch.dense_features, batch.sparse_features, batch.graph_features)
     assert outputs.shape == (tiny_batches[0].batch_size, 2) and bool(torch.isfinite(outputs).all())
     # It trains: the task losses fall over a few passes on the same batches.
     train = GraphDLRMTrain(model)
@@ -200,6 +201,6 @@ def test_edge_loss_reaches_the_gnn_and_only_the_sampled_node_rows(tiny_split, ti
     for node_type in ("user", "item"):
         weight = tower.node_embeddings.embedding_bags[f"node_{node_type}"].weight
         rows_with_grad = set(weight.grad.abs().sum(1).nonzero().flatten().tolist())
-        assert rows_with_grad and rows_with_grad <= set(batch.node_ids[node_type].values().tolist())
+        assert rows_with_grad and rows_with_grad <= set(batch.graph_features.node_ids[node_type].values().tolist())
     # The ranker's own parameters get nothing from the edge loss.
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.model.task_heads.parameters())

@@ -20,12 +20,13 @@ def embeddings(split, seed: int = 0):
 
 def test_looks_up_each_examples_user_and_item(tiny_split) -> None:
     batch = make_batches(tiny_split, fanouts=[])[0]  # zero hops: the seeds only
-    assert set(batch.edge_index) == set() or all(e.numel() == 0 for e in batch.edge_index.values())
+    edges = batch.graph_features.edge_index
+    assert set(edges) == set() or all(e.numel() == 0 for e in edges.values())
     tables = embeddings(tiny_split)
     tower = FrozenGraphTower(tables, "user", "item")
-    out = tower(batch)
-    users = batch.node_ids["user"].values()[batch.user_index]
-    items = batch.node_ids["item"].values()[batch.item_index]
+    out = tower(batch.graph_features)
+    users = batch.graph_features.node_ids["user"].values()[batch.graph_features.user_index]
+    items = batch.graph_features.node_ids["item"].values()[batch.graph_features.item_index]
     assert torch.equal(out.user, tables["user"][users]) and torch.equal(out.item, tables["item"][items])
     assert out.gfae_loss.item() == 0.0 and list(tower.parameters()) == [] and tower.out_channels == 12
 
@@ -33,8 +34,8 @@ def test_looks_up_each_examples_user_and_item(tiny_split) -> None:
 def test_same_batches_with_or_without_neighbours_give_the_same_embeddings(tiny_split) -> None:
     tower = FrozenGraphTower(embeddings(tiny_split), "user", "item")
     seeds_only, sampled = make_batches(tiny_split, fanouts=[]), make_batches(tiny_split, fanouts=[5, 3])
-    assert sampled[0].num_nodes["user"] > seeds_only[0].num_nodes["user"]
-    torch.testing.assert_close(tower(seeds_only[0]).user, tower(sampled[0]).user)
+    assert sampled[0].graph_features.num_nodes["user"] > seeds_only[0].graph_features.num_nodes["user"]
+    torch.testing.assert_close(tower(seeds_only[0].graph_features).user, tower(sampled[0].graph_features).user)
 
 
 def test_ranker_trains_around_frozen_embeddings(tiny_split) -> None:

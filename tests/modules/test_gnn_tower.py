@@ -23,7 +23,8 @@ CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden
 def tower_and_inputs(split, batch):
     torch.manual_seed(0)
     tower = build_graph_tower(tiny_log_dataset(), split.graph, CONFIG)
-    x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8, requires_grad=True) for t in split.graph.node_types}
+    num_nodes = batch.graph_features.num_nodes
+    x_dict = {t: torch.randn(int(num_nodes[t]), 8, requires_grad=True) for t in split.graph.node_types}
     return tower, x_dict
 
 
@@ -69,11 +70,11 @@ def test_gfae_masks_its_rows_and_its_targets_carry_no_gradient(tiny_split, tiny_
             token.normal_()
     calls = spy_masks(tower)
     tower.train()
-    loss = tower.encoder(x_dict, batch).gfae_loss
+    loss = tower.encoder(x_dict, batch.graph_features).gfae_loss
     (call,) = calls
     assert loss > 0 and set(call["rows"]) == {"user", "item"}
     for t, rows in call["rows"].items():
-        assert rows.numel() > 0 and bool((rows < batch.num_sampled_nodes[t][0]).all())  # seeds only
+        assert rows.numel() > 0 and bool((rows < batch.graph_features.num_sampled_nodes[t][0]).all())  # seeds only
         token = tower.encoder.gfae.mask_token[t].detach()
         assert torch.equal(call["inputs"][t][rows].detach(), token.expand(rows.numel(), -1))
     loss.backward()
@@ -99,11 +100,11 @@ def test_each_example_gets_its_own_rows_wherever_it_sits_in_the_batch(tiny_split
         )[0]
 
     batch, flipped = one_batch(train), one_batch(train.subset(torch.arange(len(train)).flip(0)))
-    assert not torch.equal(batch.user_index, flipped.user_index.flip(0))  # different local rows
+    assert not torch.equal(batch.graph_features.user_index, flipped.graph_features.user_index.flip(0))  # other rows
     torch.manual_seed(0)
     tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG).eval()
     with torch.no_grad():
-        out, out_flipped = tower(batch), tower(flipped)
+        out, out_flipped = tower(batch.graph_features), tower(flipped.graph_features)
     rows = batch.sparse_features["user_id"].values()
     flipped_rows = flipped.sparse_features["user_id"].values()
     assert torch.equal(rows, flipped_rows.flip(0))
@@ -121,7 +122,7 @@ def test_join_appends_the_graph_embeddings_to_pooled_features(tiny_split, tiny_b
 
     batch = tiny_batches[0]
     tower, _ = tower_and_inputs(tiny_split, batch)
-    graph = tower.eval()(batch)
+    graph = tower.eval()(batch.graph_features)
     ebc = EmbeddingBagCollection(tables=[
         EmbeddingBagConfig(name=f"t_{f}", num_embeddings=n, embedding_dim=d, feature_names=[f])
         for (f, n), d in zip(tiny_log_dataset().sparse_cardinality.items(), (4, 8, 6))
@@ -157,7 +158,7 @@ def test_aux_losses_follow_the_towers_names(tiny_split, tiny_batches) -> None:
         config = replace(CONFIG, use_gfae=use_gfae, gfae=replace(CONFIG.gfae, edge_objective=edges))
         tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config)
         assert tower.aux_loss_names == names
-        graph = tower(batch)
+        graph = tower(batch.graph_features)
         expected = {"gfae": graph.gfae_loss, "edge": graph.edge_loss}
         assert torch.equal(graph.aux_losses(names), torch.stack([expected[n] for n in names]))
     assert graph.aux_losses([]).shape == (0,)
@@ -201,19 +202,20 @@ def test_side_features_join_the_id_rows_and_are_the_gfae_targets(tiny_split) -> 
         ),
         BatchPlan(64),
     )[0]
-    x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
-    inputs = tower.encoder.input_features(x_dict, batch.node_features)
+    x_dict = {t: torch.randn(int(batch.graph_features.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
+    inputs = tower.encoder.input_features(x_dict, batch.graph_features.node_features)
     projection = tower.encoder.feature_projection["item"]
-    torch.testing.assert_close(inputs["item"], x_dict["item"] + projection(batch.node_features["item"]))
+    torch.testing.assert_close(inputs["item"], x_dict["item"] + projection(batch.graph_features.node_features["item"]))
     assert torch.equal(inputs["user"], x_dict["user"]) and set(tower.encoder.feature_projection) == {"item"}
     # In training the item decoder reconstructs the 3 features (a (M, 3) target; an 8-wide one would not fit).
     targets = []
     real_loss = tower.encoder.gfae.loss
     tower.encoder.gfae.loss = lambda h, target, mask: (targets.append(target), real_loss(h, target, mask))[1]
     tower.train()
-    assert tower.encoder(x_dict, batch).gfae_loss > 0
+    assert tower.encoder(x_dict, batch.graph_features).gfae_loss > 0
     (target,) = targets
-    assert torch.equal(target["item"], batch.node_features["item"]) and torch.equal(target["user"], x_dict["user"])
+    assert torch.equal(target["item"], batch.graph_features.node_features["item"])
+    assert torch.equal(target["user"], x_dict["user"])
 
 
 def test_gfae_masks_its_share_of_the_seeds_or_of_every_row(tiny_split, tiny_batches) -> None:
@@ -227,15 +229,15 @@ def test_gfae_masks_its_share_of_the_seeds_or_of_every_row(tiny_split, tiny_batc
         config = replace(CONFIG, gnn=replace(CONFIG.gnn, trim=trim))
         tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config).train()
         calls = spy_masks(tower)
-        x_dict = {t: torch.randn(int(batch.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
-        tower.encoder(x_dict, batch)
+        x_dict = {t: torch.randn(int(batch.graph_features.num_nodes[t]), 8) for t in tiny_split.graph.node_types}
+        tower.encoder(x_dict, batch.graph_features)
         for t, rows in calls[0]["rows"].items():
-            pool = batch.num_sampled_nodes[t][0] if trim else int(batch.num_nodes[t])
+            pool = batch.graph_features.num_sampled_nodes[t][0] if trim else int(batch.graph_features.num_nodes[t])
             assert rows.numel() == max(1, round(0.3 * pool)) and int(rows.max()) < pool, (trim, t)
 
 
 def test_keyed_defaults_to_the_graph_prefix(tiny_split: TimeSplit, tiny_batches: List[GraphBatch]) -> None:
-    graph = tower_and_inputs(tiny_split, tiny_batches[0])[0].eval()(tiny_batches[0])
+    graph = tower_and_inputs(tiny_split, tiny_batches[0])[0].eval()(tiny_batches[0].graph_features)
     keyed = graph.keyed()
     assert keyed.keys() == ["graph_user", "graph_item"]
     assert torch.equal(keyed["graph_user"], graph.user) and torch.equal(keyed["graph_item"], graph.item)
@@ -286,7 +288,8 @@ def test_an_untrimmed_tower_reads_batches_without_per_hop_counts(tiny_split: Tim
     config = replace(CONFIG, gnn=replace(CONFIG.gnn, trim=False))
     tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, config).eval()
     with torch.no_grad():
-        counted, uncounted = tower(batch), tower(replace(batch, num_sampled_nodes={}, num_sampled_edges={}))
+        graph = batch.graph_features
+        counted, uncounted = tower(graph), tower(replace(graph, num_sampled_nodes={}, num_sampled_edges={}))
     torch.testing.assert_close(uncounted.user, counted.user)
     torch.testing.assert_close(uncounted.item, counted.item)
 
@@ -304,11 +307,10 @@ def test_a_tower_with_a_history_matches_full_graph_inference(tiny_split: TimeSpl
     full = tower.encoder.full_graph(tables, {}, tiny_split.graph)
     batch = make_batches(tiny_split, fanouts=[-1])[0]
     with torch.no_grad():
-        out = tower(batch)
-    users = batch.node_ids["user"].values()[batch.user_index]
-    items = batch.node_ids["item"].values()[batch.item_index]
-    torch.testing.assert_close(out.user, full["user"][users])
-    torch.testing.assert_close(out.item, full["item"][items])
+        out = tower(batch.graph_features)
+    graph = batch.graph_features
+    torch.testing.assert_close(out.user, full["user"][graph.global_ids("user", graph.user_index)])
+    torch.testing.assert_close(out.item, full["item"][graph.global_ids("item", graph.item_index)])
     plain = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG).encoder
     with pytest.raises(ValueError, match=r"^GraphEncoder.history_rows: this encoder has no history$"):
         plain.history_rows(tables, {}, tiny_split.graph)
@@ -321,14 +323,14 @@ def test_links_are_scored_only_by_an_edge_decoder(tiny_split: TimeSplit, tiny_li
 
     import torch.nn.functional as F
 
-    batch = tiny_link_batches[0]
+    graph = tiny_link_batches[0].graph_features
     torch.manual_seed(0)
     plain = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, edge_objective=False).eval()
-    out = plain(batch)
-    assert batch.link_label.numel() > 0 and out.link_logits.shape == (0,) and out.edge_loss.item() == 0.0
+    out = plain(graph)
+    assert graph.link_label.numel() > 0 and out.link_logits.shape == (0,) and out.edge_loss.item() == 0.0
     scorer = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, edge_objective=True).eval()
-    one_link = replace(batch, link_index=batch.link_index[:, :1], link_label=batch.link_label[:1])
-    for links in (batch, one_link):
+    one_link = replace(graph, link_index=graph.link_index[:, :1], link_label=graph.link_label[:1])
+    for links in (graph, one_link):
         out = scorer(links)
         assert out.link_logits.shape == links.link_label.shape
         torch.testing.assert_close(out.edge_loss, F.binary_cross_entropy_with_logits(out.link_logits, links.link_label))

@@ -75,16 +75,17 @@ def test_every_batch_sees_only_its_past_but_sees_the_window_s_new_edges(tmp_path
                 rows = torch.arange(i * 64, min((i + 1) * 64, len(examples)))  # time order, never shuffled
                 earliest = int(examples.timestamp[rows].min())
                 assert torch.equal(batch.dense_features, examples.dense[rows])
-                ids = {t: batch.node_ids[t].values() for t in batch.node_ids.keys()}
-                for et, ei in batch.edge_index.items():
+                ids = {t: batch.graph_features.node_ids[t].values() for t in batch.graph_features.node_ids.keys()}
+                for et, ei in batch.graph_features.edge_index.items():
                     if ei.shape[1] == 0:
                         continue
                     times = _edge_times(graph, et, ids[et[0]][ei[0]], ids[et[2]][ei[1]])
                     assert int(times.max()) < earliest, (train, p, et)
                     fresh += int((times >= window_start).sum())
                 if train:  # the edge objective's held-out links are older than the period too
-                    users, items = ids["user"][batch.link_index[0]], ids["video"][batch.link_index[1]]
-                    positive = batch.link_label == 1
+                    link_users, link_items = batch.graph_features.link_index
+                    users, items = ids["user"][link_users], ids["video"][link_items]
+                    positive = batch.graph_features.link_label == 1
                     times = _edge_times(graph, ("user", "watches", "video"), users[positive], items[positive])
                     assert int(times.max()) < start
     assert fresh > 0, "no edge from inside the labelled window was ever sampled"

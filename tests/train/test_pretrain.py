@@ -81,14 +81,15 @@ def test_link_batches_hold_each_batch_links_out_of_its_message_passing() -> None
     seen = []
     for i in (0, len(data) - 1):
         batch = data[i]
-        users, items = batch.node_ids["user"].values(), batch.node_ids["item"].values()
-        label = batch.link_label
-        pairs = list(zip(users[batch.link_index[0]].tolist(), items[batch.link_index[1]].tolist()))
+        users, items = batch.graph_features.node_ids["user"].values(), batch.graph_features.node_ids["item"].values()
+        label = batch.graph_features.link_label
+        link_users, link_items = batch.graph_features.link_index
+        pairs = list(zip(users[link_users].tolist(), items[link_items].tolist()))
         positives = {p for p, y in zip(pairs, label.tolist()) if y == 1}
         assert len(positives) == int(label.sum()) == len(label) // 2 and batch.batch_size == 0
-        ei = batch.edge_index[WATCHES]
+        ei = batch.graph_features.edge_index[WATCHES]
         visible = set(zip(users[ei[0]].tolist(), items[ei[1]].tolist()))
-        rev = batch.edge_index[("item", "rev_watches", "user")]
+        rev = batch.graph_features.edge_index[("item", "rev_watches", "user")]
         visible_rev = set(zip(users[rev[1]].tolist(), items[rev[0]].tolist()))
         assert not positives & visible and not positives & visible_rev
         # With fanout -1 every other watch of these users is still there.
@@ -154,7 +155,7 @@ def test_edge_loss_falls_where_links_are_predictable() -> None:
     def unseen_loss() -> float:
         tower.eval()
         with torch.no_grad():
-            return float(torch.stack([tower(b).edge_loss for b in unseen]).mean())
+            return float(torch.stack([tower(b.graph_features).edge_loss for b in unseen]).mean())
 
     before = unseen_loss()
     optimizer = torch.optim.Adam(tower.parameters(), lr=0.02)
@@ -162,7 +163,7 @@ def test_edge_loss_falls_where_links_are_predictable() -> None:
     for epoch in range(4):
         train.set_epoch(epoch)
         for i in range(len(train)):
-            loss = tower(train[i]).edge_loss
+            loss = tower(train[i].graph_features).edge_loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""GraphBatch: a TorchRec ``Batch`` plus the batch's sampled subgraph.
+"""GraphBatch: a TorchRec ``Batch`` plus the graph input of its examples, :class:`GraphFeatures`.
 
 Layout for B=3 examples whose users are (7, 2, 7) and items (5, 5, 9), one relation
 ``("user", "watches", "video")`` and a 1-hop sample::
@@ -7,32 +7,38 @@ Layout for B=3 examples whose users are (7, 2, 7) and items (5, 5, 9), one relat
     sparse_features  KJT, B rows     keys = ranker sparse features, one id per row
     labels           (B, T)          0 where a label is missing, see label_mask
     label_mask       (B, T) bool     True = label present
+    graph_features   GraphFeatures:
 
-    node_ids  KJT of one-id bags (what an EmbeddingBagCollection over node tables takes, its
-              pooled output row i being node i's embedding), stride = the largest N_t:
-                  key "user"   [7] [2] [4] [ ]    seeds first (deduplicated), then sampled,
-                  key "video"  [5] [9] [1] [3]    then empty bags up to the stride
-    edge_index[("user", "watches", "video")] = [[2, 0, 1],    row = source, local to "user"
-                                                [2, 3, 0]]    col = destination, local to "video"
-    user_index = [0, 1, 0]   row of each example's user in node_ids["user"]
-    item_index = [0, 1, 0]   row of each example's item in node_ids["video"]
-    num_sampled_nodes["user"] = [2, 1]   per hop (hop 0 = seeds), for layer-wise trimming
-    link_index = [[0, 0], [1, 2]]   optional links to score (user row; item row), here user 7 ->
-    link_label = [1., 0.]           video 9 (a history edge, absent from edge_index) and a negative
+      node_ids  KJT of one-id bags (what an EmbeddingBagCollection over node tables takes, its
+                pooled output row i being node i's embedding), stride = the largest N_t:
+                    key "user"   [7] [2] [4] [ ]    seeds first (deduplicated), then sampled,
+                    key "video"  [5] [9] [1] [3]    then empty bags up to the stride
+      edge_index[("user", "watches", "video")] = [[2, 0, 1],    row = source, local to "user"
+                                                  [2, 3, 0]]    col = destination, local to "video"
+      user_index = [0, 1, 0]   row of each example's user in node_ids["user"]
+      item_index = [0, 1, 0]   row of each example's item in node_ids["video"]
+      num_sampled_nodes["user"] = [2, 1]   per hop (hop 0 = seeds), for layer-wise trimming
+      link_index = [[0, 0], [1, 2]]   optional links to score (user row; item row), here user 7 ->
+      link_label = [1., 0.]           video 9 (a history edge, absent from edge_index) and a negative
 
-Built in DataLoader workers (:class:`torchrec_gnn.data.loader.GraphBatchDataset`), never in a
-model's forward: the TorchRec train pipeline can then copy it to the device and start the node
-tables' input distribution ahead of the forward.
+A model sees the three inputs apart, as TorchRec's ``DLRM.forward(dense_features,
+sparse_features)`` does (:class:`~torchrec_gnn.models.graph_dlrm.GraphDLRM` takes
+``graph_features`` third, a graph tower takes it alone); only the training wrapper sees the
+whole batch. Built in DataLoader workers (:class:`torchrec_gnn.data.loader.GraphBatchBuilder`),
+never in a model's forward: the TorchRec train pipeline can then copy it to the device and
+start the node tables' input distribution (``batch.graph_features.node_ids``) ahead of the
+forward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from torchrec_gnn.typing import EdgeType, NodeType
 
@@ -53,14 +59,11 @@ def node_id_bags(node_types: List[NodeType], nodes: List[torch.Tensor]) -> Keyed
 
 
 @dataclass
-class GraphBatch(Batch):
-    """TorchRec ``Batch`` fields plus the batch subgraph (see the module docstring for a picture).
+class GraphFeatures(Pipelineable):
+    """The graph input of B examples: their sampled subgraph and where each example sits in it
+    (see the module docstring for a picture).
 
     Args:
-        dense_features (Tensor): (B, F) float32.
-        sparse_features (KeyedJaggedTensor): ranker sparse features, B rows per key.
-        labels (Tensor): (B, T) float32, 0 where missing.
-        label_mask (Tensor): (B, T) bool, True where the label is present.
         node_ids (KeyedJaggedTensor): one key per node type, the global ids of the subgraph's
             nodes, seeds first, one id per bag (:func:`node_id_bags`).
         edge_index (Dict[EdgeType, Tensor]): (2, E_r) int64 local ``[source; destination]``
@@ -76,7 +79,6 @@ class GraphBatch(Batch):
         link_label (Tensor): (L,) float32, 1 for a held-out edge, 0 for a negative.
     """
 
-    label_mask: torch.Tensor
     node_ids: KeyedJaggedTensor
     edge_index: Dict[EdgeType, torch.Tensor]
     user_index: torch.Tensor
@@ -88,40 +90,33 @@ class GraphBatch(Batch):
     link_label: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     def __post_init__(self) -> None:
-        b = self.dense_features.shape[0]
-        fields = {
-            "labels": self.labels.shape[0],
-            "label_mask": self.label_mask.shape[0],
-            "user_index": self.user_index.shape[0],
-            "item_index": self.item_index.shape[0],
-            "sparse_features (stride)": self.sparse_features.stride() if self.sparse_features.keys() else b,
-        }
-        bad = {k: v for k, v in fields.items() if v != b}
-        if bad:
-            raise ValueError(f"GraphBatch: B={b} from dense_features, but these fields disagree: {bad}")
+        if self.user_index.shape != self.item_index.shape or self.user_index.dim() != 1:
+            raise ValueError(f"GraphFeatures: user_index and item_index must both be (B,), got "
+                             f"{tuple(self.user_index.shape)} and {tuple(self.item_index.shape)}")
         if self.link_index.dim() != 2 or self.link_index.shape[0] != 2 or self.link_index.shape[1] != self.link_label.numel():
-            raise ValueError(f"GraphBatch: link_index must be (2, L) with L = len(link_label), got "
+            raise ValueError(f"GraphFeatures: link_index must be (2, L) with L = len(link_label), got "
                              f"{tuple(self.link_index.shape)} and {self.link_label.numel()} labels")
         if self.node_ids.lengths().numel() and int(self.node_ids.lengths().max()) > 1:
-            raise ValueError("GraphBatch: node_ids must hold one id per bag (see node_id_bags), got a bag of "
+            raise ValueError("GraphFeatures: node_ids must hold one id per bag (see node_id_bags), got a bag of "
                              f"{int(self.node_ids.lengths().max())}")
 
     @property
     def batch_size(self) -> int:
         """B, the number of examples."""
-        return self.dense_features.shape[0]
+        return self.user_index.shape[0]
 
     @property
     def num_nodes(self) -> Dict[NodeType, int]:
         """N_t, the sampled node count of each node type."""
         return dict(zip(self.node_ids.keys(), self.node_ids.length_per_key()))
 
-    def _map(self, fn_tensor, fn_kjt) -> "GraphBatch":  # noqa: ANN001 - two small callables
-        return GraphBatch(
-            dense_features=fn_tensor(self.dense_features),
-            sparse_features=fn_kjt(self.sparse_features),
-            labels=fn_tensor(self.labels),
-            label_mask=fn_tensor(self.label_mask),
+    def global_ids(self, node_type: NodeType, rows: torch.Tensor) -> torch.Tensor:
+        """Global ids of the subgraph's ``rows`` (any shape, int64) of ``node_type``; e.g. each
+        example's user: ``global_ids(user_type, user_index)`` (B,)."""
+        return self.node_ids[node_type].values()[rows]
+
+    def _map(self, fn_tensor: Callable, fn_kjt: Callable) -> "GraphFeatures":
+        return GraphFeatures(
             node_ids=fn_kjt(self.node_ids),
             edge_index={et: fn_tensor(e) for et, e in self.edge_index.items()},
             user_index=fn_tensor(self.user_index),
@@ -133,19 +128,72 @@ class GraphBatch(Batch):
             link_label=fn_tensor(self.link_label),
         )
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "GraphBatch":
+    def to(self, device: torch.device, non_blocking: bool = False) -> "GraphFeatures":
         move = lambda x: x.to(device=device, non_blocking=non_blocking)  # noqa: E731
         return self._map(move, move)
 
-    def pin_memory(self) -> "GraphBatch":
+    def pin_memory(self) -> "GraphFeatures":
         pin = lambda x: x.pin_memory()  # noqa: E731
         return self._map(pin, pin)
 
     def record_stream(self, stream: torch.Stream) -> None:
-        for tensor in (self.dense_features, self.labels, self.label_mask, self.user_index, self.item_index,
-                       self.link_index, self.link_label):
+        self.node_ids.record_stream(stream)
+        for tensor in (self.user_index, self.item_index, self.link_index, self.link_label,
+                       *self.edge_index.values(), *self.node_features.values()):
+            tensor.record_stream(stream)
+
+
+@dataclass
+class GraphBatch(Batch):
+    """TorchRec ``Batch`` fields plus the examples' graph input.
+
+    Args:
+        dense_features (Tensor): (B, F) float32.
+        sparse_features (KeyedJaggedTensor): ranker sparse features, B rows per key.
+        labels (Tensor): (B, T) float32, 0 where missing.
+        label_mask (Tensor): (B, T) bool, True where the label is present.
+        graph_features (GraphFeatures): the sampled subgraph, B examples' rows in it.
+    """
+
+    label_mask: torch.Tensor
+    graph_features: GraphFeatures
+
+    def __post_init__(self) -> None:
+        b = self.dense_features.shape[0]
+        fields = {
+            "labels": self.labels.shape[0],
+            "label_mask": self.label_mask.shape[0],
+            "graph_features (user_index)": self.graph_features.batch_size,
+            "sparse_features (stride)": self.sparse_features.stride() if self.sparse_features.keys() else b,
+        }
+        bad = {k: v for k, v in fields.items() if v != b}
+        if bad:
+            raise ValueError(f"GraphBatch: B={b} from dense_features, but these fields disagree: {bad}")
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of examples."""
+        return self.dense_features.shape[0]
+
+    def _map(self, fn_tensor: Callable, fn_kjt: Callable, graph_features: GraphFeatures) -> "GraphBatch":
+        return GraphBatch(
+            dense_features=fn_tensor(self.dense_features),
+            sparse_features=fn_kjt(self.sparse_features),
+            labels=fn_tensor(self.labels),
+            label_mask=fn_tensor(self.label_mask),
+            graph_features=graph_features,
+        )
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "GraphBatch":
+        move = lambda x: x.to(device=device, non_blocking=non_blocking)  # noqa: E731
+        return self._map(move, move, self.graph_features.to(device, non_blocking))
+
+    def pin_memory(self) -> "GraphBatch":
+        pin = lambda x: x.pin_memory()  # noqa: E731
+        return self._map(pin, pin, self.graph_features.pin_memory())
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        for tensor in (self.dense_features, self.labels, self.label_mask):
             tensor.record_stream(stream)
         self.sparse_features.record_stream(stream)
-        self.node_ids.record_stream(stream)
-        for tensor in (*self.edge_index.values(), *self.node_features.values()):
-            tensor.record_stream(stream)
+        self.graph_features.record_stream(stream)

@@ -18,7 +18,7 @@ from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch, node_id_bags
+from torchrec_gnn.data.batch import GraphBatch, GraphFeatures, node_id_bags
 from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -249,15 +249,17 @@ class GraphBatchBuilder:
             sparse_features=sparse_features,
             labels=ex.labels.masked_fill(missing, 0.0),
             label_mask=~missing,
-            node_ids=node_id_bags(schema.node_types, [out.node.get(t, empty) for t in schema.node_types]),
-            edge_index=out.edge_index_dict,
-            user_index=user_index,
-            item_index=item_index,
-            num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in schema.node_types},
-            num_sampled_edges={et: list(c) for et, c in out.num_sampled_edges.items()},
-            node_features=self._node_features(out.node, earliest),
-            link_index=link_index,
-            link_label=link_label,
+            graph_features=GraphFeatures(
+                node_ids=node_id_bags(schema.node_types, [out.node.get(t, empty) for t in schema.node_types]),
+                edge_index=out.edge_index_dict,
+                user_index=user_index,
+                item_index=item_index,
+                num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in schema.node_types},
+                num_sampled_edges={et: list(c) for et, c in out.num_sampled_edges.items()},
+                node_features=self._node_features(out.node, earliest),
+                link_index=link_index,
+                link_label=link_label,
+            ),
         )
 
     def _node_features(self, nodes: Dict[NodeType, torch.Tensor], before: Optional[int]) -> Dict[NodeType, torch.Tensor]:

@@ -39,8 +39,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, List, Tuple, Union
+from dataclasses import dataclass
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch
@@ -131,15 +131,6 @@ class RandomDataConfig:
         """``[start, end)`` in seconds of the examples; the click edges lie in ``[0, start)``."""
         end = self.num_days * _DAY
         return int(self.history_fraction * end), end
-
-    @classmethod
-    def from_overrides(cls, **overrides: Any) -> "RandomDataConfig":
-        """The defaults with ``overrides`` applied; unknown names fail and list the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"RandomDataConfig: unknown fields {unknown}; valid fields: {sorted(valid)}")
-        return cls(**overrides)
 
 
 def make_random(config: RandomDataConfig) -> GraphRecDataset:

@@ -9,8 +9,8 @@ from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.data.kuairand import load_kuairand
 from torchrec_gnn.data.movielens import load_movielens
 from torchrec_gnn.data.paths import default_data_dir
-from torchrec_gnn.data.random_data import RandomDataConfig, make_random
-from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic
+from torchrec_gnn.data.random_data import make_random
+from torchrec_gnn.data.synthetic import make_synthetic
 from torchrec_gnn.data.tabular import load_tabular
 
 if TYPE_CHECKING:
@@ -29,9 +29,9 @@ def load_dataset(config: "DataConfig") -> GraphRecDataset:
     """
     seed = config.seed
     if config.dataset == "synthetic":
-        return make_synthetic(SyntheticConfig.preset(config.preset, **{"seed": seed, **config.synthetic}))
+        return make_synthetic(config.synthetic_config())
     if config.dataset == "random":
-        return make_random(RandomDataConfig.from_overrides(**{"seed": seed, **config.random}))
+        return make_random(config.random_config())
     if config.dataset == "ml100k":
         path = Path(config.path) if config.path else default_data_dir() / "ml-100k-recbole"
         return load_movielens(path, negatives_per_positive=config.negatives_per_positive, seed=seed)

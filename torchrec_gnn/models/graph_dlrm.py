@@ -2,16 +2,16 @@
 
 ::
 
-    dense_features ─► DenseArch ─────────────────────────────┐ (B, D)
-    sparse_features ─► SparseArch (EBC) ─────────────────────┤ (B, F, D)
-    batch ─► GNNTower ─► user, item (B, H) ─► InputFusionArch ┤ (B, 2, D)   input-level fusion
-                               │                             ▼
-                               │          InteractionArch (dot) or InteractionDCNArch
-                               │                             ▼
-                               │                     over arch MLP  (B, R)
-                               └────────────► pre-head fusion ─► (B, R + 2H)
-                                                             ▼
-                                             TaskHeadsArch ─► (B, T)
+    dense_features ──► DenseArch ───────────────────────────────────────┐ (B, D)
+    sparse_features ─► SparseArch (EBC) ────────────────────────────────┤ (B, F, D)
+    graph_features ──► GNNTower ─► user, item (B, H) ─► InputFusionArch ┤ (B, 2, D)   input-level fusion
+                                    │                                   ▼
+                                    │           InteractionArch (dot) or InteractionDCNArch
+                                    │                                   ▼
+                                    │                      over arch MLP  (B, R)
+                                    └─────────────► pre-head fusion ─► (B, R + 2H)
+                                                                        ▼
+                                                   TaskHeadsArch ─► (B, T)
 
 Without a tower (``graph_tower=None``) it is a plain multi-task DLRM: the no-graph baseline.
 """
@@ -37,8 +37,9 @@ from torchrec.models.dlrm import (
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphBatch, GraphFeatures
 from torchrec_gnn.data.dataset import TaskSpec
 from torchrec_gnn.models.config import RankerConfig
 from torchrec_gnn.modules.fusion import ConcatFusionArch, GatedFusionArch, InputFusionArch
@@ -99,7 +100,8 @@ class GraphDLRM(RankingArches):
 
         model = GraphDLRM(ebc, dense_in_features=4, tasks=tasks, config=RankerConfig(),
                           graph_tower=tower)
-        outputs, aux_losses = model(batch)   # (B, T), (A,): those of [gfae, edge] the tower has
+        outputs, aux_losses = model(batch.dense_features, batch.sparse_features, batch.graph_features)
+        # (B, T), (A,): those of [gfae, edge] the tower has
     """
 
     def __init__(
@@ -198,10 +200,16 @@ class GraphDLRM(RankingArches):
         shared = self.graph_tower.shared_parameters() if self.graph_tower is not None else []
         return shared or list(self.over_arch._mlp[-1].parameters())
 
-    def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor,
+        graph_features: Optional[GraphFeatures] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            batch (GraphBatch): ranker features and, with a tower, the sampled subgraph.
+            dense_features (Tensor): (B, F_dense).
+            sparse_features (KeyedJaggedTensor): the ranker's sparse features, B rows per key.
+            graph_features (GraphFeatures, optional): the examples' sampled subgraph (read only
+                with a tower).
 
         Returns:
             Tuple[Tensor, Tensor]: per-task outputs (B, T) (logits for binary tasks,
@@ -209,11 +217,11 @@ class GraphDLRM(RankingArches):
             :attr:`aux_loss_names` (``"gfae"`` with a feature GFAE, ``"edge"`` with an edge
             decoder; (0,) with neither).
         """
-        sparse = self.sparse_arch(batch.sparse_features)  # (B, F, D)
+        sparse = self.sparse_arch(sparse_features)  # (B, F, D)
         if self.graph_tower is None:
-            return self.rank(batch.dense_features, sparse), sparse.new_zeros(0)
-        graph = self.graph_tower(batch)
-        return self.rank(batch.dense_features, sparse, graph.user, graph.item), graph.aux_losses(self.aux_loss_names)
+            return self.rank(dense_features, sparse), sparse.new_zeros(0)
+        graph = self.graph_tower(graph_features)
+        return self.rank(dense_features, sparse, graph.user, graph.item), graph.aux_losses(self.aux_loss_names)
 
 
 def _interaction_settings(dlrm: nn.Module) -> dict:
@@ -269,7 +277,7 @@ class GraphDLRMTrain(nn.Module):
             Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: losses (T + A,) and, detached, the
             losses (T + A,), the outputs (B, T) and the labels (B, T) with NaN where missing.
         """
-        outputs, aux_losses = self.model(batch)
+        outputs, aux_losses = self.model(batch.dense_features, batch.sparse_features, batch.graph_features)
         losses = task_losses(outputs, batch.labels, batch.label_mask, self.model.tasks, self.regression_loss)
         losses = torch.cat([losses, aux_losses])  # (T + A,)
         labels = batch.labels.masked_fill(~batch.label_mask, float("nan"))

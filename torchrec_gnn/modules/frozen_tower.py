@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphFeatures
 from torchrec_gnn.modules.gnn_tower import GraphEmbeddings, GraphTowerInterface
 from torchrec_gnn.modules.utils import connected_zero
 from torchrec_gnn.typing import NodeType
@@ -30,14 +30,14 @@ class FrozenGraphTower(GraphTowerInterface):
         user_type (str): node type of the examples' users.
         item_type (str): node type of the examples' items.
 
-    The batches need only their seeds: ``batch.node_ids`` (global ids, the seeds first) and
-    ``user_index``/``item_index``, which a zero-hop sampler gives.
+    The batches need only their seeds: ``graph_features.node_ids`` (global ids, the seeds first)
+    and ``user_index``/``item_index``, which a zero-hop sampler gives.
 
     Example::
 
         tower = FrozenGraphTower({"user": torch.randn(1000, 64), "video": torch.randn(500, 64)},
                                  "user", "video")
-        graph_emb = tower(batch)   # user (B, 64), item (B, 64), gfae_loss () = 0
+        graph_emb = tower(batch.graph_features)   # user (B, 64), item (B, 64), gfae_loss () = 0
     """
 
     def __init__(self, embeddings: Mapping[NodeType, torch.Tensor], user_type: NodeType, item_type: NodeType) -> None:
@@ -92,19 +92,18 @@ class FrozenGraphTower(GraphTowerInterface):
                 )
             self.table(t).copy_(embeddings[t])
 
-    def forward(self, batch: GraphBatch) -> GraphEmbeddings:
+    def forward(self, graph_features: GraphFeatures) -> GraphEmbeddings:
         """
         Args:
-            batch (GraphBatch): needs ``node_ids`` and ``user_index``/``item_index``.
+            graph_features (GraphFeatures): needs ``node_ids`` and ``user_index``/``item_index``.
 
         Returns:
             GraphEmbeddings: user and item embeddings (B, H) and zero auxiliary losses.
         """
-        users = batch.node_ids[self.user_type].values()[batch.user_index]
-        items = batch.node_ids[self.item_type].values()[batch.item_index]
-        user = self.table(self.user_type)[users]
+        user = self.table(self.user_type)[graph_features.global_ids(self.user_type, graph_features.user_index)]
+        item = self.table(self.item_type)[graph_features.global_ids(self.item_type, graph_features.item_index)]
         zero = connected_zero(user)
-        return GraphEmbeddings(user=user, item=self.table(self.item_type)[items], gfae_loss=zero, edge_loss=zero,
+        return GraphEmbeddings(user=user, item=item, gfae_loss=zero, edge_loss=zero,
                                link_logits=zero.reshape(1)[:0])
 
     def __repr__(self) -> str:

@@ -3,9 +3,9 @@
 The tower is split in two so TorchRec's train pipeline can overlap the node tables' input
 distribution with the previous step:
 
-* :class:`GNNTower` owns the ``EmbeddingBagCollection`` and feeds it ``batch.node_ids`` (one id
-  per bag, so each pooled row is one node's embedding) straight from the batch (the pattern
-  the pipeline's tracer recognises);
+* :class:`GNNTower` owns the ``EmbeddingBagCollection`` and feeds it ``graph_features.node_ids``
+  (one id per bag, so each pooled row is one node's embedding) straight from the batch (the
+  pattern the pipeline's tracer recognises);
 * :class:`GraphEncoder` (no sharded children, so the pipeline treats it as a leaf) does all the
   tensor work: side-feature projection, GFAE masking, message passing, GFAE loss, and gathering
   each example's user and item rows.
@@ -23,7 +23,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.fusion import InputFusionArch
 from torchrec_gnn.modules.gfae import GFAE, EdgeDecoder
@@ -76,7 +76,7 @@ class GraphEmbeddings(NamedTuple):
         Example::
 
             pooled = ebc(batch.sparse_features)                   # KeyedTensor of F features
-            features = tower(batch).join(pooled, projection=InputFusionArch(H, D))   # F + 2 features
+            features = tower(batch.graph_features).join(pooled, projection=InputFusionArch(H, D))
         """
         embeddings = self
         if projection is not None:
@@ -105,7 +105,8 @@ class GraphEmbeddings(NamedTuple):
 
 class GraphTowerInterface(abc.ABC, nn.Module):
     """What a ranker needs from a graph tower (in the manner of TorchRec's
-    ``EmbeddingBagCollectionInterface``): per-example embeddings from a batch, their width,
+    ``EmbeddingBagCollectionInterface``): per-example embeddings from a batch's
+    :class:`~torchrec_gnn.data.batch.GraphFeatures`, their width,
     the auxiliary losses it computes and the layer GradNorm balances on.
 
     :class:`GNNTower` (end to end) and
@@ -114,10 +115,10 @@ class GraphTowerInterface(abc.ABC, nn.Module):
     """
 
     @abc.abstractmethod
-    def forward(self, batch: GraphBatch) -> GraphEmbeddings:
+    def forward(self, graph_features: GraphFeatures) -> GraphEmbeddings:
         """
         Args:
-            batch (GraphBatch): the examples (B) and what the tower reads of their subgraph.
+            graph_features (GraphFeatures): B examples' subgraph (or what of it the tower reads).
 
         Returns:
             GraphEmbeddings: each example's user and item embedding (B, H) and the auxiliary losses.
@@ -147,9 +148,9 @@ class GraphEncoder(nn.Module):
         item_type (str): node type of the examples' items.
         gfae (GFAE, optional): the graph auto-encoder: masked features (active in training mode
             only) and, with its edge decoder, the masked-edge loss over the batch's links
-            (``batch.link_index``: held-out edges and negatives).
+            (``graph_features.link_index``: held-out edges and negatives).
         feature_channels (Mapping[str, int], optional): node type -> F_t for types whose dense
-            side features (``batch.node_features[t]``, (N_t, F_t)) join the ID embedding
+            side features (``graph_features.node_features[t]``, (N_t, F_t)) join the ID embedding
             through a linear projection. They are also that type's GFAE target.
     """
 
@@ -242,46 +243,46 @@ class GraphEncoder(nn.Module):
             raise ValueError("GraphEncoder.history_rows: this encoder has no history")
         return self.full_graph(tables, node_features, graph, chunk_size, num_layers=self.gnn.num_layers - 1)
 
-    def forward(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
+    def forward(self, x_dict: Dict[NodeType, torch.Tensor], graph_features: GraphFeatures) -> GraphEmbeddings:
         """
         Args:
             x_dict (Dict[str, Tensor]): (N_t, D) node-table rows of the batch's sampled nodes,
-                in ``batch.node_ids`` order; rows past N_t (padding bags) are dropped.
-            batch (GraphBatch): edges, per-hop counts, side features and seed rows.
+                in ``graph_features.node_ids`` order; rows past N_t (padding bags) are dropped.
+            graph_features (GraphFeatures): edges, per-hop counts, side features and seed rows.
 
         Returns:
             GraphEmbeddings: user and item embeddings (B, H), the GFAE and edge losses and the
             link logits (L,).
         """
         with record_function("## gnn_tower ##"):
-            return self._encode(x_dict, batch)
+            return self._encode(x_dict, graph_features)
 
-    def _encode(self, x_dict: Dict[NodeType, torch.Tensor], batch: GraphBatch) -> GraphEmbeddings:
-        counts = {t: sum(c) for t, c in batch.num_sampled_nodes.items()} or batch.num_nodes
+    def _encode(self, x_dict: Dict[NodeType, torch.Tensor], graph: GraphFeatures) -> GraphEmbeddings:
+        counts = {t: sum(c) for t, c in graph.num_sampled_nodes.items()} or graph.num_nodes
         x_dict = {t: x[: counts[t]] for t, x in x_dict.items()}
-        targets = {t: batch.node_features.get(t, x.detach()) for t, x in x_dict.items()}
-        inputs = self.input_features(x_dict, batch.node_features)
+        targets = {t: graph.node_features.get(t, x.detach()) for t, x in x_dict.items()}
+        inputs = self.input_features(x_dict, graph.node_features)
         use_gfae = self.gfae is not None and self.gfae.reconstructs_features and self.training
         if use_gfae:
             # Only rows whose final embedding is computed can be scored: the seeds when trimming.
             if self.gnn.config.trim:
-                candidates = {t: batch.num_sampled_nodes[t][0] for t in inputs}
+                candidates = {t: graph.num_sampled_nodes[t][0] for t in inputs}
             else:
                 candidates = {t: x.shape[0] for t, x in inputs.items()}
             inputs, masked = self.gfae.mask(inputs, candidates)
-        node_ids = None if self.history is None else {t: batch.node_ids[t].values() for t in inputs}
-        h_dict = self.gnn(inputs, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges, node_ids)
+        node_ids = None if self.history is None else {t: graph.node_ids[t].values() for t in inputs}
+        h_dict = self.gnn(inputs, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges, node_ids)
         zero = connected_zero(h_dict[self.user_type])
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero
         decoder = self.edge_decoder
-        if decoder is not None and batch.link_label.numel() > 0:
-            users, items = batch.link_index
+        if decoder is not None and graph.link_label.numel() > 0:
+            users, items = graph.link_index
             link_logits = decoder(h_dict[self.user_type][users], h_dict[self.item_type][items])  # (L,)
-            edge_loss = decoder.loss(link_logits, batch.link_label)
+            edge_loss = decoder.loss(link_logits, graph.link_label)
         return GraphEmbeddings(
-            user=h_dict[self.user_type][batch.user_index],
-            item=h_dict[self.item_type][batch.item_index],
+            user=h_dict[self.user_type][graph.user_index],
+            item=h_dict[self.item_type][graph.item_index],
             gfae_loss=gfae_loss,
             edge_loss=edge_loss,
             link_logits=link_logits,
@@ -306,7 +307,7 @@ class GNNTower(GraphTowerInterface):
         ])
         gnn = HeteroSAGE(graph.node_types, graph.edge_types, in_channels=16, config=GNNConfig())
         tower = GNNTower(tables, GraphEncoder(gnn, "user", "video"))
-        graph_emb = tower(batch)   # user (B, 64), item (B, 64), gfae_loss ()
+        graph_emb = tower(batch.graph_features)   # user (B, 64), item (B, 64), gfae_loss ()
     """
 
     def __init__(self, node_embeddings: EmbeddingBagCollection, encoder: GraphEncoder) -> None:
@@ -367,16 +368,16 @@ class GNNTower(GraphTowerInterface):
         task losses: ``"gfae"`` (feature reconstruction), then ``"edge"`` (masked edges)."""
         return ["gfae"] * self.reconstructs_features + ["edge"] * (self.edge_decoder is not None)
 
-    def forward(self, batch: GraphBatch) -> GraphEmbeddings:
+    def forward(self, graph_features: GraphFeatures) -> GraphEmbeddings:
         """
         Args:
-            batch (GraphBatch): needs ``node_ids`` (one key per node type) and the subgraph.
+            graph_features (GraphFeatures): ``node_ids`` (one key per node type) and the subgraph.
 
         Returns:
             GraphEmbeddings: user and item embeddings (B, H) and the GFAE loss.
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
         with record_function("## node_tables ##"):
-            pooled = self.node_embeddings(batch.node_ids)
+            pooled = self.node_embeddings(graph_features.node_ids)
             x_dict = {t: pooled[t] for t in self.node_types}  # (stride, D): N_t rows, then padding
-        return self.encoder(x_dict, batch)
+        return self.encoder(x_dict, graph_features)

@@ -19,7 +19,7 @@ from torchrec_gnn.train.metrics import MultiTaskEvaluator
 def score_batch(evaluator: MultiTaskEvaluator, outputs: torch.Tensor, batch: GraphBatch, user_type: str) -> None:
     """Add one batch's outputs (B, T) to ``evaluator``, grouped by the examples' global user
     ids (GAUC)."""
-    users = batch.node_ids[user_type].values()[batch.user_index]
+    users = batch.graph_features.global_ids(user_type, batch.graph_features.user_index)
     evaluator.update(outputs, batch.labels, batch.label_mask, users)
 
 

@@ -249,7 +249,7 @@ class MultiTaskEvaluator:
         evaluator = MultiTaskEvaluator([TaskSpec("click", "binary"), TaskSpec("stay", "regression")])
         for batch in val_batches:
             _, (_, outputs, labels) = model(batch)                       # outputs: (B, T)
-            users = batch.node_ids["user"][batch.user_index]             # (B,)
+            users = batch.graph_features.global_ids("user", batch.graph_features.user_index)  # (B,)
             evaluator.update(outputs, labels, batch.label_mask, users)
         metrics = evaluator.compute()   # {"click": {"auc": ..., "gauc": ...}, "stay": {"rmse": ...}}
         print(format_table(metrics, title="val"))
@@ -293,7 +293,7 @@ class MultiTaskEvaluator:
             label_mask (Tensor, optional): (B, T) bool, True where the label is present.
                 ``None``: present wherever the label is not ``NaN``.
             user_ids (Tensor): (B,) integer user id of every example (the GAUC groups; use
-                global ids, e.g. ``batch.node_ids["user"][batch.user_index]``).
+                global ids, e.g. ``graph_features.global_ids("user", graph_features.user_index)``).
         """
         shape = (user_ids.shape[0] if user_ids.dim() == 1 else -1, self.num_tasks)
         problems = []

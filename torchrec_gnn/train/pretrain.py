@@ -124,7 +124,8 @@ def hold_out_edges(
 
 
 class LinkPredictionModel(nn.Module):
-    """The tower on its own: its edge decoder scores each batch's links (``batch.link_index``).
+    """The tower on its own: its edge decoder scores each batch's links
+    (``batch.graph_features.link_index``).
 
     Args:
         tower (GNNTower): node tables, GNN, (optional) GFAE and an edge decoder.
@@ -142,13 +143,13 @@ class LinkPredictionModel(nn.Module):
     def forward(self, batch: GraphBatch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """
         Args:
-            batch (GraphBatch): links to score (``link_index``, ``link_label`` (L,)).
+            batch (GraphBatch): links to score (``graph_features.link_index``, ``link_label`` (L,)).
 
         Returns:
             Tuple[Tensor, Dict[str, Tensor]]: the weighted loss () and, detached, ``link``,
             ``gfae`` and the link logits ``scores`` (L,).
         """
-        graph = self.tower(batch)
+        graph = self.tower(batch.graph_features)
         loss = self.link_weight * graph.edge_loss + self.gfae_weight * graph.gfae_loss
         return loss, {"link": graph.edge_loss.detach(), "gfae": graph.gfae_loss.detach(),
                       "scores": graph.link_logits.detach()}
@@ -207,7 +208,7 @@ def link_auc(model: LinkPredictionModel, data: GraphBatchDataset, num_workers: i
     for batch in make_dataloader(data, num_workers):
         _, parts = model(batch.to(device))
         scores.append(parts["scores"])
-        labels.append(batch.link_label.to(device))
+        labels.append(batch.graph_features.link_label.to(device))
     model.train()
     return float(binary_auroc(torch.cat(scores), torch.cat(labels).long()))
 
