@@ -114,6 +114,13 @@ def test_temporal_strategy_needs_temporal_sampling() -> None:
         load_config(None, ["loader.temporal_strategy=newest"])
 
 
+def test_labor_sampling_needs_draws_without_replacement() -> None:
+    assert load_config(None, ["loader.labor=true"]).loader.labor
+    with pytest.raises(ConfigError, match=r"loader.labor .* needs loader.replace false and loader.temporal_strategy "
+                                          r"'uniform', got True, 'uniform'"):
+        load_config(None, ["loader.labor=true", "loader.replace=true"])
+
+
 def test_fresh_graph_reads_the_graph_temporally() -> None:
     assert not load_config(None, []).fresh_graph
     assert load_config(None, ["train.protocol=streaming"]).fresh_graph

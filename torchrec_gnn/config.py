@@ -110,6 +110,9 @@ class LoaderConfig:
         temporal_strategy (str): which older edges a node draws in temporal mode: ``"uniform"``
             or ``"last"`` (its ``fanout`` most recent ones: a node's current neighbourhood).
             ``"last"`` needs ``temporal`` (the streaming protocol turns it on) and no ``replace``.
+        labor (bool): LABOR-0 neighbour sampling (``NeighborSampler(labor=True)``): the same
+            fanout in expectation, fewer distinct nodes per batch where neighbourhoods overlap.
+            Needs no ``replace`` and the uniform temporal strategy.
         num_workers (int): DataLoader worker processes building batches.
         num_threads (int, optional): intra-op threads of each training process; default: the
             host's cores minus ``num_workers`` (at least 1). Oversubscribing the cores makes
@@ -123,6 +126,7 @@ class LoaderConfig:
     replace: bool = False
     temporal: bool = False
     temporal_strategy: str = "uniform"
+    labor: bool = False
     num_workers: int = 2
     num_threads: Optional[int] = None
 
@@ -133,6 +137,9 @@ class LoaderConfig:
             raise ValueError(f"loader.temporal_strategy must be one of {list(TEMPORAL_STRATEGIES)}, got {self.temporal_strategy!r}")
         if self.temporal_strategy == "last" and self.replace:
             raise ValueError("loader.temporal_strategy 'last' takes each node's most recent edges; it needs loader.replace false")
+        if self.labor and (self.replace or self.temporal_strategy == "last"):
+            raise ValueError("loader.labor draws by shared random numbers per node; it needs loader.replace false and "
+                             f"loader.temporal_strategy 'uniform', got {self.replace}, {self.temporal_strategy!r}")
 
 
 @dataclass

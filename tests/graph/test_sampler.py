@@ -693,3 +693,65 @@ def test_sample_from_edges_is_deterministic_for_a_generator_seed() -> None:
     a, b = (sampler.sample_from_edges(WATCHES, links, generator=torch.Generator().manual_seed(7)) for _ in range(2))
     assert torch.equal(a.edge_label_index, b.edge_label_index)
     assert all(torch.equal(a.subgraph.row[et], b.subgraph.row[et]) for et in graph.edge_types)
+
+
+# ---------------------------------------------------------------------- LABOR
+def shared_neighbourhood(num_dst: int, num_src: int) -> HeteroGraph:
+    """Every one of ``num_dst`` videos is watched by the same ``num_src`` users."""
+    src = torch.arange(num_src).repeat(num_dst)
+    dst = torch.arange(num_dst).repeat_interleave(num_src)
+    return HeteroGraph.from_edges({"user": num_src, "video": num_dst}, {WATCHES: (src, dst)})
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_labor_samples_valid_subgraphs_and_keeps_small_neighbourhoods_whole(timed: bool) -> None:
+    graph = random_graph(3, timed=timed)
+    sampler = NeighborSampler(graph, [3, 2], labor=True, temporal=timed)
+    for s in range(5):
+        seed_time = {t: torch.full_like(ids, 60) for t, ids in SEEDS.items()} if timed else None
+        out = sampler.sample(SEEDS, seed_time=seed_time, generator=gen(s))
+        check_valid(graph, out, SEEDS)
+        for et in graph.edge_types:
+            for hop in range(2):
+                _, got, degree = per_node_counts(graph, out, et, hop, older=timed)
+                small = degree <= sampler.num_neighbors[et][hop]
+                assert np.array_equal(got[small], degree[small]), (et, hop)  # every usable edge
+                assert bool((got <= degree).all())
+        assert same(out, sampler.sample(SEEDS, seed_time=seed_time, generator=gen(s)))  # seeded
+
+
+def test_labor_draws_the_fanout_in_expectation_uniformly() -> None:
+    """A node with d > k in-edges keeps k of them on average, each edge with probability k / d."""
+    degree, fanout, draws = 40, 5, 3000
+    sampler = NeighborSampler(star_graph(degree), [fanout], labor=True)
+    counts = np.zeros(degree)
+    kept = []
+    for s in range(draws):
+        out = sampler.sample({"video": torch.tensor([0])}, generator=gen(s))
+        counts[out.node["user"].numpy()] += 1
+        kept.append(out.row[WATCHES].numel())
+    assert abs(np.mean(kept) - fanout) < 0.15  # std of the mean: sqrt(5 * 0.875 / 3000) ~ 0.04
+    assert np.abs(counts / draws - fanout / degree).max() < 0.04  # per edge 0.125, std ~ 0.006
+
+
+def test_labor_overlapping_neighbourhoods_keep_the_same_nodes() -> None:
+    """50 videos with the same 1000 watchers, fanout 10: uniform draws reach ~400 distinct users,
+    LABOR the ~10 whose shared random number is below 10 / 1000, for every video alike."""
+    graph = shared_neighbourhood(50, 1000)
+    seeds = {"video": torch.arange(50)}
+    uniform = NeighborSampler(graph, [10]).sample(seeds, generator=gen(0))
+    labor = NeighborSampler(graph, [10], labor=True).sample(seeds, generator=gen(0))
+    assert uniform.node["user"].numel() > 300
+    assert 1 <= labor.node["user"].numel() <= 25
+    per_video = np.bincount(labor.col[WATCHES].numpy(), minlength=50)
+    assert (per_video == labor.node["user"].numel()).all()  # each video keeps exactly the shared set
+    other = NeighborSampler(graph, [10], labor=True).sample(seeds, generator=gen(1))
+    assert set(other.node["user"].tolist()) != set(labor.node["user"].tolist())  # fresh numbers per call
+
+
+def test_labor_refuses_what_it_cannot_draw() -> None:
+    graph = random_graph(0, timed=True, weighted=True)
+    for kwargs in ({"replace": True}, {"weighted": True}, {"disjoint": True},
+                   {"temporal": True, "temporal_strategy": "last"}):
+        with pytest.raises(ValueError, match=r"NeighborSampler\(labor=True\): .* needs replace=False, weighted=False"):
+            NeighborSampler(graph, [2], labor=True, **kwargs)

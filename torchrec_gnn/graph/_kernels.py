@@ -351,6 +351,74 @@ def sample_relation(
     return out_row, out_col, out_eid, src_nodes, src_times, n_src
 
 
+# ---------------------------------------------------------------- LABOR sampling
+# LABOR-0 (Balin and Catalyurek, NeurIPS 2023; DGL GraphBolt's ``sample_layer_neighbor``): each
+# source node s has one uniform r_s per hop and source type, shared by every frontier node that
+# could draw it; a frontier node with d usable in-edges keeps those whose source has
+# r_s < k / d (all of them when d <= k or k = -1). It keeps k edges in expectation, as uniform
+# sampling does, but frontier nodes that share neighbours keep the same ones, so a hop reaches
+# fewer distinct nodes. Costs O(d) per frontier node (uniform sampling: O(k)).
+
+
+@njit(cache=True, nogil=True)
+def _labor_threshold(k, d):
+    """Keep an edge when its source's r_s is below this: k / d, or 1 (every edge) when d <= k or k = -1."""
+    return k / d if 0 <= k < d else 1.0
+
+
+@njit(cache=True, nogil=True)
+def _draw_edges_labor(colptr, row, etime, dst_nodes, dst_times, f_start, f_end, k, temporal, key):
+    """:func:`_draw_edges` by LABOR-0 (``key``: the hop's and source type's stream of r_s)."""
+    nf = f_end - f_start
+    starts = np.empty(nf, np.int64)
+    ends = np.empty(nf, np.int64)
+    total = 0
+    for p in range(nf):
+        i = f_start + p
+        s = colptr[dst_nodes[i]]
+        e = colptr[dst_nodes[i] + 1]
+        if temporal:
+            e = _older_prefix_end(etime, s, e, dst_times[i])
+        starts[p] = s
+        ends[p] = e
+        threshold = _labor_threshold(k, e - s)
+        for j in range(s, e):
+            if _uniform(key, row[j]) < threshold:
+                total += 1
+    out_eid = np.empty(total, np.int64)
+    out_row = np.empty(total, np.int64)
+    out_col = np.empty(total, np.int64)
+    off = 0
+    for p in range(nf):
+        threshold = _labor_threshold(k, ends[p] - starts[p])
+        for j in range(starts[p], ends[p]):
+            if _uniform(key, row[j]) < threshold:
+                out_eid[off] = j
+                out_row[off] = row[j]
+                out_col[off] = f_start + p
+                off += 1
+    return out_row, out_col, out_eid
+
+
+@njit(cache=True, nogil=True)
+def sample_relation_labor(
+    colptr, row, etime, eweight,
+    dst_nodes, dst_times, f_start, f_end,
+    g2l, src_nodes, src_times, n_src, src_hop_start,
+    k, temporal, seed, hop, stream,
+):  # fmt: skip
+    """:func:`sample_relation` by LABOR-0 (see above). ``stream`` (>= 0) numbers the r_s of the
+    relation's source type, apart from every relation's draws (the sampler passes the number of
+    relations plus the type's index), so relations from one type share its nodes' r_s in a hop.
+    ``eweight`` is unused (LABOR here is unweighted)."""
+    key = _relation_key(seed, hop, stream)
+    out_row, out_col, out_eid = _draw_edges_labor(colptr, row, etime, dst_nodes, dst_times, f_start, f_end,
+                                                  k, temporal, key)
+    src_nodes, src_times = _grow(src_nodes, src_times, n_src + out_row.shape[0], temporal)
+    n_src = _relabel(out_row, out_col, dst_times, temporal, g2l, src_nodes, src_times, n_src, src_hop_start)
+    return out_row, out_col, out_eid, src_nodes, src_times, n_src
+
+
 # ---------------------------------------------------------------- disjoint sampling
 # In disjoint mode a node is the pair (example, global id): every seed position grows its own
 # tree. A dense map cannot key pairs, so each node type gets an open-addressing hash table of

@@ -220,6 +220,13 @@ class NeighborSampler:
             ``OMP_WAIT_POLICY=passive``, else spinning threads slow everything else down.
             Disjoint sampling is single-threaded.
         disjoint (bool): one tree per seed position (default False).
+        labor (bool): LABOR-0 sampling (Balin and Catalyurek, NeurIPS 2023) instead of uniform:
+            every node gets one random number per hop, shared by all the frontier nodes that
+            could draw it, and a frontier node with d usable in-edges keeps those whose source's
+            number is below ``fanout / d``. ``fanout`` edges per node in expectation (not exactly),
+            but neighbourhoods that overlap keep the same nodes, so a batch holds fewer distinct
+            nodes. Costs O(degree) per frontier node; needs ``replace=False``, ``weighted=False``,
+            ``disjoint=False`` and the uniform temporal strategy; single-threaded (default False).
 
     Example::
 
@@ -244,9 +251,11 @@ class NeighborSampler:
         num_threads: int = 1,
         temporal_strategy: str = "uniform",
         disjoint: bool = False,
+        labor: bool = False,
     ) -> None:
         self.graph = graph
         self.disjoint = bool(disjoint)
+        self.labor = bool(labor)
         self.replace = bool(replace)
         self.weighted = bool(weighted)
         self.temporal = bool(temporal)
@@ -261,6 +270,13 @@ class NeighborSampler:
                 f"replace={self.replace}, weighted={self.weighted})"
             )
         self.temporal_strategy = temporal_strategy
+        if self.labor and (self.replace or self.weighted or self.disjoint or temporal_strategy == "last"):
+            raise ValueError(
+                "NeighborSampler(labor=True): LABOR draws each node's in-edges by its sources' shared random "
+                "numbers; it needs replace=False, weighted=False, disjoint=False and temporal_strategy='uniform' "
+                f"(got replace={self.replace}, weighted={self.weighted}, disjoint={self.disjoint}, "
+                f"temporal_strategy={temporal_strategy!r})"
+            )
         self.num_neighbors: Dict[EdgeType, List[int]] = _normalise_fanouts(graph, num_neighbors)
         self.num_hops = len(next(iter(self.num_neighbors.values()), []))
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
@@ -307,7 +323,7 @@ class NeighborSampler:
         return (
             f"{self.__class__.__name__}(num_neighbors={fanout}, replace={self.replace}, "
             f"weighted={self.weighted}, temporal={self.temporal}, temporal_strategy={self.temporal_strategy!r}, "
-            f"num_threads={self.num_threads}, disjoint={self.disjoint}, "
+            f"num_threads={self.num_threads}, disjoint={self.disjoint}, labor={self.labor}, "
             f"node_types={len(self.graph.node_types)}, relations={len(self.graph.edge_types)})"
         )
 
@@ -450,14 +466,16 @@ class NeighborSampler:
 
         def sample_relation(et: EdgeType, rel: int, hop: int, k: int, lo: int, hop_start: Dict[NodeType, int]) -> Chunk:
             src, dst = et[0], et[2]
-            big = hop_start[dst] - lo >= PARALLEL_MIN_FRONTIER
-            kernel = _kernels.sample_relation_parallel if parallel and big else _kernels.sample_relation
-            out_row, out_col, out_edge, nodes[src], times[src], count[src] = kernel(
-                *self._arrays[et],
-                nodes[dst], times[dst], lo, hop_start[dst],
-                g2l[src], nodes[src], times[src], count[src], hop_start[src],
-                k, self.replace, self.weighted, temporal, latest, seed, hop, rel,
-            )  # fmt: skip
+            frontier = (*self._arrays[et], nodes[dst], times[dst], lo, hop_start[dst],
+                        g2l[src], nodes[src], times[src], count[src], hop_start[src])
+            if self.labor:  # one stream of r_s per source type, apart from the relations' streams
+                stream = len(edge_types) + node_types.index(src)
+                out = _kernels.sample_relation_labor(*frontier, k, temporal, seed, hop, stream)
+            else:
+                big = hop_start[dst] - lo >= PARALLEL_MIN_FRONTIER
+                kernel = _kernels.sample_relation_parallel if parallel and big else _kernels.sample_relation
+                out = kernel(*frontier, k, self.replace, self.weighted, temporal, latest, seed, hop, rel)
+            out_row, out_col, out_edge, nodes[src], times[src], count[src] = out
             return out_row, out_col, out_edge
 
         num_sampled_nodes, num_sampled_edges, chunks = self._expand(count, sample_relation)

@@ -70,7 +70,7 @@ def batches(
     ``links_before`` when given; ``degree`` adds degree columns to an end-to-end tower's side features."""
     loader, model = config.loader, config.model
     sampler = NeighborSampler(graph, batch_fanouts(config, graph), replace=loader.replace, temporal=loader.temporal,
-                              temporal_strategy=loader.temporal_strategy)
+                              temporal_strategy=loader.temporal_strategy, labor=loader.labor)
     end_to_end = model.use_graph and not model.two_stage
     links = None
     if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
