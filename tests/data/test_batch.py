@@ -94,7 +94,7 @@ def test_mismatched_batch_sizes_are_listed() -> None:
         dataclasses.replace(batch, labels=batch.labels[:2], graph_features=two_examples)
     kjt = KeyedJaggedTensor(keys=["user"], values=torch.arange(4), lengths=torch.tensor([2, 2], dtype=torch.int32),
                             stride=2)
-    with pytest.raises(ValueError, match=r"node_ids must hold one id per bag \(see node_id_bags\), got a bag of 2"):
+    with pytest.raises(ValueError, match=r"^GraphFeatures: node_ids must hold one id per bag \(see node_id_bags\), got a bag of 2$"):
         with_graph(batch, node_ids=kjt)
 
 
