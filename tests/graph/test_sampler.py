@@ -538,11 +538,13 @@ def test_to_hetero_data_runs_hetero_sage_and_trims():
 def test_to_hetero_data_carries_seed_index_node_time_and_batch():
     graph = random_graph(6, timed=True)
     seed_time = {t: torch.randint(20, 100, (s.numel(),), generator=gen(2)) for t, s in SEEDS.items()}
-    for disjoint in (False, True):
-        out = NeighborSampler(graph, [3, 2], temporal=True, disjoint=disjoint).sample(SEEDS, seed_time, generator=gen(0))
+    for temporal, disjoint in ((False, False), (True, False), (True, True)):
+        out = NeighborSampler(graph, [3, 2], temporal=temporal, disjoint=disjoint).sample(
+            SEEDS, seed_time if temporal else None, generator=gen(0))
         data = out.to_hetero_data()
         for t in graph.node_types:
-            assert torch.equal(data[t].node_time, out.node_time[t])
+            if temporal:
+                assert torch.equal(data[t].node_time, out.node_time[t])
             if disjoint:
                 assert torch.equal(data[t].batch, out.batch[t])
             if t in SEEDS:
