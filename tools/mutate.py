@@ -73,8 +73,12 @@ def run_module(name: str, workdir: Path, max_children: int) -> Dict[str, object]
     with open(copy / "pyproject.toml", "a") as f:
         f.write(mutmut_config(path, tests))
     mutmut = [sys.executable, "-m", "mutmut"]
-    # One thread per test process: forked workers must not inherit busy OpenMP pools.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    # One thread per test process: forked workers must not inherit busy OpenMP pools. mutmut forks
+    # each mutant's run from a process whose clean run already used numba's parallel kernel, and
+    # numba's GNU OpenMP layer SIGTERMs a forked child that uses it again ("suspicious" verdicts for
+    # mutants that no test had failed yet): its fork-safe workqueue layer runs the same kernels.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
+           "NUMBA_THREADING_LAYER": "workqueue"}
     start = time.perf_counter()
     run = subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=copy, env=env,
                          capture_output=True, text=True)

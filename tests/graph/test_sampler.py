@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torchrec_gnn.graph import _kernels, sampler as sampler_module
-from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.graph.hetero_graph import CSC, HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, SampledSubgraph
 from torchrec_gnn.typing import EdgeList
 
@@ -23,9 +23,9 @@ def literal_graph() -> HeteroGraph:
     return HeteroGraph.from_edges({"user": 10, "video": 8}, {WATCHES: (src, dst)}, add_reverse=True)
 
 
-def random_graph(seed: int = 0, timed: bool = False, weighted: bool = False) -> HeteroGraph:
+def random_graph(seed: int = 0, timed: bool = False, weighted: bool = False, t0: int = 0) -> HeteroGraph:
     """3 connected node types + 1 type in no relation, a self-relation, reverses and an empty
-    relation. The last node of every type has no edge at all."""
+    relation. The last node of every type has no edge at all. Edge times are ``t0 + [0, 100)``."""
     g = torch.Generator().manual_seed(seed)
     num_nodes = {"user": 40, "video": 30, "tag": 6, "island": 3}
 
@@ -35,7 +35,7 @@ def random_graph(seed: int = 0, timed: bool = False, weighted: bool = False) -> 
         return EdgeList(
             src=torch.randint(0, num_nodes[src_t] - 1, (n,), generator=g),
             dst=dst,
-            time=torch.randint(0, 100, (n,), generator=g) if timed else None,
+            time=t0 + torch.randint(0, 100, (n,), generator=g) if timed else None,
             weight=torch.rand(n, generator=g) + 0.1 if weighted else None,
         )
 
@@ -180,7 +180,8 @@ def test_literal_docstring_example():
     assert out.num_sampled_edges == {WATCHES: [3, 0], REV_WATCHES: [0, 3]}
     assert out.edge_index_dict[WATCHES].tolist() == [[0, 1, 2], [0, 0, 1]]
     assert out.edge_index_dict[REV_WATCHES].tolist() == [[0, 2, 1], [0, 1, 2]]
-    assert "video=3" in repr(out)
+    assert repr(out) == ("SampledSubgraph(nodes: user=3, video=3; "
+                         "edges: user__watches__video=3, video__rev_watches__user=3)")
 
 
 @pytest.mark.parametrize("fanouts", [[3, 2], [1, 1, 1], [5]])
@@ -439,7 +440,8 @@ def test_temporal_strategy_errors():
     graph = random_graph(0, timed=True)
     with pytest.raises(ValueError, match=r"temporal_strategy must be one of \['uniform', 'last'\], got 'newest'"):
         NeighborSampler(graph, [2], temporal=True, temporal_strategy="newest")
-    with pytest.raises(ValueError, match=r"needs temporal=True, replace=False and weighted=False \(got temporal=False"):
+    with pytest.raises(ValueError, match=r"^NeighborSampler: temporal_strategy='last' takes each node's most recent "
+                                         r"older edges; it needs temporal=True, replace=False and weighted=False \(got temporal=False"):
         NeighborSampler(graph, [2], temporal_strategy="last")
     with pytest.raises(ValueError, match=r"replace=True"):
         NeighborSampler(graph, [2], temporal=True, replace=True, temporal_strategy="last")
@@ -457,7 +459,13 @@ def test_errors_are_clear():
         sampler.sample({"video": torch.tensor([-1])})
     with pytest.raises(ValueError, match=r"1-D integer tensor"):
         sampler.sample({"video": torch.tensor([[0]])})
-    with pytest.raises(ValueError, match=r"seed_time was given but the sampler has temporal=False"):
+    with pytest.raises(ValueError, match=r"seeds\['video'\] must be a 1-D integer tensor, got shape \(1,\) dtype float32"):
+        sampler.sample({"video": torch.tensor([1.0])})
+    with pytest.raises(TypeError, match=r"^NeighborSampler\.sample: seeds must be a dict node type -> ids, got list$"):
+        sampler.sample([torch.tensor([0])])
+    with pytest.raises(ValueError, match=r"^NeighborSampler\.sample: seed_time was given but the sampler has "
+                                         r"temporal=False; build it with temporal=True to sample only edges older "
+                                         r"than the seeds$"):
         sampler.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([1])})
     fanouts = {et: [2, 2] for et in graph.edge_types}
     fanouts[WATCHES] = [2]
@@ -467,18 +475,26 @@ def test_errors_are_clear():
         NeighborSampler(graph, {WATCHES: [2]})
     with pytest.raises(ValueError, match=r"unknown relations \[\('a', 'b', 'c'\)\]"):
         NeighborSampler(graph, {**{et: [1] for et in graph.edge_types}, ("a", "b", "c"): [1]})
-    with pytest.raises(ValueError, match=r"each fanout must be an int >= -1"):
-        NeighborSampler(graph, [2, -3])
+    for bad in ([2, -3], [-2], [True], [2.0]):
+        with pytest.raises(ValueError, match=r"each fanout must be an int >= -1"):
+            NeighborSampler(graph, bad)
+    with pytest.raises(TypeError, match=r"num_neighbors must be a list of ints or a dict relation -> list, got int$"):
+        NeighborSampler(graph, 3)
     with pytest.raises(ValueError, match=r"temporal=True\): relation \('user', 'watches', 'video'\) has no edge time"):
         NeighborSampler(graph, [2], temporal=True)
     with pytest.raises(ValueError, match=r"weighted=True\): relation \('user', 'watches', 'video'\) has no edge weight"):
         NeighborSampler(graph, [2], weighted=True)
-    with pytest.raises(ValueError, match=r"num_threads must be an int >= 1"):
-        NeighborSampler(graph, [2], num_threads=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=r"num_threads must be an int >= 1"):
+            NeighborSampler(graph, [2], num_threads=bad)
     timed = random_graph(0, timed=True)
     temporal = NeighborSampler(timed, [2], temporal=True)
-    with pytest.raises(ValueError, match=r"temporal=True needs seed_time"):
+    with pytest.raises(ValueError, match=r"^NeighborSampler\.sample: temporal=True needs seed_time \(one time per seed\)$"):
         temporal.sample({"video": torch.tensor([0])})
+    with pytest.raises(ValueError, match=r"temporal=True needs seed_time\['user'\] \(one time per seed\)"):
+        temporal.sample({"video": torch.tensor([0]), "user": torch.tensor([1])}, seed_time={"video": torch.tensor([5])})
+    with pytest.raises(ValueError, match=r"seed_time has node types \['user'\] that have no seeds"):
+        temporal.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([5]), "user": torch.tensor([5])})
     with pytest.raises(ValueError, match=r"seed_time\['video'\] has shape \(2,\), expected \(1,\)"):
         temporal.sample({"video": torch.tensor([0])}, seed_time={"video": torch.tensor([1, 2])})
     negative = star_graph(3, torch.tensor([1.0, -1.0, 2.0]))
@@ -491,6 +507,9 @@ def test_errors_are_clear():
          ("video", "similar", "video"): (torch.tensor([0]), torch.tensor([1]))},
     )
     NeighborSampler(mixed, {WATCHES: [2], ("video", "similar", "video"): [0]}, temporal=True)
+    # ... and a skipped relation does not stop the checks of the relations after it.
+    with pytest.raises(ValueError, match=r"relation \('video', 'similar', 'video'\) has no edge time"):
+        NeighborSampler(mixed, {WATCHES: [0], ("video", "similar", "video"): [2]}, temporal=True)
 
 
 # ---------------------------------------------------------------------- PyG integration
@@ -516,6 +535,27 @@ def test_to_hetero_data_runs_hetero_sage_and_trims():
         assert x[t].shape[0] == out.num_nodes[t] - out.num_sampled_nodes[t][-1]
 
 
+def test_to_hetero_data_carries_seed_index_node_time_and_batch():
+    graph = random_graph(6, timed=True)
+    seed_time = {t: torch.randint(20, 100, (s.numel(),), generator=gen(2)) for t, s in SEEDS.items()}
+    for temporal, disjoint in ((False, False), (True, False), (True, True)):
+        out = NeighborSampler(graph, [3, 2], temporal=temporal, disjoint=disjoint).sample(
+            SEEDS, seed_time if temporal else None, generator=gen(0))
+        data = out.to_hetero_data()
+        for t in graph.node_types:
+            if temporal:
+                assert torch.equal(data[t].node_time, out.node_time[t])
+            if disjoint:
+                assert torch.equal(data[t].batch, out.batch[t])
+            if t in SEEDS:
+                assert torch.equal(data[t].seed_index, out.seed_index[t])
+                assert torch.equal(data[t].n_id[data[t].seed_index], SEEDS[t])
+                assert data[t].batch_size == out.num_sampled_nodes[t][0]
+            # The node count is stored, not inferred from n_id: it stays when n_id is dropped.
+            del data[t].n_id
+            assert data[t].num_nodes == out.num_nodes[t]
+
+
 # ---------------------------------------------------------------------- disjoint
 def example_of(out: SampledSubgraph, b: int) -> Tuple[dict, dict]:
     """Example ``b`` of a disjoint sample as (nodes, edges) with ids local to the example, the
@@ -536,12 +576,15 @@ def example_of(out: SampledSubgraph, b: int) -> Tuple[dict, dict]:
 @pytest.mark.parametrize("timed", [False, True])
 def test_disjoint_grows_one_reference_tree_per_seed_position(timed: bool) -> None:
     graph = random_graph(3, timed=timed)
-    seeds = {"video": torch.tensor([3, 0, 3, 7]), "user": torch.tensor([5, 5])}
-    times = {"video": torch.tensor([60, 90, 30, 99]), "user": torch.tensor([70, 20])} if timed else None
+    seeds = {"video": torch.tensor([3, 0, 3, 7]), "user": torch.tensor([5, 5]), "tag": torch.tensor([1])}
+    times = ({"video": torch.tensor([60, 90, 30, 99]), "user": torch.tensor([70, 20]), "tag": torch.tensor([80])}
+             if timed else None)
     out = NeighborSampler(graph, [-1, -1], temporal=timed, disjoint=True).sample(seeds, times, generator=gen(0))
     # Seeds keep their positions (a repeat is its own example), numbered over the types in order.
     assert out.node["video"][:4].tolist() == [3, 0, 3, 7] and out.node["user"][:2].tolist() == [5, 5]
     assert out.batch["video"][:4].tolist() == [0, 1, 2, 3] and out.batch["user"][:2].tolist() == [4, 5]
+    assert out.node["tag"][:1].tolist() == [1] and out.batch["tag"][:1].tolist() == [6]
+    assert (out.node_time is not None) == timed  # node_time only in temporal mode
     assert out.seed_index["video"].tolist() == [0, 1, 2, 3] and out.num_sampled_nodes["user"][0] == 2
     b = 0
     for t, ids in seeds.items():
@@ -575,6 +618,49 @@ def test_disjoint_fanouts_and_many_examples_grow_the_tables() -> None:
     assert same(out, again) and all(torch.equal(out.batch[t], again.batch[t]) for t in out.batch)
 
 
+def test_disjoint_first_source_of_a_type_keeps_its_id() -> None:
+    # Video 3 has one watcher, user 1: the first user of the batch is user 1, of example 0.
+    out = NeighborSampler(literal_graph(), [1], disjoint=True).sample({"video": torch.tensor([3])}, generator=gen(0))
+    assert out.node["user"].tolist() == [1] and out.batch["user"].tolist() == [0]
+    assert out.row[WATCHES].tolist() == [0] and out.col[WATCHES].tolist() == [0]
+
+
+def test_disjoint_replace_and_weighted_draw_like_the_shared_mode() -> None:
+    # With replacement every example draws exactly the fanout, even above the degree.
+    out = NeighborSampler(star_graph(3), [7], replace=True, disjoint=True).sample(
+        {"video": torch.tensor([0, 0])}, generator=gen(0))
+    assert out.num_sampled_edges[WATCHES] == [14] and out.col[WATCHES].bincount().tolist() == [7, 7]
+    assert torch.equal(out.batch["user"][out.row[WATCHES]], out.batch["video"][out.col[WATCHES]])
+    # Weighted: fanout 9 of 10 neighbours, one of weight 0: every example takes the 9 others.
+    weight = torch.ones(10)
+    weight[7] = 0.0
+    out = NeighborSampler(star_graph(10, weight), [9], weighted=True, disjoint=True).sample(
+        {"video": torch.zeros(20, dtype=torch.long)}, generator=gen(0))
+    users = out.node["user"][out.row[WATCHES]]
+    for b in range(20):
+        assert sorted(users[out.col[WATCHES] == b].tolist()) == [0, 1, 2, 3, 4, 5, 6, 8, 9], b
+
+
+def test_disjoint_temporal_strategies_per_example() -> None:
+    # Video 0 watched by users 0..9 at times 10, 20, ..., 100; 60 examples at time 95 and 60 at 55.
+    edges = EdgeList(src=torch.arange(10), dst=torch.zeros(10, dtype=torch.long), time=torch.arange(1, 11) * 10)
+    graph = HeteroGraph.from_edges({"user": 10, "video": 1}, {WATCHES: edges})
+    seeds = {"video": torch.zeros(120, dtype=torch.long)}
+    seed_time = {"video": torch.tensor([95] * 60 + [55] * 60)}
+    drawn = {}
+    for strategy in ("uniform", "last"):
+        out = NeighborSampler(graph, [2], temporal=True, temporal_strategy=strategy, disjoint=True).sample(
+            seeds, seed_time, generator=gen(0))
+        users = out.node["user"][out.row[WATCHES]]
+        drawn[strategy] = [sorted(users[out.col[WATCHES] == b].tolist()) for b in range(120)]
+        assert all(len(d) == 2 for d in drawn[strategy])
+    # "last": the 2 most recent edges older than the example's time, whatever the generator.
+    assert drawn["last"] == [[7, 8]] * 60 + [[3, 4]] * 60
+    # "uniform": any 2 of the older edges; over 60 examples each older neighbour turns up.
+    assert set(sum(drawn["uniform"][:60], [])) == set(range(9))
+    assert set(sum(drawn["uniform"][60:], [])) == set(range(5))
+
+
 def test_memory_mapped_graph_samples_like_in_memory(tmp_path):
     graph = random_graph(9, timed=True)
     mapped = HeteroGraph.load(graph.save(tmp_path / "g"), mmap=True)
@@ -584,16 +670,133 @@ def test_memory_mapped_graph_samples_like_in_memory(tmp_path):
     assert same(a, b) and all(torch.equal(a.node_time[t], b.node_time[t]) for t in a.node_time)
 
 
+def test_parallel_kernel_only_for_large_frontiers_with_threads(monkeypatch):
+    # Frontiers of this sample (3 hops): 2, 4, 4 (rows 4..8: lo > 0), 5, 13, 13, 15 nodes.
+    monkeypatch.setattr(sampler_module, "PARALLEL_MIN_FRONTIER", 5)
+    calls = []
+    for name in ("sample_relation", "sample_relation_parallel"):
+        kernel = getattr(_kernels, name)
+        monkeypatch.setattr(_kernels, name, lambda *a, k=kernel, n=name: calls.append((n, a[7] - a[6])) or k(*a))
+    graph = random_graph(3)
+    one = NeighborSampler(graph, [2, 2, 2]).sample(SEEDS, generator=gen(7))
+    assert calls and all(name == "sample_relation" for name, _ in calls)  # 1 thread: never the parallel kernel
+    calls.clear()
+    two = NeighborSampler(graph, [2, 2, 2], num_threads=2).sample(SEEDS, generator=gen(7))
+    assert all((name == "sample_relation_parallel") == (size >= 5) for name, size in calls), calls
+    assert {size for _, size in calls} >= {4, 5, 13} and same(one, two)
+
+
+def test_interrupted_batch_leaves_the_sampler_clean(monkeypatch):
+    graph = random_graph(3)
+    sampler = NeighborSampler(graph, [2, 2])
+    expected = NeighborSampler(graph, [2, 2]).sample(SEEDS, generator=gen(1))
+    kernel, calls = _kernels.sample_relation, []
+
+    def fail_third(*args):
+        calls.append(1)
+        if len(calls) == 3:  # seeds and some sampled nodes already sit in the global -> local maps
+            raise RuntimeError("interrupted")
+        return kernel(*args)
+
+    monkeypatch.setattr(_kernels, "sample_relation", fail_third)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sampler.sample(SEEDS, generator=gen(1))
+    monkeypatch.setattr(_kernels, "sample_relation", kernel)
+    assert same(expected, sampler.sample(SEEDS, generator=gen(1)))
+
+
+def test_seed_containers_and_a_single_edge_relation():
+    graph = random_graph(2)
+    sampler = NeighborSampler(graph, [3, 2])
+    expected = sampler.sample(SEEDS, generator=gen(4))
+    assert expected.node_time is None  # node_time only in temporal mode
+    for convert in (lambda s: s.numpy(), lambda s: s.tolist()):
+        assert same(expected, sampler.sample({t: convert(s) for t, s in SEEDS.items()}, generator=gen(4)))
+    # An empty seed list of any dtype is no seed.
+    empty = sampler.sample({"user": torch.empty(0), "video": torch.tensor([3])}, generator=gen(0))
+    assert empty.node["video"][:1].tolist() == [3] and empty.seed_index["user"].numel() == 0
+    # A relation holding one edge in all is sampled like any other.
+    similar = ("video", "similar", "video")
+    mixed = HeteroGraph.from_edges({"user": 3, "video": 2}, {WATCHES: (torch.tensor([0, 1]), torch.tensor([0, 1])),
+                                                             similar: (torch.tensor([0]), torch.tensor([1]))})
+    out = NeighborSampler(mixed, [1]).sample({"video": torch.tensor([1])}, generator=gen(0))
+    assert global_pairs(out, similar) == {(0, 1)} and global_pairs(out, WATCHES) == {(1, 1)}
+
+
+def odd_dtype_twin(graph: HeteroGraph) -> HeteroGraph:
+    """The same graph with its arrays in other dtypes than the kernels' (as a graph saved by other
+    code may hold): int32 offsets and times, uint16 sources, float64 weights."""
+    def cast(a, dtype):
+        return None if a is None else a.astype(dtype)
+    return HeteroGraph(graph.num_nodes, {
+        et: CSC(colptr=cast(c.colptr, np.int32), row=cast(c.row, np.uint16), time=cast(c.time, np.int32),
+                weight=cast(c.weight, np.float64))
+        for et, c in ((et, graph.csc(et)) for et in graph.edge_types)})
+
+
+def test_any_array_dtypes_sample_alike_with_one_compiled_variant():
+    # Arrays reach the kernels in one dtype each: odd dtypes sample the same subgraph and compile
+    # no new kernel variant (numba compiles one per argument-type combination, seconds each).
+    base = random_graph(4, timed=True, weighted=True)
+    canonical = HeteroGraph(base.num_nodes, {  # int64 sources: what odd dtypes are converted to
+        et: CSC(colptr=c.colptr, row=c.row.astype(np.int64), time=c.time, weight=c.weight)
+        for et, c in ((et, base.csc(et)) for et in base.edge_types)})
+    seed_time = {t: torch.randint(20, 100, (s.numel(),), generator=gen(3)) for t, s in SEEDS.items()}
+    kwargs = dict(temporal=True, weighted=True)
+    expected = NeighborSampler(canonical, [3, 2], **kwargs).sample(SEEDS, seed_time, generator=gen(0))
+    kernels = [f for f in vars(_kernels).values() if hasattr(f, "signatures")]
+    compiled = [len(f.signatures) for f in kernels]
+    out = NeighborSampler(odd_dtype_twin(base), [3, 2], **kwargs).sample(
+        {t: s.int() for t, s in SEEDS.items()}, {t: s.int() for t, s in seed_time.items()}, generator=gen(0))
+    assert same(expected, out) and all(torch.equal(expected.node_time[t], out.node_time[t]) for t in out.node)
+    assert [len(f.signatures) for f in kernels] == compiled
+
+
+def test_sampler_memory_is_views_of_the_graph_and_int32_maps():
+    # The sampler holds no copy of the graph (which may be memory-mapped and larger than RAM)
+    # and one 4-byte global -> local entry per node.
+    graph = random_graph(5, timed=True)
+    sampler = NeighborSampler(graph, [3, 2], temporal=True)
+    sampler.sample(SEEDS, {t: torch.full((s.numel(),), 50) for t, s in SEEDS.items()}, generator=gen(0))
+    for et in graph.edge_types:
+        csc = graph.csc(et)
+        for array, original in zip(sampler._arrays[et], (csc.colptr, csc.row, csc.time)):
+            assert np.shares_memory(array, original) or original.size == 0, et
+    assert {t: m.nbytes for t, m in sampler._scratch.g2l.items()} == {t: 4 * n for t, n in graph.num_nodes.items()}
+
+
 def test_pickle_round_trip_samples_identically():
     graph = random_graph(8)
     sampler = NeighborSampler(graph, [3, 2])
     before = sampler.sample(SEEDS, generator=gen(5))  # allocates the scratch maps
     blob = pickle.dumps(sampler)
     assert b"g2l" not in blob and len(blob) < graph.nbytes() + 20_000  # no scratch pickled
+    # Nor the CSC views built on first use: a used sampler ships exactly what a fresh one does.
+    assert len(blob) == len(pickle.dumps(NeighborSampler(graph, [3, 2])))
     copy = pickle.loads(blob)
     assert copy._scratch is None
     assert same(before, copy.sample(SEEDS, generator=gen(5)))
     assert same(before, sampler.sample(SEEDS, generator=gen(5)))  # scratch was reset after the batch
+
+
+def test_sampler_repr_shows_its_configuration() -> None:
+    graph = literal_graph()
+    assert repr(NeighborSampler(graph, [2, 1])) == (
+        "NeighborSampler(num_neighbors=[2, 1], replace=False, weighted=False, temporal=False, "
+        "temporal_strategy='uniform', num_threads=1, disjoint=False, labor=False, node_types=2, relations=2)")
+    # Fanouts that differ between relations are listed per relation, named like config files.
+    per_relation = NeighborSampler(graph, {WATCHES: [2, 1], REV_WATCHES: [0, 3]}, replace=True, num_threads=2,
+                                   disjoint=True)
+    assert repr(per_relation) == (
+        "NeighborSampler(num_neighbors={'user__watches__video': [2, 1], 'video__rev_watches__user': [0, 3]}, "
+        "replace=True, weighted=False, temporal=False, temporal_strategy='uniform', num_threads=2, disjoint=True, "
+        "labor=False, node_types=2, relations=2)")
+    assert "disjoint=False, labor=True," in repr(NeighborSampler(graph, [2], labor=True))
+    timed = random_graph(0, timed=True, weighted=True)
+    assert repr(NeighborSampler(timed, [3], weighted=True, temporal=True)) == (
+        "NeighborSampler(num_neighbors=[3], replace=False, weighted=True, temporal=True, "
+        "temporal_strategy='uniform', num_threads=1, disjoint=False, labor=False, node_types=4, relations=8)")
+    assert "temporal_strategy='last'" in repr(NeighborSampler(timed, [3], temporal=True, temporal_strategy="last"))
 
 
 def test_fanouts_by_relation_names_relations_like_config_files() -> None:
@@ -693,6 +896,85 @@ def test_sample_from_edges_is_deterministic_for_a_generator_seed() -> None:
     a, b = (sampler.sample_from_edges(WATCHES, links, generator=torch.Generator().manual_seed(7)) for _ in range(2))
     assert torch.equal(a.edge_label_index, b.edge_label_index)
     assert all(torch.equal(a.subgraph.row[et], b.subgraph.row[et]) for et in graph.edge_types)
+
+
+def test_sample_from_edges_negative_counts_and_link_checks() -> None:
+    graph = random_graph(seed=6)
+    sampler = NeighborSampler(graph, [2])
+    links = graph.edge_index(WATCHES)[:, :4]
+    # Default: one negative per link; 0 means none; round(neg_ratio * P) in general.
+    for kwargs, negatives in (({}, 4), ({"neg_ratio": 0.0}, 0), ({"neg_ratio": 0.5}, 2)):
+        out = sampler.sample_from_edges(WATCHES, links, generator=gen(0), **kwargs)
+        assert out.edge_label.tolist() == [1.0] * 4 + [0.0] * negatives, kwargs
+        assert out.edge_label_index.shape == (2, 4 + negatives)
+    # A single link cycles its source over all its negatives.
+    one = sampler.sample_from_edges(WATCHES, links[:, :1], neg_ratio=3.0, generator=gen(0))
+    assert one.subgraph.node["user"][one.edge_label_index[0]].tolist() == [int(links[0, 0])] * 4
+    for bad in (torch.zeros(3, 4, dtype=torch.long), torch.tensor([0, 1]), links.float()):
+        with pytest.raises(ValueError, match=r"edge_label_index must be a \(2, P\) integer tensor"):
+            sampler.sample_from_edges(WATCHES, bad)
+    with pytest.raises(ValueError, match=r"neg_ratio must be >= 0, got -1"):
+        sampler.sample_from_edges(WATCHES, links, neg_ratio=-1)
+
+
+def test_sample_from_edges_negatives_are_uniform_over_destinations() -> None:
+    # 3 videos; 600 negatives of one link: each video, video 0 included, about 200 times.
+    edges = (torch.tensor([0, 1]), torch.tensor([0, 2]))
+    graph = HeteroGraph.from_edges({"user": 2, "video": 3}, {WATCHES: edges})
+    out = NeighborSampler(graph, [1]).sample_from_edges(WATCHES, torch.tensor([[0], [0]]), neg_ratio=600.0,
+                                                       generator=gen(0))
+    negatives = out.subgraph.node["video"][out.edge_label_index[1][1:]]
+    counts = np.bincount(negatives.numpy(), minlength=3)
+    assert counts.sum() == 600 and (((counts - 200) ** 2) / 200).sum() < 13.8, counts  # chi-square, 2 dof, p = 0.001
+
+
+def test_temporal_sample_from_edges_equals_reference_bfs() -> None:
+    # Unix-second times: each endpoint (and negative) sees only edges older than its link.
+    t0 = 1_700_000_000
+    graph = random_graph(seed=7, timed=True, t0=t0)
+    sampler = NeighborSampler(graph, [-1, -1], temporal=True)
+    links = graph.edge_index(WATCHES)[:, :6]
+    link_time = t0 + torch.tensor([20, 45, 60, 70, 90, 99])
+    node_seeds, seed_time = {"user": torch.tensor([1, 2])}, {"user": t0 + torch.tensor([50, 80])}
+    out = sampler.sample_from_edges(WATCHES, links, neg_ratio=1.0, node_seeds=node_seeds, seed_time=seed_time,
+                                    edge_label_time=link_time, exclude_links=False, generator=gen(0))
+    sub = out.subgraph
+    users = sub.node["user"][out.edge_label_index[0]].tolist()
+    videos = sub.node["video"][out.edge_label_index[1]].tolist()
+    assert users == links[0].tolist() * 2 and videos[:6] == links[1].tolist()
+    times = (link_time.tolist() * 2)
+    nodes, edges = reference(graph, {"user": [1, 2] + users, "video": videos}, 2,
+                             {"user": seed_time["user"].tolist() + times, "video": times})
+    for t in graph.node_types:
+        assert sub.node[t].tolist() == nodes[t], t
+    for et in graph.edge_types:
+        assert list(zip(sub.row[et].tolist(), sub.col[et].tolist(), sub.edge[et].tolist())) == edges[et], et
+    for t, seeds in (("user", [1, 2] + users), ("video", videos)):  # seeds carry the earliest of their times
+        expected = {}
+        for g, tm in zip(seeds, (seed_time["user"].tolist() + times) if t == "user" else times):
+            expected[g] = min(expected.get(g, tm), tm)
+        assert [int(sub.node_time[t][sub.node[t] == g]) for g in expected] == list(expected.values())
+    with pytest.raises(ValueError, match=r"^NeighborSampler\.sample_from_edges: temporal=True needs edge_label_time"):
+        sampler.sample_from_edges(WATCHES, links)
+    with pytest.raises(ValueError, match=r"edge_label_time has shape \(3,\), expected \(6,\)"):
+        sampler.sample_from_edges(WATCHES, links, edge_label_time=link_time[:3])
+
+
+def test_exclude_links_drops_only_the_links_and_their_reverses() -> None:
+    # The link user 2 -> video 5 is not a "watches" edge; its reverse is the only "rev_watches"
+    # edge, and "follows" holds 5 -> 2 (the link's ids, swapped, in a relation that is no reverse).
+    relations = {
+        WATCHES: (torch.tensor([1, 2]), torch.tensor([5, 3])),
+        REV_WATCHES: (torch.tensor([5]), torch.tensor([2])),
+        ("user", "follows", "user"): (torch.tensor([5, 0]), torch.tensor([2, 2])),
+    }
+    graph = HeteroGraph.from_edges({"user": 6, "video": 6}, relations)
+    out = NeighborSampler(graph, [-1]).sample_from_edges(WATCHES, torch.tensor([[2], [5]]), neg_ratio=0.0,
+                                                       generator=gen(0))
+    sub = out.subgraph
+    assert global_pairs(sub, WATCHES) == {(1, 5)}
+    assert global_pairs(sub, REV_WATCHES) == set() and sub.num_sampled_edges[REV_WATCHES] == [0]
+    assert global_pairs(sub, ("user", "follows", "user")) == {(5, 2), (0, 2)}
 
 
 # ---------------------------------------------------------------------- LABOR
