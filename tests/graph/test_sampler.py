@@ -1,6 +1,7 @@
 """Property tests of NeighborSampler (PyG-style): small random hetero graphs and literal ones."""
 
 import pickle
+import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -1033,7 +1034,13 @@ def test_labor_overlapping_neighbourhoods_keep_the_same_nodes() -> None:
 
 def test_labor_refuses_what_it_cannot_draw() -> None:
     graph = random_graph(0, timed=True, weighted=True)
-    for kwargs in ({"replace": True}, {"weighted": True}, {"disjoint": True},
-                   {"temporal": True, "temporal_strategy": "last"}):
-        with pytest.raises(ValueError, match=r"NeighborSampler\(labor=True\): .* needs replace=False, weighted=False"):
+    for kwargs, got in (({"replace": True}, "replace=True, weighted=False, disjoint=False, temporal_strategy='uniform'"),
+                        ({"weighted": True}, "replace=False, weighted=True, disjoint=False, temporal_strategy='uniform'"),
+                        ({"disjoint": True}, "replace=False, weighted=False, disjoint=True, temporal_strategy='uniform'"),
+                        ({"temporal": True, "temporal_strategy": "last"},
+                         "replace=False, weighted=False, disjoint=False, temporal_strategy='last'")):
+        message = ("NeighborSampler(labor=True): LABOR draws each node's in-edges by its sources' shared random "
+                   "numbers; it needs replace=False, weighted=False, disjoint=False and temporal_strategy='uniform' "
+                   f"(got {got})")
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             NeighborSampler(graph, [2], labor=True, **kwargs)
