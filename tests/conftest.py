@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny heterogeneous log dataset, its leak-free split and GraphBatches."""
 
 import logging
+import multiprocessing
 from typing import List
 
 import pytest
@@ -14,6 +15,11 @@ from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.typing import EdgeList
 
 NUM_USERS, NUM_ITEMS, NUM_GENRES = 40, 60, 5
+
+# The 2-rank tests (TorchRec's MultiProcessTestBase) start their ranks from the forkserver: with
+# the stack imported there once, each rank is a fork instead of a fresh interpreter importing
+# torch, TorchRec and PyG again (about 4 s a rank on this machine's 2 cores).
+multiprocessing.set_forkserver_preload(["torch", "torchrec", "torch_geometric", "torchrec_gnn.recipes.ranker"])
 
 
 def tiny_log_dataset(n: int = 1200, seed: int = 0) -> GraphRecDataset:

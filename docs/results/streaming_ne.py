@@ -17,7 +17,8 @@ from pathlib import Path
 from torchrec_gnn.config import load_config
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
-from torchrec_gnn.recipes.stream import STREAM_FILE, stream_periods_of
+from torchrec_gnn.recipes.stream import stream_periods_of
+from torchrec_gnn.train.run_dir import STREAM_FILE
 
 TASKS = ("click", "long_view", "like", "skip")
 

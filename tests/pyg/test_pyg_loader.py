@@ -4,7 +4,7 @@ Full neighbourhoods (fanout -1) are compared with brute force on PyG's own karat
 and on small heterogeneous graphs; sampled modes are checked by their defining properties.
 """
 
-from typing import Dict, List, Set, Tuple
+from typing import List, Set, Tuple
 
 import pytest
 import torch

@@ -13,7 +13,37 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-MAX_STEPS = 40
+MAX_STEPS = 24
+TINY = ["--config", "configs/default.yaml", "--set", "data.preset=tiny", "--set", "loader.batch_size=256",
+        "--set", "loader.num_workers=0", "--set", "loader.num_threads=1", "--set", "train.plots=false",
+        "--set", "train.log_every=1", "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16"]
+# The runs that resume: 128 examples a batch on each of 2 ranks (an epoch is 10 steps), a
+# checkpoint every 5 steps.
+RESUMABLE = ["--set", "loader.batch_size=128", "--set", "train.epochs=3", "--set", "train.checkpoint_every=5"]
+
+
+def _torchrun(ranks: int, max_restarts: int = 0) -> list:
+    return [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={ranks}",
+            f"--max-restarts={max_restarts}", "-m", "torchrec_gnn", "train", *TINY]
+
+
+def _train(args: list, ranks: int) -> subprocess.CompletedProcess:
+    return subprocess.run(_torchrun(ranks) + args, cwd=REPO, capture_output=True, text=True, timeout=400)
+
+
+def _logged(run_dir: Path) -> list:
+    """(step, losses, task weights) of every training record in the run's metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["losses"], r["task_weights"]) for r in records if "losses" in r]
+
+
+@pytest.fixture(scope="module")
+def straight_two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted 2-rank run that the killed and the resumed runs must reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    run = _train(["--output-dir", str(run_dir), "--max-steps", str(MAX_STEPS), *RESUMABLE], ranks=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run_dir
 
 
 def _children(pid: int) -> list:
@@ -22,16 +52,8 @@ def _children(pid: int) -> list:
 
 
 @pytest.mark.timeout(600)
-def test_killed_rank_resumes_from_latest_checkpoint(tmp_path: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [
-        str(torchrun), "--standalone", "--nproc_per_node=2", "--max-restarts=1", "-m", "torchrec_gnn", "train",
-        "--config", "configs/default.yaml", "--output-dir", str(tmp_path), "--max-steps", str(MAX_STEPS),
-        "--set", "data.preset=tiny", "--set", "loader.batch_size=64", "--set", "loader.num_workers=0",
-        "--set", "loader.num_threads=1", "--set", "train.epochs=3", "--set", "train.checkpoint_every=5",
-        "--set", "train.log_every=1", "--set", "train.plots=false",
-        "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16",
-    ]
+def test_killed_rank_resumes_from_latest_checkpoint(tmp_path: Path, straight_two_ranks: Path) -> None:
+    command = _torchrun(2, max_restarts=1) + ["--output-dir", str(tmp_path), "--max-steps", str(MAX_STEPS), *RESUMABLE]
     log = (tmp_path / "torchrun.log").open("w")
     agent = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -54,33 +76,34 @@ def test_killed_rank_resumes_from_latest_checkpoint(tmp_path: Path) -> None:
     assert 10 <= resumed_at < MAX_STEPS
     # The restarted job continues exactly: the same losses and task weights at every step as a
     # run nobody killed, each step logged once (the killed run's records past the checkpoint dropped).
-    straight = tmp_path / "straight"
-    command[command.index("--output-dir") + 1] = str(straight)
-    subprocess.run(command, cwd=REPO, capture_output=True, timeout=400, check=True)
-
-    def logged(run_dir: Path) -> list:
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return [(r["step"], r["losses"], r["task_weights"]) for r in records if "losses" in r]
-
-    assert [step for step, *_ in logged(tmp_path)] == list(range(1, MAX_STEPS + 1))
-    assert logged(tmp_path) == logged(straight)
-    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((straight / "eval.json").read_text())
+    assert [step for step, *_ in _logged(tmp_path)] == list(range(1, MAX_STEPS + 1))
+    assert _logged(tmp_path) == _logged(straight_two_ranks)
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((straight_two_ranks / "eval.json").read_text())
 
 
-def _train(args: list, ranks: int, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={ranks}"]
-    common = ["-m", "torchrec_gnn", "train", "--config", "configs/default.yaml",
-              "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.num_workers=0",
-              "--set", "loader.num_threads=1", "--set", "train.plots=false", "--set", "train.log_every=1",
-              "--set", "model.node_embedding_dim=16", "--set", "model.gnn.hidden_channels=16"]
-    return subprocess.run(launcher + common + args, cwd=cwd, capture_output=True, text=True, timeout=400)
+@pytest.mark.timeout(600)
+def test_two_rank_resume_is_exact(tmp_path: Path, straight_two_ranks: Path) -> None:
+    """2 ranks resumed from step 15 give the uninterrupted 2-rank run's losses and task weights
+    at every later step (GradNorm updates and the second epoch boundary included), each step logged once."""
+    for args in (["--max-steps", "15"], ["--max-steps", str(MAX_STEPS), "--resume"]):
+        run = _train(["--output-dir", str(tmp_path), *args, *RESUMABLE], ranks=2)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert [step for step, *_ in _logged(tmp_path)] == list(range(1, MAX_STEPS + 1))  # every step once
+    assert _logged(tmp_path) == _logged(straight_two_ranks)
 
 
 @pytest.mark.timeout(900)
 def test_checkpoint_moves_between_world_sizes(tmp_path: Path) -> None:
-    # 1 rank, one whole epoch (9 batches of 256): the checkpoint sits at an epoch boundary.
-    first = _train(["--output-dir", str(tmp_path), "--max-steps", "9", "--set", "train.epochs=3"], ranks=1)
-    assert first.returncode == 0, first.stderr[-3000:]
+    from torchrec_gnn.recipes.train import main as train_one_rank
+
+    # 1 rank (in this process) stops mid-epoch: its data position cannot be mapped to 2 ranks.
+    args = [*TINY, "--output-dir", str(tmp_path), "--set", "train.epochs=3"]
+    train_one_rank([*args, "--max-steps", "4"])
+    refused = _train(["--output-dir", str(tmp_path), "--set", "train.epochs=3", "--resume"], ranks=2)
+    assert refused.returncode != 0
+    assert "saved by 1 rank(s) in the middle of epoch 0" in refused.stderr and "--nproc_per_node=1" in refused.stderr
+    # 1 rank resumes to the end of the epoch (9 batches of 256): that checkpoint sits at a boundary.
+    train_one_rank([*args, "--max-steps", "9", "--resume"])
     assert json.loads((tmp_path / "checkpoints" / "step_00000009" / "trainer.json").read_text())["batch_in_epoch"] == 0
     # 2 ranks pick it up (tables resharded by DCP) and keep training from epoch 1.
     second = _train(["--output-dir", str(tmp_path), "--set", "train.epochs=3", "--resume"], ranks=2)
@@ -88,13 +111,6 @@ def test_checkpoint_moves_between_world_sizes(tmp_path: Path) -> None:
     assert "resumed from" in second.stderr and "(step 9, epoch 1, batch 0)" in second.stderr
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] > 9
-
-    # A checkpoint taken mid-epoch cannot map its data position to another world size.
-    mid = tmp_path / "mid"
-    assert _train(["--output-dir", str(mid), "--max-steps", "4"], ranks=1).returncode == 0
-    third = _train(["--output-dir", str(mid), "--resume"], ranks=2)
-    assert third.returncode != 0
-    assert "saved by 1 rank(s) in the middle of epoch 0" in third.stderr and "--nproc_per_node=1" in third.stderr
 
 
 @pytest.mark.timeout(600)
@@ -123,22 +139,3 @@ def test_two_stage_under_two_ranks(tmp_path: Path) -> None:
     assert results["click"]["count"] == single["click"]["count"] == test_examples
     assert results["click"]["auc"] == pytest.approx(single["click"]["auc"], abs=1e-6)
     assert results["click"]["gauc"] == pytest.approx(single["click"]["gauc"], abs=1e-6)
-
-
-@pytest.mark.timeout(900)
-def test_two_rank_resume_is_exact(tmp_path: Path) -> None:
-    """2 ranks resumed from step 15 give the uninterrupted 2-rank run's losses and task weights
-    at every later step (GradNorm updates and an epoch boundary included), each step logged once."""
-    common = ["--set", "loader.batch_size=64", "--set", "train.epochs=3", "--set", "train.checkpoint_every=5"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    for args in (["--output-dir", str(straight), "--max-steps", "36"], ["--output-dir", str(resumed), "--max-steps", "15"],
-                 ["--output-dir", str(resumed), "--max-steps", "36", "--resume"]):
-        run = _train([*args, *common], ranks=2)
-        assert run.returncode == 0, run.stderr[-3000:]
-
-    def logged(run_dir: Path) -> list:
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return [(r["step"], r["losses"], r["task_weights"]) for r in records if "losses" in r]
-
-    assert [step for step, *_ in logged(resumed)] == list(range(1, 37))  # every step once
-    assert logged(resumed) == logged(straight)

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.distributed as dist
 from torchrec.distributed.test_utils.multi_process import MultiProcessContext, MultiProcessTestBase
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest in ranks

@@ -49,7 +49,7 @@ from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.recipes.report import aggregate, aggregate_periods, markdown, plot_auc, plot_learning_curves, plot_periods
 from torchrec_gnn.recipes.runs import CompareError, Run, execute
-from torchrec_gnn.recipes.stream import STREAM_SPLIT
+from torchrec_gnn.train.run_dir import STREAM_SPLIT
 
 # The variants, once: name -> overrides on top of the config (configs/ablations/ mirrors them).
 VARIANTS: Dict[str, List[str]] = {

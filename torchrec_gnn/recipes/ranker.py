@@ -41,12 +41,12 @@ from torchrec_gnn.train.metrics import format_table
 from torchrec_gnn.train.monitor import Reporting, TrainingMonitor
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.plots import plot_run
-from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
+from torchrec_gnn.train.pretrain import load_pretrained
+from torchrec_gnn.train.run_dir import PRETRAIN_DIR, TRAINING_FILE
 from torchrec_gnn.train.sharding import make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
 
-TRAINING_FILE = "training.json"  # steps trained and the step the final evaluation scores
 Metrics = Dict[str, Dict[str, float]]
 
 

@@ -12,10 +12,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchrec_gnn.recipes.ranker import TRAINING_FILE  # noqa: E402
 from torchrec_gnn.recipes.runs import COST_FILE, Run  # noqa: E402
-from torchrec_gnn.recipes.stream import load_stream  # noqa: E402
-from torchrec_gnn.train.pretrain import PRETRAIN_DIR, REPORT_FILE  # noqa: E402
+from torchrec_gnn.train.run_dir import PRETRAIN_DIR, PRETRAIN_REPORT_FILE, TRAINING_FILE, load_stream  # noqa: E402
 
 Stats = Dict[str, float]
 
@@ -30,7 +28,7 @@ TABLES: Tuple[Tuple[str, str, str], ...] = (
 _BADNESS = {"higher": lambda m: -m, "lower": lambda m: m, "closer to 1": lambda m: abs(m - 1.0)}
 # train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
 COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb", "kept_step")
-PRETRAIN_REPORT = Path(PRETRAIN_DIR) / REPORT_FILE  # in a two-stage run's directory
+PRETRAIN_REPORT = Path(PRETRAIN_DIR) / PRETRAIN_REPORT_FILE  # in a two-stage run's directory
 
 
 def mean_std(values: Sequence[float]) -> Stats:

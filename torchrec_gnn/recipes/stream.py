@@ -43,13 +43,12 @@ from torchrec_gnn.recipes.ranker import RankerRecipe
 from torchrec_gnn.train.checkpoint import CheckpointError
 from torchrec_gnn.train.distributed import DistributedContext
 from torchrec_gnn.train.monitor import check_finite
-from torchrec_gnn.train.pretrain import PRETRAIN_DIR, load_pretrained
+from torchrec_gnn.train.pretrain import load_pretrained
+from torchrec_gnn.train.run_dir import PRETRAIN_DIR, STREAM_FILE, STREAM_SPLIT
 from torchrec_gnn.train.sharding import unwrap
 
 logger = logging.getLogger("torchrec_gnn.stream")
 
-STREAM_FILE = "streaming.json"
-STREAM_SPLIT = "stream"  # eval.json key of the mean over scored periods
 STREAM_NO_RESUME = "--resume: a streaming run keeps no checkpoints between periods; run it again"
 
 
@@ -157,8 +156,3 @@ class StreamingRankerRecipe(RankerRecipe):
         directory = self.pretrain(snapshot, directory, initial_tower=previous)
         unwrap(self.model).model.graph_tower.load_embeddings(load_pretrained(directory))
         return directory
-
-
-def load_stream(run_dir: Path) -> Dict[str, Any]:
-    """A finished streaming run's ``streaming.json``."""
-    return json.loads((run_dir / STREAM_FILE).read_text())

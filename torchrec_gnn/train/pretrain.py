@@ -50,14 +50,13 @@ from torchrec_gnn.graph.sampler import HeldOutPairs, NeighborSampler
 from torchrec_gnn.models.builder import node_table_name
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.train.config import PretrainConfig
+from torchrec_gnn.train.run_dir import PRETRAIN_REPORT_FILE
 from torchrec_gnn.typing import EdgeList, EdgeType, NodeType
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
-PRETRAIN_DIR = "pretrain"  # in a two-stage or warm-start run's output directory
 EMBEDDINGS_FILE = "node_embeddings.pt"
 TOWER_FILE = "tower.pt"
-REPORT_FILE = "pretrain.json"
 
 
 @dataclass
@@ -219,7 +218,7 @@ def save_result(result: PretrainResult, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in ((TOWER_FILE, result.tower_state), (EMBEDDINGS_FILE, result.embeddings)):
         if name == EMBEDDINGS_FILE:
-            (directory / REPORT_FILE).write_text(json.dumps(result.report, indent=1))
+            (directory / PRETRAIN_REPORT_FILE).write_text(json.dumps(result.report, indent=1))
         tmp = directory / (name + ".tmp")
         torch.save(value, tmp)
         tmp.replace(directory / name)

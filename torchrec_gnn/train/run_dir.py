@@ -1,4 +1,4 @@
-"""One output directory holds one run.
+"""One output directory holds one run, and the names of what the run writes there.
 
 A new run refuses a directory (or checkpoint directory) that holds another run's files, unless
 asked to replace it; a resume continues only the run the directory holds, with the same config
@@ -10,16 +10,22 @@ fingerprint, so a resume from a shared checkpoint directory never loads another 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torchrec_gnn.config import ConfigError, ExperimentConfig, config_differences, load_config
 
 CONFIG_FILE = "config.yaml"
+TRAINING_FILE = "training.json"  # steps trained and the step the final evaluation scores
+STREAM_FILE = "streaming.json"  # a streaming run's periods
+STREAM_SPLIT = "stream"  # eval.json key of a streaming run's mean over scored periods
+PRETRAIN_DIR = "pretrain"  # a two-stage or warm-start run's pre-trained tower (and its refreshes)
+PRETRAIN_REPORT_FILE = "pretrain.json"  # in each pre-training directory: seconds, steps, link AUC
 # What a training run writes into its output directory (compare's run.json/cost.json are not).
-RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json", "training.json", "model.pt", "streaming.json",
-             "losses.png", "task_weights.png", "auc.png", "checkpoints", "graph", "pretrain", "tensorboard")
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json", TRAINING_FILE, "model.pt", STREAM_FILE,
+             "losses.png", "task_weights.png", "auc.png", "checkpoints", "graph", PRETRAIN_DIR, "tensorboard")
 
 
 class RunDirectoryError(RuntimeError):
@@ -84,3 +90,8 @@ def clear_run(config: ExperimentConfig) -> List[Path]:
         else:
             path.unlink()
     return removed
+
+
+def load_stream(run_dir: Path) -> Dict[str, Any]:
+    """A finished streaming run's ``streaming.json``."""
+    return json.loads((run_dir / STREAM_FILE).read_text())
