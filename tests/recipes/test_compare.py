@@ -34,7 +34,8 @@ ABLATION_CONFIGS = {
 def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "compare"
     base = ["--config", "configs/default.yaml", *TINY, "--output-dir", str(out)]
-    argv = [*base, "--variants", "no_graph,e2e", "--seeds", "2", "--max-steps", "3"]
+    # In this process (the child-process mode is the killed-compare test's).
+    argv = [*base, "--variants", "no_graph,e2e", "--seeds", "2", "--max-steps", "3", "--in-process"]
     results = main(argv)
     printed = capsys.readouterr().out
     assert "[1/4] no_graph seed 0 ..." in printed and "[4/4] e2e seed 1 ..." in printed
@@ -60,9 +61,6 @@ def test_compare_two_variants_two_seeds(tmp_path: Path, capsys: pytest.CaptureFi
             config = load_config(out / variant / f"seed_{seed}" / "config.yaml")
             assert (config.train.seed, config.data.seed) == (seed, 0)
             assert config.model.use_graph == (variant == "e2e")
-        cost = json.loads((out / variant / "seed_0" / "cost.json").read_text())
-        assert 0 < cost["train_seconds"] < cost["process_seconds"]  # timed inside the child run
-        assert (out / variant / "seed_0" / "train.log").read_text().startswith(f"{sys.executable} -m torchrec_gnn train")
     # Only the training seed varies: every run trained on the same graph (and data set).
     graphs = {tuple((f.name, hashlib.sha1(f.read_bytes()).hexdigest()) for f in sorted((d / "graph").rglob("*"))
                     if f.is_file()) for d in out.glob("*/seed_*")}
@@ -140,7 +138,9 @@ def test_a_killed_compare_takes_its_child_along_and_a_rerun_redoes_the_run(
     printed = capsys.readouterr().out
     assert "[1/1] no_graph seed 0 ..." in printed and "skipped" not in printed
     assert len([line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"losses"' in line]) == 2
-    assert json.loads((run_dir / "cost.json").read_text())["peak_rss_mb"] > 0
+    cost = json.loads((run_dir / "cost.json").read_text())
+    assert cost["peak_rss_mb"] > 0 and 0 < cost["train_seconds"] < cost["process_seconds"]  # timed inside the child
+    assert (run_dir / "train.log").read_text().startswith(f"{sys.executable} -m torchrec_gnn train")
 
 
 def test_unknown_variants_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -189,7 +189,7 @@ def test_mean_std_is_the_sample_std() -> None:
 def test_two_stage_cost_counts_pretraining_and_export(tmp_path: Path) -> None:
     out = tmp_path / "compare"
     results = main(["--config", "configs/default.yaml", *TINY, "--set", "pretrain.batch_size=256",
-                    "--variants", "two_stage", "--seeds", "1", "--max-steps", "2", "--output-dir", str(out)])
+                    "--variants", "two_stage", "--seeds", "1", "--max-steps", "2", "--in-process", "--output-dir", str(out)])
     report = json.loads((out / "two_stage" / "seed_0" / "pretrain" / "pretrain.json").read_text())
     cost = results["cost"]["two_stage"]
     assert cost["pretrain_seconds"]["mean"] == report["pretrain_seconds"]
@@ -273,7 +273,7 @@ def test_streaming_protocol_reports_periods_and_cumulative_cost(tmp_path: Path) 
     out = tmp_path / "stream"
     results = main(["--config", "configs/default.yaml", *TINY, "--set", "pretrain.batch_size=256",
                     "--set", "train.periods=3", "--protocol", "streaming", "--variants", "two_stage,e2e",
-                    "--seeds", "1", "--output-dir", str(out)])
+                    "--seeds", "1", "--in-process", "--output-dir", str(out)])
     assert results["protocol"] == "streaming" and results["split"] == "stream"
     for variant in ("two_stage", "e2e"):
         stream = json.loads((out / variant / "seed_0" / "streaming.json").read_text())
