@@ -107,3 +107,33 @@ def test_self_relations(conv: str) -> None:
     x, edges = random_graph()
     edges[("user", "friend", "user")] = torch.tensor([[0, 1, 2], [1, 2, 0]])
     assert_permutation_invariant(gnn, x, edges)
+
+
+def test_sage_aggregates_by_sparse_product_as_pyg_does_by_gather_and_scatter() -> None:
+    """HeteroSAGE hands its convs a CSR adjacency: the same outputs and gradients as PyG's
+    SAGEConv reading the edge list, for unsorted and repeated edges and destinations without any."""
+    torch.manual_seed(0)
+    gnn = HeteroSAGE(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(conv="sage", hidden_channels=4, num_layers=1))
+    conv = gnn.convs[0][edge_type_str(EDGE_TYPES[0])]
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(0, 7, (40,), generator=g)
+    dst = torch.randint(0, 6, (40,), generator=g)  # items 6..8 receive nothing; pairs repeat
+    edge_index = torch.stack([src, dst])  # not sorted by destination
+    adjacency = gnn.adjacency(edge_index, 7, 9, torch.float32)
+    assert adjacency.layout == torch.sparse_csr and adjacency.shape == (9, 7)
+
+    def run(edges: torch.Tensor):
+        x_user = torch.randn(7, 8, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        x_item = torch.randn(9, 8, generator=torch.Generator().manual_seed(3))
+        conv.zero_grad()
+        out = conv((x_user, x_item), edges)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        return out, x_user.grad, conv.lin_l.weight.grad.clone()
+
+    for sparse, reference in zip(run(adjacency), run(edge_index)):
+        torch.testing.assert_close(sparse, reference)
+    no_neighbours = run(adjacency)[0][6:]  # a zero mean, as the scatter gives: the linear layer's bias alone
+    torch.testing.assert_close(no_neighbours, conv.lin_l.bias.expand(3, -1))
+    with pytest.raises(ValueError, match=r"HeteroSAGE: edge_index has ids outside 5 sources x 9 destinations "
+                                         r"\(sources 0\.\.6, destinations 0\.\.5\)"):
+        gnn.adjacency(edge_index, 5, 9, torch.float32)
