@@ -402,12 +402,15 @@ class HeteroSAGE(HeteroGNN):
             order = torch.argsort(col, stable=True)
             row, col = row[order], col[order]
         # The sparse kernels do not check their indices (an id out of range would read past the
-        # features): checked here, as indexing checks the (E, D) gather of the default path.
-        if row.numel() and not (0 <= int(row.min()) and int(row.max()) < num_src and 0 <= int(col[0])
-                                and int(col[-1]) < num_dst):
-            raise ValueError(f"{type(self).__name__}: edge_index has ids outside {num_src} sources x "
-                             f"{num_dst} destinations (sources {int(row.min())}..{int(row.max())}, "
-                             f"destinations {int(col[0])}..{int(col[-1])})")
+        # features): checked here, as indexing checks the (E, D) gather of the default path. One
+        # pass over the sources; the sorted destinations' range is their first and last.
+        if row.numel():
+            src_lo, src_hi = (int(v) for v in torch.aminmax(row))
+            dst_lo, dst_hi = int(col[0]), int(col[-1])
+            if src_lo < 0 or src_hi >= num_src or dst_lo < 0 or dst_hi >= num_dst:
+                raise ValueError(f"{type(self).__name__}: edge_index has ids outside {num_src} sources x "
+                                 f"{num_dst} destinations (sources {src_lo}..{src_hi}, "
+                                 f"destinations {dst_lo}..{dst_hi})")
         crow = torch.zeros(num_dst + 1, dtype=torch.int64, device=col.device)
         crow[1:] = torch.bincount(col, minlength=num_dst).cumsum(0)
         ones = torch.ones(row.numel(), dtype=dtype, device=row.device)
