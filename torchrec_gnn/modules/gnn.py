@@ -17,11 +17,12 @@ from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch_geometric.nn import GATConv, MessagePassing, SAGEConv
+from torch_geometric.nn import GATConv, MessagePassing
 from torch_geometric.utils import degree
 from tqdm import tqdm
 
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
+from torchrec_gnn.modules.aggregation import CSRSAGEConv
 from torchrec_gnn.modules.config import GNNConfig
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
 from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
@@ -389,14 +390,15 @@ class HeteroSAGE(HeteroGNN):
     conv_name = "sage"
 
     def init_conv(self, width: int) -> MessagePassing:
-        return SAGEConv((width, width), self.config.hidden_channels, root_weight=False)
+        return CSRSAGEConv((width, width), self.config.hidden_channels, root_weight=False)
 
     def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype) -> torch.Tensor:
         """The relation as a (N_dst, N_src) CSR matrix of ones (PyG's ``adj_t``): SAGEConv then
         averages each destination's neighbours in one sparse-dense product instead of gathering
         an (E, D) message per edge and scattering it back, the same sums in the same edge order
         (edges sorted by destination, as the sampler emits them; others are sorted here, stably),
-        about 3x faster forward and backward on CPU."""
+        forward and backward several times faster on CPU (the backward by
+        :func:`~torchrec_gnn.modules.aggregation.sparse_mean`'s counting-sort transpose)."""
         row, col = edge_index
         if col.numel() > 1 and bool((col[1:] < col[:-1]).any()):
             order = torch.argsort(col, stable=True)

@@ -378,6 +378,8 @@ class GNNTower(GraphTowerInterface):
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
         with record_function("## node_tables ##"):
-            pooled = self.node_embeddings(graph_features.node_ids)
+            # One split of the (stride, T * D) values: its backward is one concatenation, where
+            # a slice per type would zero a full-width gradient for each of the T types.
+            pooled = self.node_embeddings(graph_features.node_ids).to_dict()
             x_dict = {t: pooled[t] for t in self.node_types}  # (stride, D): N_t rows, then padding
         return self.encoder(x_dict, graph_features)

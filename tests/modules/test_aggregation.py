@@ -1,0 +1,72 @@
+import warnings
+
+import pytest
+import torch
+from torch_geometric.nn import SAGEConv
+
+from torchrec_gnn.modules.aggregation import CSRSAGEConv, sparse_mean, transpose_csr
+
+
+def csr_of_ones(row: torch.Tensor, col: torch.Tensor, shape) -> torch.Tensor:
+    """(rows, cols) CSR matrix with a one at every (row, col) pair, pairs sorted by row."""
+    order = torch.argsort(row, stable=True)
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64)
+    crow[1:] = torch.bincount(row, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, col[order], torch.ones(row.numel(), dtype=torch.float64),
+                                       size=shape, check_invariants=False)
+
+
+def random_adjacency(seed: int = 0) -> torch.Tensor:
+    """(9, 7) with repeated pairs, rows 6..8 and column 6 without entries."""
+    g = torch.Generator().manual_seed(seed)
+    return csr_of_ones(torch.randint(0, 6, (40,), generator=g), torch.randint(0, 6, (40,), generator=g), (9, 7))
+
+
+def test_transpose_counts_every_entry_and_lists_rows_in_order() -> None:
+    adjacency = random_adjacency()
+    transposed = transpose_csr(adjacency)
+    assert transposed.layout == torch.sparse_csr and transposed.shape == (7, 9)
+    torch.testing.assert_close(transposed.to_dense(), adjacency.to_dense().t())  # repeats count twice
+    crow, col = transposed.crow_indices(), transposed.col_indices()
+    for r in range(7):
+        assert bool((col[crow[r] : crow[r + 1]].diff() >= 0).all())
+    assert int(crow[7] - crow[6]) == 0
+    empty = csr_of_ones(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), (3, 4))
+    assert transpose_csr(empty).shape == (4, 3) and transpose_csr(empty).col_indices().numel() == 0
+
+
+def test_sparse_mean_matches_torch_and_its_gradient_is_exact() -> None:
+    adjacency = random_adjacency(1)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    out = sparse_mean(adjacency, x)
+    torch.testing.assert_close(out, torch.sparse.mm(adjacency, x, "mean"))
+    assert bool((out[6:] == 0).all())  # no sources: a zero mean
+    assert torch.autograd.gradcheck(lambda x: sparse_mean(adjacency, x), (x,))
+    grad = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    (ours,) = torch.autograd.grad(sparse_mean(adjacency, x), x, grad)
+    (reference,) = torch.autograd.grad(torch.sparse.mm(adjacency, x, "mean"), x, grad)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_csr_sage_conv_is_sage_conv_on_every_input() -> None:
+    torch.manual_seed(0)
+    ours = CSRSAGEConv((3, 3), 4, root_weight=False).double()
+    pyg = SAGEConv((3, 3), 4, root_weight=False).double()
+    pyg.load_state_dict(ours.state_dict())  # the same parameters under the same names
+    adjacency = random_adjacency(4)
+    x = (torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64))
+    torch.testing.assert_close(ours(x, adjacency), pyg(x, adjacency))
+    edge_index = torch.stack([adjacency.col_indices(), torch.repeat_interleave(torch.arange(9), adjacency.crow_indices().diff())])
+    torch.testing.assert_close(ours(x, edge_index), pyg(x, edge_index))  # an edge list takes SAGEConv's path
+
+
+@pytest.mark.parametrize("aggr", ["max", "sum"])
+def test_csr_sage_conv_leaves_other_aggregations_to_pyg(aggr: str) -> None:
+    ours = CSRSAGEConv((3, 3), 4, aggr=aggr).double()
+    pyg = SAGEConv((3, 3), 4, aggr=aggr).double()
+    pyg.load_state_dict(ours.state_dict())
+    adjacency = random_adjacency(5)
+    x = (torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64))
+    torch.testing.assert_close(ours(x, adjacency), pyg(x, adjacency))

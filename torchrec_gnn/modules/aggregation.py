@@ -1,0 +1,103 @@
+"""Mean aggregation over a CSR adjacency whose backward does not sort (GraphSAGE's aggregation).
+
+PyG's ``SAGEConv`` given a torch CSR ``adj_t`` averages by ``torch.sparse.mm(adj_t, x, "mean")``.
+On CPU that op's backward transposes ``adj_t`` by sorting every edge by source, and the sort is
+most of its cost (``benchmarks/bench_step.py --profile``: 34 ms of a 117 ms training step went
+to it, 14 ms of that in ``aten::sort``). The transpose needs no comparison sort: the sources are
+integers below N_src, so a counting sort builds it in two passes over the edges.
+:func:`sparse_mean` is that aggregation, and :class:`CSRSAGEConv` is ``SAGEConv`` using it.
+
+Notation: N_dst destination rows, N_src source rows, E edges, D channels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from numba import njit
+from torch_geometric.nn import SAGEConv
+from torch_geometric.typing import Adj, OptPairTensor
+
+
+@njit(cache=True, nogil=True)
+def _transpose_indices(crow: np.ndarray, col: np.ndarray, num_cols: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Counting sort of a CSR matrix's entries by column: the transpose's ``(crow, col)``, each
+    of its rows listing the original rows in ascending order. Trusts ``0 <= col < num_cols``."""
+    crow_t = np.zeros(num_cols + 1, dtype=np.int64)
+    for c in col:
+        crow_t[c + 1] += 1
+    for c in range(num_cols):
+        crow_t[c + 1] += crow_t[c]
+    fill = crow_t[:-1].copy()
+    col_t = np.empty(col.shape[0], dtype=np.int64)
+    for r in range(crow.shape[0] - 1):
+        for k in range(crow[r], crow[r + 1]):
+            c = col[k]
+            col_t[fill[c]] = r
+            fill[c] += 1
+    return crow_t, col_t
+
+
+def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
+    """The transpose of a (N_dst, N_src) CSR matrix of ones: a (N_src, N_dst) CSR matrix of ones,
+    built by counting sort on CPU (``adj``'s column indices must lie in ``[0, N_src)``, as
+    :meth:`torchrec_gnn.modules.gnn.HeteroSAGE.adjacency` checks) and by torch elsewhere."""
+    num_rows, num_cols = adj.shape
+    if adj.device.type != "cpu":
+        return adj.t().to_sparse_csr()
+    crow_t, col_t = _transpose_indices(adj.crow_indices().numpy(), adj.col_indices().numpy(), num_cols)
+    ones = torch.ones(col_t.shape[0], dtype=adj.dtype)
+    return torch.sparse_csr_tensor(torch.from_numpy(crow_t), torch.from_numpy(col_t), ones,
+                                   size=(num_cols, num_rows), check_invariants=False)
+
+
+def _sum_rows(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``adj @ x`` for a CSR ``adj``: torch's native CSR kernel on CPU (MKL's, which ``@`` calls
+    there, analyses every new matrix first and ran 2-4x slower on a fresh sample), ``@`` elsewhere."""
+    return torch.sparse.mm(adj, x, "sum") if adj.device.type == "cpu" else adj @ x
+
+
+class _SparseMean(torch.autograd.Function):
+    """``out = (adj @ x) / deg`` and ``grad_x = adj^T @ (grad_out / deg)``, deg = the row
+    counts of ``adj`` (at least 1: a row without entries averages to zero)."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        degree = adj.crow_indices().diff().clamp(min=1).unsqueeze(1).to(x.dtype)
+        ctx.adj = adj  # no gradient flows to the adjacency, so it is kept as it is
+        ctx.save_for_backward(degree)
+        return _sum_rows(adj, x) / degree
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> Tuple[None, Optional[torch.Tensor]]:
+        (degree,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        return None, _sum_rows(transpose_csr(ctx.adj), grad_out / degree)
+
+
+def sparse_mean(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean of each destination's source rows: ``torch.sparse.mm(adj, x, "mean")`` with a
+    backward by counting-sort transpose (no gradient to ``adj``).
+
+    Args:
+        adj (Tensor): (N_dst, N_src) CSR matrix of ones (PyG's ``adj_t``); repeated entries count
+            as often as they appear.
+        x (Tensor): (N_src, D) source features.
+
+    Returns:
+        Tensor: (N_dst, D); zero for a destination without sources.
+    """
+    return _SparseMean.apply(adj, x)
+
+
+class CSRSAGEConv(SAGEConv):
+    """PyG's ``SAGEConv`` (same parameters and state dict) that, given a torch CSR ``adj_t`` and
+    mean aggregation, averages by :func:`sparse_mean`; any other input takes ``SAGEConv``'s path."""
+
+    def message_and_aggregate(self, adj_t: Adj, x: OptPairTensor) -> torch.Tensor:
+        if isinstance(adj_t, torch.Tensor) and adj_t.layout == torch.sparse_csr and self.aggr == "mean":
+            return sparse_mean(adj_t, x[0])
+        return super().message_and_aggregate(adj_t, x)
