@@ -11,6 +11,7 @@ H hidden channels, C destination nodes per inference chunk.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,6 +26,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.modules.aggregation import CSRSAGEConv
 from torchrec_gnn.modules.config import GNNConfig
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
+from torchrec_gnn.modules.utils import IntegerMaskDropout
 from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 
@@ -146,7 +148,7 @@ class HeteroGNN(nn.Module):
             nn.ModuleDict({t: nn.LayerNorm(hidden) for t in self.node_types})
             for _ in range(config.num_layers - 1 if config.norm == "layer" and self.node_transforms else 0)
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = IntegerMaskDropout(config.dropout)
         self.history: Optional[HistoricalEmbeddings] = None
         self.reset_parameters()
 
@@ -297,7 +299,9 @@ class HeteroGNN(nn.Module):
                 edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst.shape[0], x_src.dtype)
                 out_r = convs[key]((x_src, x_dst), edges, **extra)
                 messages.setdefault(dst, []).append(out_r)
-        out = {t: torch.stack(hs).sum(0) for t, hs in messages.items()}
+        # Summed in relation order, one addition at a time (a stacked copy of every message cost
+        # more than the additions).
+        out = {t: functools.reduce(torch.add, hs) for t, hs in messages.items()}
         if self.node_transforms:
             out = {t: h + self.roots[layer][t](x_dst_dict[t]) for t, h in out.items()}
             if layer < self.num_layers - 1:
