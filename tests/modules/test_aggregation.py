@@ -62,6 +62,29 @@ def test_csr_sage_conv_is_sage_conv_on_every_input() -> None:
     torch.testing.assert_close(ours(x, edge_index), pyg(x, edge_index))  # an edge list takes SAGEConv's path
 
 
+@pytest.mark.parametrize("root_weight,normalize", [(False, False), (True, True)])
+def test_csr_sage_conv_projecting_first_gives_sage_conv_output_and_gradients(root_weight: bool, normalize: bool) -> None:
+    """3 sources and 20 destinations: projecting the sources first is cheaper, and the same."""
+    torch.manual_seed(0)
+    ours = CSRSAGEConv((3, 3), 4, root_weight=root_weight, normalize=normalize).double()
+    pyg = SAGEConv((3, 3), 4, root_weight=root_weight, normalize=normalize).double()
+    pyg.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(6)
+    adjacency = csr_of_ones(torch.randint(0, 15, (12,), generator=g), torch.randint(0, 3, (12,), generator=g), (20, 3))
+    assert ours._project_first_is_cheaper(adjacency, 3)
+    assert not ours._project_first_is_cheaper(random_adjacency(), 3)  # 7 sources, 9 destinations, 40 edges
+
+    def run(conv):
+        x_src = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        x_dst = torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+        out = conv((x_src, x_dst), adjacency)
+        (out * torch.arange(out.numel()).view_as(out).cos()).sum().backward()
+        return out, x_src.grad, conv.lin_l.weight.grad, conv.lin_l.bias.grad
+
+    for ours_, reference in zip(run(ours), run(pyg)):
+        torch.testing.assert_close(ours_, reference)
+
+
 @pytest.mark.parametrize("aggr", ["max", "sum"])
 def test_csr_sage_conv_leaves_other_aggregations_to_pyg(aggr: str) -> None:
     ours = CSRSAGEConv((3, 3), 4, aggr=aggr).double()
