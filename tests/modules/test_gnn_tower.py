@@ -5,9 +5,10 @@ from typing import Dict, List
 
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from conftest import tiny_log_dataset
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphBatch, node_id_bags
 from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset
 from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.sampler import NeighborSampler
@@ -15,6 +16,7 @@ from torchrec_gnn.models.builder import ModelConfig, build_graph_tower
 from torchrec_gnn.models.graph_dlrm import RankerConfig
 from torchrec_gnn.modules.gfae import GFAE, GFAEConfig
 from torchrec_gnn.modules.gnn import GNNConfig
+from torchrec_gnn.modules.gnn_tower import node_rows
 
 CONFIG = ModelConfig(embedding_dim=8, node_embedding_dim=8, gnn=GNNConfig(hidden_channels=12, dropout=0.0),
                      gfae=GFAEConfig(mask_rate=0.3), ranker=RankerConfig())
@@ -335,3 +337,17 @@ def test_links_are_scored_only_by_an_edge_decoder(tiny_split: TimeSplit, tiny_li
         assert out.link_logits.shape == links.link_label.shape
         torch.testing.assert_close(out.edge_loss, F.binary_cross_entropy_with_logits(out.link_logits, links.link_label))
         assert out.edge_loss.item() > 0
+
+
+def test_node_rows_cut_each_table_to_its_nodes_and_pad_only_the_gradient() -> None:
+    node_ids = node_id_bags(["user", "item", "tag"], [torch.arange(5), torch.arange(2), torch.arange(3)])
+    values = torch.randn(5, 12, requires_grad=True)  # stride 5, three tables of width 4
+    pooled = KeyedTensor(keys=["item", "user", "tag"], length_per_key=[4, 4, 4], values=values)  # another order
+    rows = node_rows(pooled, node_ids)
+    assert {t: tuple(x.shape) for t, x in rows.items()} == {"item": (2, 4), "user": (5, 4), "tag": (3, 4)}
+    torch.testing.assert_close(rows["user"], values[:5, 4:8])
+    (rows["item"].sin().sum() + rows["user"].cos().sum()).backward()  # "tag" unused: no gradient of its own
+    expected = torch.zeros(5, 12)
+    expected[:2, :4] = values[:2, :4].detach().cos()
+    expected[:, 4:8] = -values[:, 4:8].detach().sin()
+    torch.testing.assert_close(values.grad, expected)
