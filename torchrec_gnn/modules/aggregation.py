@@ -105,6 +105,16 @@ class CSRSAGEConv(SAGEConv):
     order); any other input takes ``SAGEConv``'s path."""
 
     def forward(self, x: Union[torch.Tensor, OptPairTensor], edge_index: Adj, size: Size = None) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor or Tuple[Tensor, Tensor]): (N_src, D) source and (N_dst, D) destination
+                features (one tensor when they are the same nodes).
+            edge_index (Tensor): (N_dst, N_src) CSR ``adj_t``, or whatever ``SAGEConv`` takes.
+            size (Tuple[int, int], optional): as in ``SAGEConv``.
+
+        Returns:
+            Tensor: (N_dst, H).
+        """
         x_src, x_dst = (x, x) if isinstance(x, torch.Tensor) else x
         if not (_is_csr(edge_index) and self.aggr == "mean" and not self.project
                 and self._project_first_is_cheaper(edge_index, x_src.shape[1])):

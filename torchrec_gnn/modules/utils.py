@@ -28,6 +28,14 @@ class IntegerMaskDropout(nn.Dropout):
     _LEVELS = 2**16
 
     def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x (Tensor): any shape.
+
+        Returns:
+            Tensor: ``x``'s shape; in training mode each element zeroed with probability ``p``,
+            the others scaled by ``1 / (1 - p)``.
+        """
         drop = round(self.p * self._LEVELS)
         if not self.training or drop == 0 or drop == self._LEVELS or x.device.type != "cpu":
             return super().forward(x)
