@@ -177,6 +177,22 @@ def test_node_tables_must_cover_the_graph(tiny_split) -> None:
         tower.check_num_nodes({**tiny_split.graph.num_nodes, "user": 41})
 
 
+@pytest.mark.parametrize("node_init", ["torchrec", "fan_in"])
+def test_node_tables_start_at_the_configured_scale(tiny_split, node_init: str) -> None:
+    tables = build(tiny_split, node_init=node_init).model.graph_tower.node_embeddings
+    for config in tables.embedding_bag_configs():
+        bound = 8**-0.5 if node_init == "fan_in" else config.num_embeddings**-0.5  # TorchRec's default
+        weight = tables.embedding_bags[config.name].weight
+        assert float(weight.abs().max()) <= bound
+        if weight.numel() >= 100:  # uniform on the whole interval, not a corner of it
+            assert float(weight.abs().max()) > 0.8 * bound
+
+
+def test_unknown_node_init_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"node_init must be one of \('torchrec', 'fan_in'\), got 'normal'"):
+        dataclasses.replace(CONFIG, node_init="normal")
+
+
 EDGE = GFAEConfig(edge_objective=True)
 
 

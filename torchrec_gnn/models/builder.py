@@ -49,8 +49,10 @@ def build_graph_tower(
     on for link-prediction pre-training) and the outer hop's historical embeddings (``history``;
     default ``config.gnn.outer_hop == "history"``, always off for pre-training)."""
     dim = config.node_embedding_dim
+    bound = {"fan_in": dim**-0.5}.get(config.node_init)  # None: TorchRec's default, +-sqrt(1 / N_t)
+    init = {} if bound is None else {"weight_init_min": -bound, "weight_init_max": bound}
     tables = [
-        EmbeddingBagConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t])
+        EmbeddingBagConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t], **init)
         for t, n in graph.num_nodes.items()
     ]
     seed_types = [dataset.user_type] + ([dataset.item_type] if dataset.item_type != dataset.user_type else [])

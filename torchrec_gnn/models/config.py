@@ -56,6 +56,9 @@ class RankerConfig:
             )
 
 
+NODE_INITS = ("torchrec", "fan_in")
+
+
 @dataclass
 class ModelConfig:
     """Everything that shapes the model.
@@ -76,6 +79,10 @@ class ModelConfig:
             its side features (:mod:`torchrec_gnn.graph.degree`), counted in the graph as each
             batch sees it (temporal sampling: before the batch), so the GNN can tell a node with
             many neighbours from one with few. Default False.
+        node_init (str): the node tables' initial rows: ``"torchrec"``, TorchRec's default
+            uniform on ``+-sqrt(1 / N_t)`` (N_t rows: about 0.006 for 30k nodes, small against
+            the GNN's biases), or ``"fan_in"``, uniform on ``+-sqrt(1 / node_embedding_dim)``, the
+            bound the GNN's linear layers use for their own inputs. Default ``"torchrec"``.
         gnn (GNNConfig): message passing.
         gfae (GFAEConfig): masking and reconstruction loss.
         ranker (RankerConfig): DLRM arches and fusion switches.
@@ -89,12 +96,15 @@ class ModelConfig:
     two_stage: bool = False
     warm_start: bool = False
     node_degree: bool = False
+    node_init: str = "torchrec"
     gnn: GNNConfig = field(default_factory=GNNConfig)
     gfae: GFAEConfig = field(default_factory=GFAEConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     regression_loss: str = "mse_log1p"
 
     def __post_init__(self) -> None:
+        if self.node_init not in NODE_INITS:
+            raise ValueError(f"ModelConfig.node_init must be one of {NODE_INITS}, got {self.node_init!r}")
         if (self.two_stage or self.warm_start) and not self.use_graph:
             raise ValueError("ModelConfig: two_stage and warm_start need use_graph=True (they pre-train the GNN tower)")
         if self.two_stage and self.warm_start:

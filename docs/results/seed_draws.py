@@ -1,0 +1,49 @@
+"""Which of a training seed's draws set an E2E run's quality: one ``train`` job with them apart.
+
+``train.seed`` sets every draw of a run at once: the batch order and neighbour sampling (the
+batch plan's seed) and torch's global generator, which draws the model's initial weights and,
+once training runs, dropout masks and GFAE masks. This script runs ``python -m torchrec_gnn
+train`` in process with ``train.seed = --order-seed`` but torch's generator seeded with
+``--init-seed`` before the model is built and re-seeded with ``--draw-seed`` after it (before the
+optimizers, i.e. before the first step), so the three can be swapped between seeds:
+
+    python docs/results/seed_draws.py --order-seed 0 --init-seed 4 --draw-seed 0 --output-dir runs/draws_o0_i4_d0
+
+A diagnostic, not a recipe: it patches ``torch.manual_seed`` for the job's one call
+(``RankerRecipe.setup``) and wraps ``RankerRecipe._setup_optimizer``.
+"""
+
+import argparse
+import sys
+
+import torch
+
+from torchrec_gnn import cli
+from torchrec_gnn.recipes.ranker import RankerRecipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--order-seed", type=int, required=True, help="train.seed: batch order, neighbour sampling")
+    parser.add_argument("--init-seed", type=int, required=True, help="torch's generator while the model is built")
+    parser.add_argument("--draw-seed", type=int, required=True, help="torch's generator from the first step on")
+    parser.add_argument("--output-dir", required=True)
+    args = parser.parse_args()
+
+    seed_everything = torch.manual_seed
+    torch.manual_seed = lambda seed: seed_everything(args.init_seed if seed == args.order_seed else seed)
+    setup_optimizer = RankerRecipe._setup_optimizer
+
+    def reseed_then_setup_optimizer(recipe: RankerRecipe) -> None:
+        seed_everything(args.draw_seed)
+        setup_optimizer(recipe)
+
+    RankerRecipe._setup_optimizer = reseed_then_setup_optimizer
+    sys.argv = ["torchrec_gnn", "train", "--config", args.config, "--seed", str(args.order_seed),
+                "--output-dir", args.output_dir, "--set", "train.plots=false"]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
