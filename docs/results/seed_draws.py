@@ -5,12 +5,18 @@ batch plan's seed) and torch's global generator, which draws the model's initial
 once training runs, dropout masks and GFAE masks. This script runs ``python -m torchrec_gnn
 train`` in process with ``train.seed = --order-seed`` but torch's generator seeded with
 ``--init-seed`` before the model is built and re-seeded with ``--draw-seed`` after it (before the
-optimizers, i.e. before the first step), so the three can be swapped between seeds:
+optimizers, i.e. before the first step), so the three can be swapped between seeds. With
+``--table-init-seed``, torch's generator is re-seeded again between the two parts of the init:
+the dense modules (GNN, MLPs, heads) are initialised when the model is built, from
+``--init-seed``, and the embedding tables (the ranker's and the node tables, built on the meta
+device) when ``DistributedModelParallel`` shards them, from ``--table-init-seed``:
 
     python docs/results/seed_draws.py --order-seed 0 --init-seed 4 --draw-seed 0 --output-dir runs/draws_o0_i4_d0
+    python docs/results/seed_draws.py --order-seed 0 --init-seed 4 --table-init-seed 0 --draw-seed 0 --output-dir ...
 
 A diagnostic, not a recipe: it patches ``torch.manual_seed`` for the job's one call
-(``RankerRecipe.setup``) and wraps ``RankerRecipe._setup_optimizer``.
+(``RankerRecipe.setup``) and wraps ``RankerRecipe._setup_optimizer`` and the recipe's
+``shard_model``.
 """
 
 import argparse
@@ -19,6 +25,7 @@ import sys
 import torch
 
 from torchrec_gnn import cli
+from torchrec_gnn.recipes import ranker
 from torchrec_gnn.recipes.ranker import RankerRecipe
 
 
@@ -28,6 +35,8 @@ def main() -> None:
     parser.add_argument("--order-seed", type=int, required=True, help="train.seed: batch order, neighbour sampling")
     parser.add_argument("--init-seed", type=int, required=True, help="torch's generator while the model is built")
     parser.add_argument("--draw-seed", type=int, required=True, help="torch's generator from the first step on")
+    parser.add_argument("--table-init-seed", type=int, default=None,
+                        help="torch's generator for the embedding tables' init (default: the stream goes on from --init-seed)")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args()
 
@@ -40,6 +49,14 @@ def main() -> None:
         setup_optimizer(recipe)
 
     RankerRecipe._setup_optimizer = reseed_then_setup_optimizer
+    if args.table_init_seed is not None:
+        shard_model = ranker.shard_model
+
+        def reseed_then_shard_model(*shard_args, **shard_kwargs):
+            seed_everything(args.table_init_seed)
+            return shard_model(*shard_args, **shard_kwargs)
+
+        ranker.shard_model = reseed_then_shard_model
     sys.argv = ["torchrec_gnn", "train", "--config", args.config, "--seed", str(args.order_seed),
                 "--output-dir", args.output_dir, "--set", "train.plots=false"]
     cli.main()
