@@ -14,9 +14,13 @@ device) when ``DistributedModelParallel`` shards them, from ``--table-init-seed`
     python docs/results/seed_draws.py --order-seed 0 --init-seed 4 --draw-seed 0 --output-dir runs/draws_o0_i4_d0
     python docs/results/seed_draws.py --order-seed 0 --init-seed 4 --table-init-seed 0 --draw-seed 0 --output-dir ...
 
+With ``--ranker-init-seed`` the dense part is split too: the GNN tower's modules (built first)
+come from ``--init-seed`` and the ranker's (dense and over arches, fusion, heads) from
+``--ranker-init-seed``.
+
 A diagnostic, not a recipe: it patches ``torch.manual_seed`` for the job's one call
-(``RankerRecipe.setup``) and wraps ``RankerRecipe._setup_optimizer`` and the recipe's
-``shard_model``.
+(``RankerRecipe.setup``) and wraps ``RankerRecipe._setup_optimizer``, the recipe's
+``shard_model`` and the builder's ``build_graph_tower``.
 """
 
 import argparse
@@ -25,6 +29,7 @@ import sys
 import torch
 
 from torchrec_gnn import cli
+from torchrec_gnn.models import builder
 from torchrec_gnn.recipes import ranker
 from torchrec_gnn.recipes.ranker import RankerRecipe
 
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument("--draw-seed", type=int, required=True, help="torch's generator from the first step on")
     parser.add_argument("--table-init-seed", type=int, default=None,
                         help="torch's generator for the embedding tables' init (default: the stream goes on from --init-seed)")
+    parser.add_argument("--ranker-init-seed", type=int, default=None,
+                        help="torch's generator for the ranker's dense modules (default: the stream goes on)")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args()
 
@@ -57,6 +64,15 @@ def main() -> None:
             return shard_model(*shard_args, **shard_kwargs)
 
         ranker.shard_model = reseed_then_shard_model
+    if args.ranker_init_seed is not None:
+        build_graph_tower = builder.build_graph_tower
+
+        def build_tower_then_reseed(*build_args, **build_kwargs):
+            tower = build_graph_tower(*build_args, **build_kwargs)
+            seed_everything(args.ranker_init_seed)
+            return tower
+
+        builder.build_graph_tower = build_tower_then_reseed
     sys.argv = ["torchrec_gnn", "train", "--config", args.config, "--seed", str(args.order_seed),
                 "--output-dir", args.output_dir, "--set", "train.plots=false"]
     cli.main()
