@@ -8,7 +8,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from conftest import tiny_log_dataset
-from torchrec_gnn.data.batch import GraphBatch, node_id_bags
+from torchrec_gnn.data.batch import GraphBatch
 from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset
 from torchrec_gnn.data.split import TimeSplit
 from torchrec_gnn.graph.sampler import NeighborSampler
@@ -340,10 +340,9 @@ def test_links_are_scored_only_by_an_edge_decoder(tiny_split: TimeSplit, tiny_li
 
 
 def test_node_rows_cut_each_table_to_its_nodes_and_pad_only_the_gradient() -> None:
-    node_ids = node_id_bags(["user", "item", "tag"], [torch.arange(5), torch.arange(2), torch.arange(3)])
     values = torch.randn(5, 12, requires_grad=True)  # stride 5, three tables of width 4
-    pooled = KeyedTensor(keys=["item", "user", "tag"], length_per_key=[4, 4, 4], values=values)  # another order
-    rows = node_rows(pooled, node_ids)
+    pooled = KeyedTensor(keys=["item", "user", "tag"], length_per_key=[4, 4, 4], values=values)
+    rows = node_rows(pooled, {"user": 5, "item": 2, "tag": 3})  # in another order than the tables
     assert {t: tuple(x.shape) for t, x in rows.items()} == {"item": (2, 4), "user": (5, 4), "tag": (3, 4)}
     torch.testing.assert_close(rows["user"], values[:5, 4:8])
     (rows["item"].sin().sum() + rows["user"].cos().sum()).backward()  # "tag" unused: no gradient of its own

@@ -49,8 +49,8 @@ def build_graph_tower(
     on for link-prediction pre-training) and the outer hop's historical embeddings (``history``;
     default ``config.gnn.outer_hop == "history"``, always off for pre-training)."""
     dim = config.node_embedding_dim
-    bound = {"fan_in": dim**-0.5}.get(config.node_init)  # None: TorchRec's default, +-sqrt(1 / N_t)
-    init = {} if bound is None else {"weight_init_min": -bound, "weight_init_max": bound}
+    # "torchrec": EmbeddingBagConfig's default, +-sqrt(1 / N_t); "fan_in": +-sqrt(1 / D)
+    init = {"weight_init_min": -(dim**-0.5), "weight_init_max": dim**-0.5} if config.node_init == "fan_in" else {}
     tables = [
         EmbeddingBagConfig(name=node_table_name(t), num_embeddings=n, embedding_dim=dim, feature_names=[t], **init)
         for t, n in graph.num_nodes.items()

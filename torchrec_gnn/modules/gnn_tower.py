@@ -22,7 +22,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_gnn.data.batch import GraphFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -50,28 +50,24 @@ class _NodeRows(torch.autograd.Function):
         width = ctx.shape[1] // len(ctx.rows)
         for i, (n, g) in enumerate(zip(ctx.rows, grads)):
             block = grad[:, i * width : (i + 1) * width]
+            block[:n] = 0 if g is None else g
             block[n:] = 0
-            if g is None:
-                block[:n] = 0
-            else:
-                block[:n] = g
         return grad, None
 
 
-def node_rows(pooled: KeyedTensor, node_ids: KeyedJaggedTensor) -> Dict[NodeType, torch.Tensor]:
+def node_rows(pooled: KeyedTensor, num_nodes: Mapping[NodeType, int]) -> Dict[NodeType, torch.Tensor]:
     """Each node type's rows of the node tables' pooled output.
 
     Args:
         pooled (KeyedTensor): (stride, T * D) the output of T node tables of width D, type t's
             N_t nodes in its first rows and empty bags (padding) after them.
-        node_ids (KeyedJaggedTensor): the tables' input, one id per node (N_t ids per key).
+        num_nodes (Mapping[str, int]): N_t per node type (``GraphFeatures.num_nodes``).
 
     Returns:
         Dict[str, Tensor]: (N_t, D) per node type. Indexing the ``KeyedTensor`` by type instead
         gave each type a zeroed (stride, T * D) gradient, summed (12 ms of a training step's
         backward against 3.7 ms here, ``benchmarks/bench_step.py --profile``).
     """
-    num_nodes = dict(zip(node_ids.keys(), node_ids.length_per_key()))
     keys = pooled.keys()
     return dict(zip(keys, _NodeRows.apply(pooled.values(), [num_nodes[t] for t in keys])))
 
@@ -424,6 +420,6 @@ class GNNTower(GraphTowerInterface):
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
         with record_function("## node_tables ##"):
-            rows = node_rows(self.node_embeddings(graph_features.node_ids), graph_features.node_ids)
+            rows = node_rows(self.node_embeddings(graph_features.node_ids), graph_features.num_nodes)
             x_dict = {t: rows[t] for t in self.node_types}  # (N_t, D)
         return self.encoder(x_dict, graph_features)
