@@ -1,7 +1,7 @@
 """Train-step cost of the GNN tower: the configured ranker with and without it, on the same batches.
 
     python benchmarks/bench_step.py --json step.json                 # configs/default.yaml
-    python benchmarks/bench_step.py --profile                        # + ms per stage and top ops
+    python benchmarks/bench_step.py --profile                        # + ms per stage, top ops and backward functions
     python benchmarks/bench_step.py --set model.gnn.outer_hop=history --json step.json
 
 The models are built from a training config (``--config``, ``--set`` as in ``train``) and run
@@ -89,8 +89,12 @@ class Bench:
         return steps / (time.perf_counter() - start)
 
 
+BACKWARD_FUNCTION = "autograd::engine::evaluate_function: "  # the profiler's name of one backward node
+
+
 def profile_stages(bench: Bench, batches: List[GraphBatch], rows: int) -> Dict[str, Dict[str, float]]:
-    """CPU milliseconds per step of each stage (inclusive) and of the heaviest ops (self)."""
+    """CPU milliseconds per step of each stage (inclusive), of the heaviest ops (self) and of the
+    heaviest backward functions (inclusive: ``SliceBackward0`` with the zeros it fills, ...)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         bench.steps_per_s(batches)
     events = prof.key_averages()
@@ -102,13 +106,17 @@ def profile_stages(bench: Bench, batches: List[GraphBatch], rows: int) -> Dict[s
     stages = {name: totals.get(label, 0.0) for name, label in STAGES.items()}
     heavy = sorted((e for e in events if not e.key.startswith("#")), key=lambda e: -e.self_cpu_time_total)[:rows]
     ops = {e.key: e.self_cpu_time_total / 1e3 / steps for e in heavy}
+    backward = sorted((e for e in events if e.key.startswith(BACKWARD_FUNCTION)), key=lambda e: -e.cpu_time_total)[:rows]
+    backward_functions = {e.key[len(BACKWARD_FUNCTION):]: e.cpu_time_total / 1e3 / steps for e in backward}
     print("\nwhere a tower step's time goes (ms per step, profiler overhead included; forward holds "
           "node_tables, gnn_tower and task_heads):")
     for name, ms in stages.items():
         print(f"  stage {name:<50} {ms:9.1f}")
     for key, ms in ops.items():
         print(f"  op    {key:<50} {ms:9.1f} (self)")
-    return {"stages": stages, "ops": ops}
+    for key, ms in backward_functions.items():
+        print(f"  grad  {key[:50]:<50} {ms:9.1f} (inclusive)")
+    return {"stages": stages, "ops": ops, "backward_functions": backward_functions}
 
 
 def main() -> None:
