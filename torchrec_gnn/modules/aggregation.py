@@ -2,8 +2,8 @@
 
 PyG's ``SAGEConv`` given a torch CSR ``adj_t`` averages by ``torch.sparse.mm(adj_t, x, "mean")``.
 On CPU that op's backward transposes ``adj_t`` by sorting every edge by source, and the sort is
-most of its cost (``benchmarks/bench_step.py --profile``: 34 ms of a 117 ms training step went
-to it, 14 ms of that in ``aten::sort``). The transpose needs no comparison sort: the sources are
+most of its cost (``benchmarks/bench_step.py --profile``: 30.7 ms of a 118 ms training step went
+to it, 13.6 ms of that in ``aten::sort``). The transpose needs no comparison sort: the sources are
 integers below N_src, so a counting sort builds it in two passes over the edges.
 :func:`sparse_mean` is that aggregation, and :class:`CSRSAGEConv` is ``SAGEConv`` using it.
 

@@ -65,8 +65,8 @@ def node_rows(pooled: KeyedTensor, num_nodes: Mapping[NodeType, int]) -> Dict[No
 
     Returns:
         Dict[str, Tensor]: (N_t, D) per node type. Indexing the ``KeyedTensor`` by type instead
-        gave each type a zeroed (stride, T * D) gradient, summed (12 ms of a training step's
-        backward against 3.7 ms here, ``benchmarks/bench_step.py --profile``).
+        gave each type a zeroed (stride, T * D) gradient, summed (7.1 ms of a training step's
+        backward against 1.8 ms here, ``benchmarks/bench_step.py --profile``).
     """
     keys = pooled.keys()
     return dict(zip(keys, _NodeRows.apply(pooled.values(), [num_nodes[t] for t in keys])))

@@ -18,7 +18,7 @@ class IntegerMaskDropout(nn.Dropout):
     """``nn.Dropout`` whose keep mask on CPU comes from 16-bit random integers.
 
     torch's CPU dropout draws a float Bernoulli per element, which cost as much as the GNN's
-    sparse aggregation (``benchmarks/bench_step.py --profile``: 9 ms of a training step). Here
+    sparse aggregation (``benchmarks/bench_step.py --profile``: 8 ms of a training step). Here
     one 64-bit draw gives four 16-bit integers, uniform on ``[-2**15, 2**15)``, and an element is
     dropped when its integer is among the lowest ``round(p * 2**16)``: the same mask at a
     fraction of the cost, with ``p`` rounded to a multiple of ``2**-16``. Other devices (and
