@@ -37,6 +37,9 @@ def test_defaults_and_overrides() -> None:
     assert config.loader.fanouts == [4, 2] and config.train.max_steps == 7
     assert config.data.synthetic == {"seed": 3}
     assert load_config(None, ["sharding.dense_lr=1"]).sharding.dense_lr == 1.0  # int accepted for float
+    assert load_config(None, ["sharding.tower_lr=null"]).sharding.tower_lr is None  # the tower at dense_lr
+    with pytest.raises(ValueError, match=r"learning rates must be > 0, got \{'tower_lr': 0.0\}"):
+        load_config(None, ["sharding.tower_lr=0.0"])
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

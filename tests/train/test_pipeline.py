@@ -17,7 +17,11 @@ from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm  # noqa: E
 from torchrec_gnn.modules.gnn import GNNConfig  # noqa: E402
 from torchrec_gnn.train.balancing import GradNorm, UncertaintyWeighting  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
-from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap  # noqa: E402
+from torchrec.optim.optimizers import in_backward_optimizer_filter  # noqa: E402
+
+from torchrec_gnn.train.sharding import (  # noqa: E402
+    ShardingConfig, configured_module_lrs, make_optimizer, shard_model, unwrap,
+)
 
 CONFIG = ModelConfig(embedding_dim=16, node_embedding_dim=16, gnn=GNNConfig(hidden_channels=16, dropout=0.0))
 
@@ -76,6 +80,29 @@ def _pipelined_equals_plain(rank: int, world_size: int, balancer_kind: str) -> N
             assert not torch.allclose(weights[-1], torch.ones(3)), "GradNorm never moved the weights"
 
 
+def _tower_trains_at_its_own_rate(rank: int, world_size: int) -> None:
+    with MultiProcessContext(rank, world_size, "gloo"):
+        split = time_split(tiny_log_dataset(), history_fraction=0.5)
+        torch.manual_seed(0)
+        model = build_graph_dlrm(tiny_log_dataset(), split.graph, CONFIG, device=torch.device("meta"))
+        sharding = ShardingConfig(dense_lr=3e-3, tower_lr=1e-4)
+        dmp, _ = shard_model(model, torch.device("cpu"), sharding)
+        assert configured_module_lrs(dmp, ShardingConfig(tower_lr=None)) == []
+        optimizer = make_optimizer(dmp, sharding.dense_lr, module_lrs=configured_module_lrs(dmp, sharding))
+        dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+        tower = {id(p) for p in unwrap(dmp).model.graph_tower.parameters()}
+        in_tower = {name for name, p in dense.items() if id(p) in tower}
+        assert in_tower and len(in_tower) < len(dense)  # both groups hold dense parameters
+        before = {name: p.detach().clone() for name, p in dense.items()}
+        for p in dense.values():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        # Adam's first step moves each parameter by lr * g / |g| = its group's rate.
+        for name, p in dense.items():
+            lr = sharding.tower_lr if name in in_tower else sharding.dense_lr
+            torch.testing.assert_close(before[name] - p.detach(), torch.full_like(p, lr), rtol=1e-4, atol=1e-8)
+
+
 class PipelineTest(MultiProcessTestBase):
     @pytest.mark.timeout(300)
     def test_gradnorm_pipeline_equals_plain_loop(self) -> None:
@@ -84,3 +111,7 @@ class PipelineTest(MultiProcessTestBase):
     @pytest.mark.timeout(300)
     def test_uncertainty_pipeline_equals_plain_loop(self) -> None:
         self._run_multi_process_test(callable=_pipelined_equals_plain, world_size=1, balancer_kind="uncertainty")
+
+    @pytest.mark.timeout(300)
+    def test_tower_trains_at_its_own_rate(self) -> None:
+        self._run_multi_process_test(callable=_tower_trains_at_its_own_rate, world_size=1)

@@ -8,7 +8,7 @@ device can do; node tables may be further restricted by ``node_sharding_types``.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -180,7 +180,8 @@ def shard_model(
 
 
 def make_optimizer(
-    dmp: DistributedModelParallel, dense_lr: float, extra_parameters: Optional[Dict[str, nn.Parameter]] = None
+    dmp: DistributedModelParallel, dense_lr: float, extra_parameters: Optional[Dict[str, nn.Parameter]] = None,
+    module_lrs: Sequence[Tuple[nn.Module, float]] = (),
 ) -> CombinedOptimizer:
     """The tables' fused optimizer plus Adam on every dense parameter, as one KeyedOptimizer
     (one state dict for checkpoints, one ``step`` for the train pipeline). Adam runs its fused
@@ -191,11 +192,31 @@ def make_optimizer(
         dense_lr (float): Adam learning rate.
         extra_parameters (Dict[str, Parameter], optional): more dense parameters by name, e.g.
             ``{"balancer.log_vars": p}`` for a balancer learned by backward.
+        module_lrs (Sequence[Tuple[Module, float]]): ``(module, lr)`` pairs: the dense parameters
+            of each module train at its own rate (one Adam parameter group per rate), e.g.
+            ``[(unwrap(dmp).model.graph_tower, 1e-3)]``; the first pair holding a parameter wins.
     """
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense.update(extra_parameters or {})
-    dense_optimizer = KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr, fused=True))
-    return CombinedOptimizer([dmp.fused_optimizer, dense_optimizer])
+    lr_of: Dict[int, float] = {}
+    for module, lr in module_lrs:
+        for parameter in module.parameters():
+            lr_of.setdefault(id(parameter), lr)
+
+    def adam(params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        groups: Dict[float, List[nn.Parameter]] = {}
+        for parameter in params:
+            groups.setdefault(lr_of.get(id(parameter), dense_lr), []).append(parameter)
+        return torch.optim.Adam([{"params": ps, "lr": lr} for lr, ps in groups.items()], lr=dense_lr, fused=True)
+
+    return CombinedOptimizer([dmp.fused_optimizer, KeyedOptimizerWrapper(dense, adam)])
+
+
+def configured_module_lrs(dmp: nn.Module, config: ShardingConfig) -> List[Tuple[nn.Module, float]]:
+    """``make_optimizer``'s ``module_lrs`` of ``config``: the graph tower's dense parameters at
+    ``config.tower_lr`` when the model has a tower and the rate is set."""
+    tower = getattr(unwrap(dmp).model, "graph_tower", None)
+    return [(tower, config.tower_lr)] if tower is not None and config.tower_lr is not None else []
 
 
 def unwrap(model: nn.Module) -> nn.Module:
