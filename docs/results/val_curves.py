@@ -20,14 +20,13 @@ from torchrec_gnn.train.run_dir import TRAINING_FILE  # noqa: E402
 
 
 def validation_curve(run: Path, task: str) -> List[Tuple[int, float]]:
-    """(step, validation AUC of ``task``) of every validation pass of ``run``, the final one last."""
+    """(step, validation AUC of ``task``) of every validation pass of ``run`` and of the final
+    evaluation (at the step it scored), in step order."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    curve = [(r["step"], r["eval"]["val"][task]["auc"]) for r in records if "eval" in r]
-    final = json.loads((run / "eval.json").read_text())["val"][task]["auc"]
-    last_step = json.loads((run / TRAINING_FILE).read_text())["kept_step"]
-    if not curve or curve[-1][0] != last_step:
-        curve.append((last_step, final))
-    return curve
+    curve = {r["step"]: r["eval"]["val"][task]["auc"] for r in records if "eval" in r}
+    kept_step = json.loads((run / TRAINING_FILE).read_text())["kept_step"]
+    curve.setdefault(kept_step, json.loads((run / "eval.json").read_text())["val"][task]["auc"])
+    return sorted(curve.items())
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.test_utils.multi_process import MultiProcessContext, MultiProcessTestBase
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest in ranks
 from conftest import make_batches, tiny_log_dataset  # noqa: E402
@@ -17,8 +18,6 @@ from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm  # noqa: E
 from torchrec_gnn.modules.gnn import GNNConfig  # noqa: E402
 from torchrec_gnn.train.balancing import GradNorm, UncertaintyWeighting  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
-from torchrec.optim.optimizers import in_backward_optimizer_filter  # noqa: E402
-
 from torchrec_gnn.train.sharding import (  # noqa: E402
     ShardingConfig, configured_module_lrs, make_optimizer, shard_model, unwrap,
 )

@@ -20,7 +20,8 @@ class ShardingConfig:
         table_optimizer (str): fused in-backward optimizer of all tables:
             ``"rowwise_adagrad"`` (default), ``"adagrad"`` or ``"sgd"``.
         table_lr (float): its learning rate. Default 0.05.
-        dense_lr (float): Adam learning rate of the dense parameters. Default 3e-3 (at 1e-3 the
+        dense_lr (float): Adam learning rate of the dense parameters outside the graph tower
+            (all of them when ``tower_lr`` is None). Default 3e-3 (at 1e-3 the
             default E2E recipe was still learning when its one epoch ended and its seeds spread
             widely; README "Seed spread").
         tower_lr (float, optional): Adam learning rate of the graph tower's dense parameters
