@@ -23,7 +23,7 @@ from torch_geometric.utils import degree
 from tqdm import tqdm
 
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.modules.aggregation import CSRSAGEConv
+from torchrec_gnn.modules.aggregation import CSRSAGEConv, sum_sage_convs
 from torchrec_gnn.modules.config import GNNConfig
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
 from torchrec_gnn.modules.utils import IntegerMaskDropout
@@ -287,27 +287,47 @@ class HeteroGNN(nn.Module):
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
         """
         x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
-        degrees = src_degree_dict or {}
-        convs = self.convs[layer]
-        messages: Dict[NodeType, List[torch.Tensor]] = {}
-        for et in self.edge_types:  # the relations in a fixed order, summed in that order
-            key = edge_type_str(et)
-            if key in convs and et in edge_index_dict:
-                src, _, dst = et
-                extra = {"src_degree": degrees[et]} if et in degrees else {}
-                x_src, x_dst = x_dict[src], x_dst_dict[dst]
-                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst.shape[0], x_src.dtype)
-                out_r = convs[key]((x_src, x_dst), edges, **extra)
-                messages.setdefault(dst, []).append(out_r)
-        # Summed in relation order, one addition at a time (a stacked copy of every message cost
-        # more than the additions).
-        out = {t: functools.reduce(torch.add, hs) for t, hs in messages.items()}
+        out = self.propagate_relations(layer, x_dict, edge_index_dict, x_dst_dict, src_degree_dict or {})
         if self.node_transforms:
-            out = {t: h + self.roots[layer][t](x_dst_dict[t]) for t, h in out.items()}
             if layer < self.num_layers - 1:
                 if self.norms:
                     out = {t: self.norms[layer][t](h) for t, h in out.items()}
                 out = {t: self.dropout(h.relu()) for t, h in out.items()}
+        return out
+
+    def relations_into(self, layer: int, edge_index_dict: Mapping[EdgeType, torch.Tensor]) -> Dict[NodeType, List[EdgeType]]:
+        """The relations layer ``layer`` runs, grouped by destination type, each group in the
+        graph's relation order (the order their messages are summed in)."""
+        groups: Dict[NodeType, List[EdgeType]] = {}
+        for et in self.edge_types:
+            if edge_type_str(et) in self.convs[layer] and et in edge_index_dict:
+                groups.setdefault(et[2], []).append(et)
+        return groups
+
+    def propagate_relations(
+        self,
+        layer: int,
+        x_dict: Dict[NodeType, torch.Tensor],
+        edge_index_dict: Mapping[EdgeType, torch.Tensor],
+        x_dst_dict: Dict[NodeType, torch.Tensor],
+        src_degree_dict: Mapping[EdgeType, torch.Tensor],
+    ) -> Dict[NodeType, torch.Tensor]:
+        """Layer ``layer`` before its norm, activation and dropout: per destination type, the sum
+        of its relations' conv outputs plus its root transform (families with node transforms).
+        Arguments as in :meth:`layer_forward`; returns (M_t, H) per destination type."""
+        convs = self.convs[layer]
+        out: Dict[NodeType, torch.Tensor] = {}
+        for dst, relations in self.relations_into(layer, edge_index_dict).items():
+            messages = []
+            for et in relations:
+                extra = {"src_degree": src_degree_dict[et]} if et in src_degree_dict else {}
+                x_src, x_dst = x_dict[et[0]], x_dst_dict[dst]
+                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst.shape[0], x_src.dtype)
+                messages.append(convs[edge_type_str(et)]((x_src, x_dst), edges, **extra))
+            # Summed one addition at a time (a stacked copy of every message cost more).
+            out[dst] = functools.reduce(torch.add, messages)
+            if self.node_transforms:
+                out[dst] = out[dst] + self.roots[layer][dst](x_dst_dict[dst])
         return out
 
     def full_graph_degrees(self, graph: HeteroGraph, like: torch.Tensor) -> Optional[Dict[EdgeType, torch.Tensor]]:
@@ -395,6 +415,27 @@ class HeteroSAGE(HeteroGNN):
 
     def init_conv(self, width: int) -> MessagePassing:
         return CSRSAGEConv((width, width), self.config.hidden_channels, root_weight=False)
+
+    def propagate_relations(
+        self,
+        layer: int,
+        x_dict: Dict[NodeType, torch.Tensor],
+        edge_index_dict: Mapping[EdgeType, torch.Tensor],
+        x_dst_dict: Dict[NodeType, torch.Tensor],
+        src_degree_dict: Mapping[EdgeType, torch.Tensor],
+    ) -> Dict[NodeType, torch.Tensor]:
+        """Per destination type, its relations' averages and its root transform in one matrix
+        product (:func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`): the same sum as
+        :meth:`HeteroGNN.propagate_relations`, with one (M_t, H) output per type instead of one
+        per relation."""
+        out: Dict[NodeType, torch.Tensor] = {}
+        for dst, relations in self.relations_into(layer, edge_index_dict).items():
+            x_dst = x_dst_dict[dst]
+            convs = [(self.convs[layer][edge_type_str(et)], x_dict[et[0]],
+                      self.adjacency(edge_index_dict[et], x_dict[et[0]].shape[0], x_dst.shape[0], x_dst.dtype))
+                     for et in relations]
+            out[dst] = sum_sage_convs(x_dst, self.roots[layer][dst], convs)
+        return out
 
     def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype) -> torch.Tensor:
         """The relation as a (N_dst, N_src) CSR matrix of ones (PyG's ``adj_t``): SAGEConv then
