@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.nn import SAGEConv
 
-from torchrec_gnn.modules.aggregation import CSRSAGEConv, sparse_mean, transpose_csr
+from torchrec_gnn.modules.aggregation import CSRSAGEConv, sparse_mean, sum_sage_convs, transpose_csr
 
 
 def csr_of_ones(row: torch.Tensor, col: torch.Tensor, shape) -> torch.Tensor:
@@ -93,3 +93,43 @@ def test_csr_sage_conv_leaves_other_aggregations_to_pyg(aggr: str) -> None:
     adjacency = random_adjacency(5)
     x = (torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64))
     torch.testing.assert_close(ours(x, adjacency), pyg(x, adjacency))
+
+
+@pytest.mark.parametrize("with_root", [True, False])
+def test_sum_sage_convs_is_the_root_plus_each_convs_output(with_root: bool) -> None:
+    """One destination type (9 rows) receiving four relations: one averaged then projected
+    inside the shared product, one projected first (2 sources), one with its own root weight
+    and one max-aggregating conv that adds its own output; outputs and every gradient equal the
+    root transform plus the convs run one by one."""
+    torch.manual_seed(0)
+    root = torch.nn.Linear(3, 4, bias=False).double() if with_root else None
+    convs = [CSRSAGEConv((3, 3), 4, root_weight=False).double(), CSRSAGEConv((3, 3), 4, root_weight=False).double(),
+             CSRSAGEConv((3, 3), 4, root_weight=True).double(), CSRSAGEConv((3, 3), 4, aggr="max").double()]
+    g = torch.Generator().manual_seed(9)
+    few_sources = csr_of_ones(torch.randint(0, 9, (10,), generator=g), torch.randint(0, 2, (10,), generator=g), (9, 2))
+    adjacencies = [random_adjacency(1), few_sources, random_adjacency(2), random_adjacency(3)]
+    assert convs[1]._project_first_is_cheaper(few_sources, 3) and not convs[0]._project_first_is_cheaper(adjacencies[0], 3)
+    sources = [torch.randn(a.shape[1], 3, dtype=torch.float64, generator=g) for a in adjacencies]
+    x_dst = torch.randn(9, 3, dtype=torch.float64, generator=g)
+
+    def run(fused: bool):
+        parameters = [p for m in [root, *convs] if m is not None for p in m.parameters()]
+        for p in parameters:
+            p.grad = None
+        xs = [x.clone().requires_grad_() for x in sources]
+        dst = x_dst.clone().requires_grad_()
+        if fused:
+            out = sum_sage_convs(dst, root, list(zip(convs, xs, adjacencies)))
+        else:
+            out = sum(conv((x, dst), a) for conv, x, a in zip(convs, xs, adjacencies))
+            out = out if root is None else out + root(dst)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        return [out, dst.grad, *(x.grad for x in xs), *(p.grad for p in parameters)]
+
+    for fused, reference in zip(run(True), run(False)):
+        torch.testing.assert_close(fused, reference)
+
+
+def test_sum_sage_convs_needs_something_to_sum() -> None:
+    with pytest.raises(ValueError, match="nothing to sum"):
+        sum_sage_convs(torch.zeros(2, 3), None, [])
