@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/bench_sampler.py --json runs/bench/sampler.json
 	$(PY) benchmarks/bench_loader.py --json runs/bench/loader.json
 	$(PY) benchmarks/bench_step.py --json runs/bench/step.json
+	$(PY) benchmarks/bench_gnn.py --json runs/bench/gnn.json
 	$(PY) benchmarks/bench_graph_size.py --json runs/bench/graph_size.json --plot runs/bench/graph_size.png
 
 # MODULES=fusion,balancing restricts it; the table and every surviving mutant are printed.

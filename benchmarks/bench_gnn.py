@@ -1,0 +1,114 @@
+"""Forward and backward of the GNN alone on real batches: one product per relation against one
+per destination type (the same model, two ways of summing a layer's relations).
+
+    python benchmarks/bench_gnn.py --json gnn.json
+    python benchmarks/bench_gnn.py --threads 2 --set 'loader.fanouts=[15,5]'
+
+Builds the batches of ``--config`` (sampled as in training, so 49k nodes and 347k edges each on
+the default data), a :class:`~torchrec_gnn.modules.gnn.HeteroSAGE` with the config's layers and
+random (N_t, D) inputs that require gradients, and times ``forward`` plus the backward of a sum
+of squares over the output, in rounds that alternate two ways of running each layer's relations:
+
+- ``per_relation``: :meth:`HeteroGNN.propagate_relations`, each relation's ``CSRSAGEConv`` on its
+  own, their (M_t, H) outputs and the root transform added one by one;
+- ``per_destination``: :meth:`HeteroSAGE.propagate_relations` (the model's own),
+  :func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`: one product per destination type.
+
+Both give the same outputs up to float rounding (checked before timing). Figures are medians of
+the per-round ms per batch; the node tables, heads and optimizer are not in them (``bench_step.py``
+times the whole step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import types
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+from torchrec_gnn.config import load_config
+from torchrec_gnn.data.batch import GraphFeatures
+from torchrec_gnn.data.registry import load_dataset
+from torchrec_gnn.data.split import time_split
+from torchrec_gnn.modules.gnn import HeteroGNN
+from torchrec_gnn.recipes.batches import batches as training_batches, node_degrees
+
+
+def seconds_per_batch(gnn: HeteroGNN, batches: List[GraphFeatures], inputs: List[Dict[str, torch.Tensor]]) -> float:
+    """Mean seconds of forward + backward over ``batches``."""
+    start = time.perf_counter()
+    for graph, x_dict in zip(batches, inputs):
+        out = gnn(x_dict, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges)
+        sum(h.square().sum() for h in out.values()).backward()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="training config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override as in `train` (repeatable)")
+    parser.add_argument("--batches", type=int, default=8, help="batches per round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per variant, alternating")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (1: what a training process gets beside 2 loader workers on 2 cores)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config, args.overrides)
+    if config.model.gnn.conv != "sage":
+        parser.error(f"bench_gnn.py compares SAGE's two summations; model.gnn.conv is {config.model.gnn.conv!r}")
+    dataset = load_dataset(config.data)
+    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
+    data = training_batches(config, split.graph, dataset, split.train, train=True, degree=node_degrees(config, split))
+    batches = [data[i].graph_features for i in range(min(args.batches, len(data)))]
+    torch.manual_seed(config.train.seed)
+    gnn = HeteroGNN.from_config(split.graph.node_types, split.graph.edge_types, config.model.node_embedding_dim,
+                                config.model.gnn, out_node_types=[dataset.user_type, dataset.item_type])
+    inputs = [{t: torch.randn(sum(counts), gnn.in_channels, requires_grad=True) for t, counts in g.num_sampled_nodes.items()}
+              for g in batches]
+    variants: Dict[str, Callable] = {"per_relation": HeteroGNN.propagate_relations,
+                                     "per_destination": type(gnn).propagate_relations}
+
+    gnn.eval()  # no dropout: both variants must give the same output
+    outputs = {}
+    for name, method in variants.items():
+        gnn.propagate_relations = types.MethodType(method, gnn)
+        with torch.no_grad():
+            outputs[name] = gnn(inputs[0], batches[0].edge_index, batches[0].num_sampled_nodes, batches[0].num_sampled_edges)
+    max_diff = max(float((outputs["per_relation"][t] - outputs["per_destination"][t]).abs().max()) for t in outputs["per_relation"])
+    gnn.train()
+
+    ms: Dict[str, List[float]] = {name: [] for name in variants}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            gnn.propagate_relations = types.MethodType(variants[name], gnn)
+            seconds = seconds_per_batch(gnn, batches, inputs)
+            if r:
+                ms[name].append(seconds * 1e3)
+    median = {name: statistics.median(values) for name, values in ms.items()}
+    edges = statistics.mean(sum(e.shape[1] for e in g.edge_index.values()) for g in batches)
+    nodes = statistics.mean(sum(g.num_nodes.values()) for g in batches)
+    print(f"{len(batches)} batches: {nodes:,.0f} nodes, {edges:,.0f} edges each; {args.threads} thread(s); "
+          f"largest output difference {max_diff:.1e}")
+    for name, value in median.items():
+        print(f"{name:<16} {value:7.1f} ms per forward + backward (rounds: {', '.join(f'{v:.1f}' for v in ms[name])})")
+    ratio = median["per_destination"] / median["per_relation"]
+    print(f"per_destination / per_relation: {ratio:.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "config": str(args.config), "overrides": args.overrides, "threads": args.threads,
+            "ms_per_batch": median, "rounds_ms": ms, "ratio": ratio, "max_output_difference": max_diff,
+            "sampled_nodes_per_batch": nodes, "sampled_edges_per_batch": edges,
+        }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
