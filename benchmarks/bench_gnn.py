@@ -7,7 +7,8 @@ per destination type (the same model, two ways of summing a layer's relations).
 Builds the batches of ``--config`` (sampled as in training, so 49k nodes and 347k edges each on
 the default data), a :class:`~torchrec_gnn.modules.gnn.HeteroSAGE` with the config's layers and
 random (N_t, D) inputs that require gradients, and times ``forward`` plus the backward of a sum
-of squares over the output, in rounds that alternate two ways of running each layer's relations:
+of squares over the output, each batch under two ways of running a layer's relations back to
+back (the order alternating):
 
 - ``per_relation``: :meth:`HeteroGNN.propagate_relations`, each relation's ``CSRSAGEConv`` on its
   own, their (M_t, H) outputs and the root transform added one by one;
@@ -15,8 +16,8 @@ of squares over the output, in rounds that alternate two ways of running each la
   :func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`: one product per destination type.
 
 Both give the same outputs up to float rounding (checked before timing). Figures are medians of
-the per-round ms per batch; the node tables, heads and optimizer are not in them (``bench_step.py``
-times the whole step).
+the per-round ms per batch and of the per-round ratios; the node tables, heads and optimizer
+are not in them (``bench_step.py`` times the whole step).
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.recipes.batches import batches as training_batches, node_degrees
 
 
-def seconds_per_batch(gnn: HeteroGNN, batches: List[GraphFeatures], inputs: List[Dict[str, torch.Tensor]]) -> float:
-    """Mean seconds of forward + backward over ``batches``."""
+def seconds_per_batch(gnn: HeteroGNN, graph: GraphFeatures, x_dict: Dict[str, torch.Tensor]) -> float:
+    """Seconds of one forward + backward of ``gnn`` on one batch."""
     start = time.perf_counter()
-    for graph, x_dict in zip(batches, inputs):
-        out = gnn(x_dict, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges)
-        sum(h.square().sum() for h in out.values()).backward()
-    return (time.perf_counter() - start) / len(batches)
+    out = gnn(x_dict, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges)
+    sum(h.square().sum() for h in out.values()).backward()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override as in `train` (repeatable)")
     parser.add_argument("--batches", type=int, default=8, help="batches per round")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per variant, alternating")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds over the batches")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (1: what a training process gets beside 2 loader workers on 2 cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
@@ -85,13 +85,18 @@ def main() -> None:
     max_diff = max(float((outputs["per_relation"][t] - outputs["per_destination"][t]).abs().max()) for t in outputs["per_relation"])
     gnn.train()
 
+    # Each batch runs under both variants back to back (the order alternating), so the machine's
+    # drift between rounds hits both alike; a round's figure is its mean over the batches.
     ms: Dict[str, List[float]] = {name: [] for name in variants}
     for r in range(args.rounds + 1):  # round 0 warms up
-        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            gnn.propagate_relations = types.MethodType(variants[name], gnn)
-            seconds = seconds_per_batch(gnn, batches, inputs)
-            if r:
-                ms[name].append(seconds * 1e3)
+        seconds: Dict[str, float] = {name: 0.0 for name in variants}
+        for i, (graph, x_dict) in enumerate(zip(batches, inputs)):
+            for name in list(variants) if (r + i) % 2 == 0 else list(reversed(variants)):
+                gnn.propagate_relations = types.MethodType(variants[name], gnn)
+                seconds[name] += seconds_per_batch(gnn, graph, x_dict)
+        if r:
+            for name in variants:
+                ms[name].append(seconds[name] / len(batches) * 1e3)
     median = {name: statistics.median(values) for name, values in ms.items()}
     edges = statistics.mean(sum(e.shape[1] for e in g.edge_index.values()) for g in batches)
     nodes = statistics.mean(sum(g.num_nodes.values()) for g in batches)
@@ -99,13 +104,14 @@ def main() -> None:
           f"largest output difference {max_diff:.1e}")
     for name, value in median.items():
         print(f"{name:<16} {value:7.1f} ms per forward + backward (rounds: {', '.join(f'{v:.1f}' for v in ms[name])})")
-    ratio = median["per_destination"] / median["per_relation"]
-    print(f"per_destination / per_relation: {ratio:.2f}x")
+    ratios = sorted(d / r for d, r in zip(ms["per_destination"], ms["per_relation"]))
+    ratio = statistics.median(ratios)
+    print(f"per_destination / per_relation: {ratio:.2f}x (median of the rounds' ratios; range {ratios[0]:.2f}-{ratios[-1]:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "config": str(args.config), "overrides": args.overrides, "threads": args.threads,
-            "ms_per_batch": median, "rounds_ms": ms, "ratio": ratio, "max_output_difference": max_diff,
+            "ms_per_batch": median, "rounds_ms": ms, "ratio": ratio, "round_ratios": ratios, "max_output_difference": max_diff,
             "sampled_nodes_per_batch": nodes, "sampled_edges_per_batch": edges,
         }, indent=1))
 
