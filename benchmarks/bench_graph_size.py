@@ -20,8 +20,11 @@ From these it projects one epoch over the training split: E2E = steps x E2E step
 + steps / refresh_every x refresh); two-stage =
 pre-training steps (one pass over the held-out watches, as ``configs/ablations/two_stage.yaml``)
 x pre-training step + export + steps x ranker step. Step times are medians of a few timed steps
-after warm-up; neighbour sampling runs in DataLoader workers in training and is not timed here
-(``bench_loader.py``). The projected epoch is an estimate from measured parts, said so in the table.
+after warm-up, with the intra-op threads ``train`` gives its process (``--threads``); neighbour
+sampling runs in DataLoader workers in training and is not timed here (``bench_loader.py``). The
+models of a preset are built and timed one after another in one process (``bench_step.py``
+found a model beside others slower than alone: read the history step as an upper bound). The
+projected epoch is an estimate from measured parts, said so in the table.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from torchrec_gnn.data.split import time_split  # noqa: E402
 from torchrec_gnn.data.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation  # noqa: E402
 from torchrec_gnn.models.builder import ModelConfig, build_graph_dlrm, build_graph_tower  # noqa: E402
-from torchrec_gnn.recipes.batches import batch_fanouts  # noqa: E402
+from torchrec_gnn.recipes.batches import batch_fanouts, intra_op_threads  # noqa: E402
 from torchrec_gnn.train.balancing import BalancerConfig  # noqa: E402
 from torchrec_gnn.train.distributed import init_distributed  # noqa: E402
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline  # noqa: E402
@@ -197,11 +200,15 @@ def main() -> None:
                         help="model, balancer, batch size and fanouts (its data preset is replaced by --presets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override as in `train` (repeatable)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads; default: what `train` gives its process (the cores minus the "
+                             "loader's workers, loader.num_threads when set)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
     args = parser.parse_args()
-    init_distributed("cpu")  # DMP needs a process group, even for one process
     experiment = load_config(args.config, args.overrides)
+    torch.set_num_threads(args.threads or intra_op_threads(experiment))
+    init_distributed("cpu")  # DMP needs a process group, even for one process
     rows = [measure(p, args.steps, experiment) for p in args.presets]
     header = (f"{'preset':<8} {'edges':>12} {'examples':>10} {'E2E step':>9} {'hist step':>9} {'pre step':>9} "
               f"{'export':>8} {'rank step':>9} {'E2E epoch*':>11} {'hist epoch*':>11} {'2-stage*':>9}")

@@ -10,10 +10,16 @@ TorchRec's TrainPipelineSparseDist via BalancedTrainPipeline) over pre-built bat
 sampling is not timed here (see bench_loader.py). Three models: ``tower`` (the config as is,
 its balancer included: GradNorm by default), ``tower_fixed`` (the same with fixed loss weights,
 to show the balancer's share) and ``no_graph`` (the ranker alone, fixed weights: the cheapest
-step, the baseline of the slowdown). Rounds alternate between the models (A B C C B A ...) so
-machine noise hits all; figures are medians of per-round steps/s. With
-``model.gnn.outer_hop=history`` the history's full-graph refresh is timed on its own and its
-cost per step (refresh seconds / ``history_refresh_every``) is added to the tower figures.
+step, the baseline of the slowdown). Each runs with the intra-op threads ``train`` would give
+its process (``--threads`` to change): 1 on a 2-core machine beside 2 loader workers.
+
+Each model is timed in a process of its own, as a training job holds one model: built in one
+process, a model with a history slowed the others down (a no-graph step 2x dearer beside it)
+and was slowed itself. The processes run in the order A B C C B A (``--passes`` times), each
+building the same batches and timing ``--rounds`` rounds after a warm-up, so machine noise hits
+all models; figures are medians of per-round steps/s. With ``model.gnn.outer_hop=history`` the
+history's full-graph refresh is timed on its own and its cost per step (refresh seconds /
+``history_refresh_every``) is added to the tower figures.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import dataclasses
 import json
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -37,7 +45,7 @@ from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
-from torchrec_gnn.recipes.batches import batches as training_batches, node_degrees
+from torchrec_gnn.recipes.batches import batches as training_batches, intra_op_threads, node_degrees
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
@@ -119,49 +127,92 @@ def profile_stages(bench: Bench, batches: List[GraphBatch], rows: int) -> Dict[s
     return {"stages": stages, "ops": ops, "backward_functions": backward_functions}
 
 
+MODELS = ("tower", "tower_fixed", "no_graph")
+
+
+def model_config(config: ExperimentConfig, name: str) -> ExperimentConfig:
+    """The config of bench model ``name`` (one of :data:`MODELS`)."""
+    fixed = BalancerConfig(kind="fixed")
+    if name == "tower":
+        return config
+    if name == "tower_fixed":
+        return dataclasses.replace(config, balancer=fixed)
+    return dataclasses.replace(config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False))
+
+
+def time_one_model(args: argparse.Namespace, config: ExperimentConfig, name: str) -> Dict:
+    """In this process: build the batches and model ``name``, warm up, time ``args.rounds``
+    rounds (and the history's refresh, the profile when asked); returns the figures."""
+    torch.set_num_threads(args.threads)
+    init_distributed("cpu")  # DMP needs a process group, even for one process
+    dataset = load_dataset(config.data)
+    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
+    degree = node_degrees(config, split)
+    data = training_batches(config, split.graph, dataset, split.train, train=True, degree=degree)
+    features = tower_node_features(dataset, split.graph, degree) if name != "no_graph" else dataset.node_features
+    batches = [data[i] for i in range(min(args.steps, len(data)))]
+    bench = Bench(dataset, split.graph, model_config(config, name), features)
+    bench.steps_per_s(batches[:3])  # warm-up: tracing, first allocations
+    result: Dict = {"rates": [bench.steps_per_s(batches) for _ in range(args.rounds)]}
+    result["refresh_s"] = statistics.median(bench.refresh() for _ in range(3)) if bench.has_history else None
+    result["sampled_edges"] = statistics.mean(sum(e.shape[1] for e in b.graph_features.edge_index.values()) for b in batches)
+    result["sampled_nodes"] = statistics.mean(sum(b.graph_features.num_nodes.values()) for b in batches)
+    if args.profile and name == "tower":
+        result["profile_ms_per_step"] = profile_stages(bench, batches, rows=12)
+    dist.destroy_process_group()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="training config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override as in `train`, e.g. model.gnn.outer_hop=history (repeatable)")
     parser.add_argument("--steps", type=int, default=12, help="batches per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per model, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per model process")
+    parser.add_argument("--passes", type=int, default=1, help="times the A B C C B A order of model processes runs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads; default: what `train` gives its process (the cores minus the "
+                             "loader's workers, loader.num_threads when set)")
     parser.add_argument("--profile", action="store_true", help="profile one round of the tower model")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
+    parser.add_argument("--model", choices=MODELS, default=None, help=argparse.SUPPRESS)  # one model process
     args = parser.parse_args()
-
     config = load_config(args.config, args.overrides)
-    init_distributed("cpu")  # DMP needs a process group, even for one process
-    dataset = load_dataset(config.data)
-    split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
-    degree = node_degrees(config, split)
-    data = training_batches(config, split.graph, dataset, split.train, train=True, degree=degree)
-    features = tower_node_features(dataset, split.graph, degree)
-    batches = [data[i] for i in range(min(args.steps, len(data)))]
-    edges = statistics.mean(sum(e.shape[1] for e in b.graph_features.edge_index.values()) for b in batches)
-    nodes = statistics.mean(sum(b.graph_features.num_nodes.values()) for b in batches)
-    print(f"{len(batches)} batches of {config.loader.batch_size}: {nodes:,.0f} sampled nodes, {edges:,.0f} sampled edges each")
+    args.threads = args.threads or intra_op_threads(config)
 
-    fixed = BalancerConfig(kind="fixed")
-    benches = {
-        "tower": Bench(dataset, split.graph, config, features),
-        "tower_fixed": Bench(dataset, split.graph, dataclasses.replace(config, balancer=fixed), features),
-        "no_graph": Bench(dataset, split.graph, dataclasses.replace(
-            config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False)), dataset.node_features),
-    }
-    for bench in benches.values():  # warm-up: tracing, first allocations
-        bench.steps_per_s(batches[:3])
-    rates: Dict[str, List[float]] = {name: [] for name in benches}
-    for r in range(args.rounds):
-        for name in list(benches) if r % 2 == 0 else list(reversed(benches)):
-            rates[name].append(benches[name].steps_per_s(batches))
-    refresh_s: Optional[float] = None
-    if benches["tower"].has_history:
-        refresh_s = statistics.median(benches["tower"].refresh() for _ in range(3))
+    if args.model is not None:  # a child: one model, its figures as one JSON line on stdout
+        print("RESULT " + json.dumps(time_one_model(args, config, args.model)), flush=True)
+        return
+
+    order = [*MODELS, *reversed(MODELS)] * args.passes
+    runs: Dict[str, List[Dict]] = {name: [] for name in MODELS}
+    for i, name in enumerate(order):
+        command = [sys.executable, __file__, "--config", str(args.config), "--steps", str(args.steps),
+                   "--rounds", str(args.rounds), "--threads", str(args.threads), "--model", name]
+        for override in args.overrides:
+            command += ["--set", override]
+        if args.profile and name == "tower" and not any(r.get("profile_ms_per_step") for r in runs["tower"]):
+            command.append("--profile")
+        print(f"[{i + 1}/{len(order)}] {name} ...", flush=True)
+        child = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode != 0 or not lines:
+            sys.exit(f"bench_step.py: the {name} process failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
+        print("\n".join(line for line in child.stdout.splitlines() if not line.startswith("RESULT ")), end="")
+        runs[name].append(json.loads(lines[-1][len("RESULT "):]))
+
+    rates = {name: [r for run in runs[name] for r in run["rates"]] for name in MODELS}
+    refresh = [run["refresh_s"] for run in runs["tower"] if run["refresh_s"] is not None]
+    refresh_s: Optional[float] = statistics.median(refresh) if refresh else None
     step_s = {name: 1.0 / statistics.median(values) for name, values in rates.items()}
     for name in ("tower", "tower_fixed"):
         if refresh_s is not None:
             step_s[name] += refresh_s / config.model.gnn.history_refresh_every
+    tower = runs["tower"][0]
+    print(f"{args.steps} batches of {config.loader.batch_size}: {tower['sampled_nodes']:,.0f} sampled nodes, "
+          f"{tower['sampled_edges']:,.0f} sampled edges each; each model in its own process ({len(order)} processes), "
+          f"{args.threads} intra-op thread(s)")
     result = {
         "overrides": args.overrides,
         "config": str(args.config),
@@ -173,9 +224,10 @@ def main() -> None:
         "history_refresh_every": config.model.gnn.history_refresh_every if refresh_s is not None else None,
         "rounds": rates,
         "batch_size": config.loader.batch_size,
-        "sampled_nodes_per_batch": nodes,
-        "sampled_edges_per_batch": edges,
-        "threads": torch.get_num_threads(),
+        "sampled_nodes_per_batch": tower["sampled_nodes"],
+        "sampled_edges_per_batch": tower["sampled_edges"],
+        "threads": args.threads,
+        "processes": order,
     }
     print(f"\n{'model':<14} {'ms/step':>8} {'steps/s':>8} {'examples/s':>11}")
     for name, seconds in step_s.items():
@@ -184,12 +236,12 @@ def main() -> None:
         print(f"history refresh: {refresh_s:.2f} s every {config.model.gnn.history_refresh_every} steps (in the tower figures)")
     print(f"slowdown (tower step / no-graph step): {result['slowdown']:.2f}x "
           f"({result['slowdown_fixed_weights']:.2f}x with fixed loss weights; the balancer adds {result['balancer_share']:.2f}x)")
-    if args.profile:
-        result["profile_ms_per_step"] = profile_stages(benches["tower"], batches, rows=12)
+    profiled = [run["profile_ms_per_step"] for run in runs["tower"] if run.get("profile_ms_per_step")]
+    if profiled:
+        result["profile_ms_per_step"] = profiled[0]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

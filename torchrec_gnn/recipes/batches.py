@@ -86,8 +86,9 @@ def batches(
     return GraphBatchDataset(examples, builder, plan)
 
 
-def intra_op_threads(config: ExperimentConfig, ctx: DistributedContext) -> int:
-    """Threads per training process: this process's share of the cores, minus its workers."""
+def intra_op_threads(config: ExperimentConfig) -> int:
+    """Threads per training process: this process's share of the cores (``LOCAL_WORLD_SIZE``
+    processes share them), minus its loader workers; ``loader.num_threads`` when set."""
     if config.loader.num_threads is not None:
         return config.loader.num_threads
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

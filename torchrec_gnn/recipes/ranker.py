@@ -75,7 +75,7 @@ class RankerRecipe:
     def setup(self) -> None:
         """Data, pre-training (two-stage, warm start), model, sharding, optimizers, balancer and
         pipeline, in TorchRec's order; rank 0 saves the resolved config."""
-        torch.set_num_threads(intra_op_threads(self.config, self.ctx))
+        torch.set_num_threads(intra_op_threads(self.config))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.config.train.seed)
         self._setup_data()
