@@ -7,8 +7,9 @@ per destination type (the same model, two ways of summing a layer's relations).
 Builds the batches of ``--config`` (sampled as in training, so 49k nodes and 347k edges each on
 the default data), a :class:`~torchrec_gnn.modules.gnn.HeteroSAGE` with the config's layers and
 random (N_t, D) inputs that require gradients, and times ``forward`` plus the backward of a sum
-of squares over the output, each batch under two ways of running a layer's relations back to
-back (the order alternating):
+of squares over the output (with the intra-op threads ``train`` gives its process: 1 on 2
+cores beside 2 loader workers; ``--threads``), each batch under two ways of running a layer's
+relations back to back (the order alternating):
 
 - ``per_relation``: :meth:`HeteroGNN.propagate_relations`, each relation's ``CSRSAGEConv`` on its
   own, their (M_t, H) outputs and the root transform added one by one;
@@ -37,7 +38,7 @@ from torchrec_gnn.data.batch import GraphFeatures
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.modules.gnn import HeteroGNN
-from torchrec_gnn.recipes.batches import batches as training_batches, node_degrees
+from torchrec_gnn.recipes.batches import batches as training_batches, intra_op_threads, node_degrees
 
 
 def seconds_per_batch(gnn: HeteroGNN, graph: GraphFeatures, x_dict: Dict[str, torch.Tensor]) -> float:
@@ -55,13 +56,15 @@ def main() -> None:
                         help="config override as in `train` (repeatable)")
     parser.add_argument("--batches", type=int, default=8, help="batches per round")
     parser.add_argument("--rounds", type=int, default=10, help="rounds over the batches")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads (1: what a training process gets beside 2 loader workers on 2 cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads; default: what `train` gives its process (the cores minus the "
+                             "loader's workers, loader.num_threads when set: 1 on 2 cores)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
+    args.threads = args.threads or intra_op_threads(config)
+    torch.set_num_threads(args.threads)
     if config.model.gnn.conv != "sage":
         parser.error(f"bench_gnn.py compares SAGE's two summations; model.gnn.conv is {config.model.gnn.conv!r}")
     dataset = load_dataset(config.data)
