@@ -71,8 +71,8 @@ def test_csr_sage_conv_projecting_first_gives_sage_conv_output_and_gradients(roo
     pyg.load_state_dict(ours.state_dict())
     g = torch.Generator().manual_seed(6)
     adjacency = csr_of_ones(torch.randint(0, 15, (12,), generator=g), torch.randint(0, 3, (12,), generator=g), (20, 3))
-    assert ours._project_first_is_cheaper(adjacency, 3)
-    assert not ours._project_first_is_cheaper(random_adjacency(), 3)  # 7 sources, 9 destinations, 40 edges
+    assert ours.project_first_is_cheaper(adjacency, 3)
+    assert not ours.project_first_is_cheaper(random_adjacency(), 3)  # 7 sources, 9 destinations, 40 edges
 
     def run(conv):
         x_src = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
@@ -108,7 +108,7 @@ def test_sum_sage_convs_is_the_root_plus_each_convs_output(with_root: bool) -> N
     g = torch.Generator().manual_seed(9)
     few_sources = csr_of_ones(torch.randint(0, 9, (10,), generator=g), torch.randint(0, 2, (10,), generator=g), (9, 2))
     adjacencies = [random_adjacency(1), few_sources, random_adjacency(2), random_adjacency(3)]
-    assert convs[1]._project_first_is_cheaper(few_sources, 3) and not convs[0]._project_first_is_cheaper(adjacencies[0], 3)
+    assert convs[1].project_first_is_cheaper(few_sources, 3) and not convs[0].project_first_is_cheaper(adjacencies[0], 3)
     sources = [torch.randn(a.shape[1], 3, dtype=torch.float64, generator=g) for a in adjacencies]
     x_dst = torch.randn(9, 3, dtype=torch.float64, generator=g)
 

@@ -121,7 +121,7 @@ class CSRSAGEConv(SAGEConv):
             Tensor: (N_dst, H).
         """
         x_src, x_dst = (x, x) if isinstance(x, torch.Tensor) else x
-        if not (self.averages_csr(edge_index) and self._project_first_is_cheaper(edge_index, x_src.shape[1])):
+        if not (self.averages_csr(edge_index) and self.project_first_is_cheaper(edge_index, x_src.shape[1])):
             return super().forward(x, edge_index, size)
         out = sparse_mean(edge_index, F.linear(x_src, self.lin_l.weight))
         if self.lin_l.bias is not None:
@@ -135,7 +135,7 @@ class CSRSAGEConv(SAGEConv):
         mean aggregation, no projection of the sources before it)."""
         return _is_csr(edge_index) and self.aggr == "mean" and not self.project
 
-    def _project_first_is_cheaper(self, adj_t: torch.Tensor, in_channels: int) -> bool:
+    def project_first_is_cheaper(self, adj_t: torch.Tensor, in_channels: int) -> bool:
         """Multiply-adds of projecting the N_src sources and averaging H channels over the E
         edges, against averaging D channels and projecting the N_dst destinations."""
         num_dst, num_src = adj_t.shape
@@ -179,7 +179,7 @@ def sum_sage_convs(x_dst: torch.Tensor, root: Optional[nn.Linear],
         if not fusable:
             outputs.append(conv((x_src, x_dst), adj))
             continue
-        if conv._project_first_is_cheaper(adj, x_src.shape[1]):
+        if conv.project_first_is_cheaper(adj, x_src.shape[1]):
             outputs.append(sparse_mean(adj, F.linear(x_src, conv.lin_l.weight)))
         else:
             inputs.append(sparse_mean(adj, x_src))
