@@ -22,9 +22,8 @@ pre-training steps (one pass over the held-out watches, as ``configs/ablations/t
 x pre-training step + export + steps x ranker step. Step times are medians of a few timed steps
 after warm-up, with the intra-op threads ``train`` gives its process (``--threads``); neighbour
 sampling runs in DataLoader workers in training and is not timed here (``bench_loader.py``). The
-models of a preset are built and timed one after another in one process (``bench_step.py``
-found a model beside others slower than alone: read the history step as an upper bound). The
-projected epoch is an estimate from measured parts, said so in the table.
+models of a preset are built and timed one after another in one process. The projected epoch
+is an estimate from measured parts, said so in the table.
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ to show the balancer's share) and ``no_graph`` (the ranker alone, fixed weights:
 step, the baseline of the slowdown). Each runs with the intra-op threads ``train`` would give
 its process (``--threads`` to change): 1 on a 2-core machine beside 2 loader workers.
 
-Each model is timed in a process of its own, as a training job holds one model: built in one
-process, a model with a history slowed the others down (a no-graph step 2x dearer beside it)
-and was slowed itself. The processes run in the order A B C C B A (``--passes`` times), each
-building the same batches and timing ``--rounds`` rounds after a warm-up, so machine noise hits
-all models; figures are medians of per-round steps/s. With ``model.gnn.outer_hop=history`` the
+Each model is timed in a process of its own, as a training job holds one model. The processes
+run in the order A B C C B A (``--passes`` times), each building the same batches and timing
+``--rounds`` rounds after a warm-up, so machine noise hits all models; figures are medians of
+per-round steps/s. With ``model.gnn.outer_hop=history`` the
 history's full-graph refresh is timed on its own and its cost per step (refresh seconds /
 ``history_refresh_every``) is added to the tower figures.
 """
