@@ -11,9 +11,9 @@ of squares over the output (with the intra-op threads ``train`` gives its proces
 cores beside 2 loader workers; ``--threads``), each batch under two ways of running a layer's
 relations back to back (the order alternating):
 
-- ``per_relation``: :meth:`HeteroGNN.propagate_relations`, each relation's ``CSRSAGEConv`` on its
+- ``per_relation``: :meth:`HeteroGNN.sum_relations`, each relation's ``CSRSAGEConv`` on its
   own, their (M_t, H) outputs and the root transform added one by one;
-- ``per_destination``: :meth:`HeteroSAGE.propagate_relations` (the model's own),
+- ``per_destination``: :meth:`HeteroSAGE.sum_relations` (the model's own),
   :func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`: one product per destination type.
 
 Both give the same outputs up to float rounding (checked before timing). Figures are medians of
@@ -76,13 +76,13 @@ def main() -> None:
                                 config.model.gnn, out_node_types=[dataset.user_type, dataset.item_type])
     inputs = [{t: torch.randn(sum(counts), gnn.in_channels, requires_grad=True) for t, counts in g.num_sampled_nodes.items()}
               for g in batches]
-    variants: Dict[str, Callable] = {"per_relation": HeteroGNN.propagate_relations,
-                                     "per_destination": type(gnn).propagate_relations}
+    variants: Dict[str, Callable] = {"per_relation": HeteroGNN.sum_relations,
+                                     "per_destination": type(gnn).sum_relations}
 
     gnn.eval()  # no dropout: both variants must give the same output
     outputs = {}
     for name, method in variants.items():
-        gnn.propagate_relations = types.MethodType(method, gnn)
+        gnn.sum_relations = types.MethodType(method, gnn)
         with torch.no_grad():
             outputs[name] = gnn(inputs[0], batches[0].edge_index, batches[0].num_sampled_nodes, batches[0].num_sampled_edges)
     max_diff = max(float((outputs["per_relation"][t] - outputs["per_destination"][t]).abs().max()) for t in outputs["per_relation"])
@@ -95,7 +95,7 @@ def main() -> None:
         seconds: Dict[str, float] = {name: 0.0 for name in variants}
         for i, (graph, x_dict) in enumerate(zip(batches, inputs)):
             for name in list(variants) if (r + i) % 2 == 0 else list(reversed(variants)):
-                gnn.propagate_relations = types.MethodType(variants[name], gnn)
+                gnn.sum_relations = types.MethodType(variants[name], gnn)
                 seconds[name] += seconds_per_batch(gnn, graph, x_dict)
         if r:
             for name in variants:

@@ -191,7 +191,7 @@ def main() -> None:
                    "--rounds", str(args.rounds), "--threads", str(args.threads), "--model", name]
         for override in args.overrides:
             command += ["--set", override]
-        if args.profile and name == "tower" and not any(r.get("profile_ms_per_step") for r in runs["tower"]):
+        if args.profile and name == "tower" and not runs["tower"]:  # the first tower process profiles
             command.append("--profile")
         print(f"[{i + 1}/{len(order)}] {name} ...", flush=True)
         child = subprocess.run(command, capture_output=True, text=True)

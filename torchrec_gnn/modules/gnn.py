@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +63,15 @@ class LightGCNConv(MessagePassing):
 
     def message(self, x_j: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         return norm.unsqueeze(-1) * x_j
+
+
+class RelationInput(NamedTuple):
+    """One relation's part of a layer for its destination type (:meth:`HeteroGNN.sum_relations`)."""
+
+    conv: MessagePassing  # the relation's conv in this layer
+    x_src: torch.Tensor  # (N_src, D_l) source features
+    edges: torch.Tensor  # what the conv reads as edges (HeteroGNN.adjacency)
+    extra: Dict[str, torch.Tensor]  # extra conv arguments (src_degree)
 
 
 class HeteroGNN(nn.Module):
@@ -287,48 +296,32 @@ class HeteroGNN(nn.Module):
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
         """
         x_dst_dict = x_dict if x_dst_dict is None else x_dst_dict
-        out = self.propagate_relations(layer, x_dict, edge_index_dict, x_dst_dict, src_degree_dict or {})
-        if self.node_transforms:
-            if layer < self.num_layers - 1:
-                if self.norms:
-                    out = {t: self.norms[layer][t](h) for t, h in out.items()}
-                out = {t: self.dropout(h.relu()) for t, h in out.items()}
-        return out
-
-    def relations_into(self, layer: int, edge_index_dict: Mapping[EdgeType, torch.Tensor]) -> Dict[NodeType, List[EdgeType]]:
-        """The relations layer ``layer`` runs, grouped by destination type, each group in the
-        graph's relation order (the order their messages are summed in)."""
-        groups: Dict[NodeType, List[EdgeType]] = {}
-        for et in self.edge_types:
-            if edge_type_str(et) in self.convs[layer] and et in edge_index_dict:
-                groups.setdefault(et[2], []).append(et)
-        return groups
-
-    def propagate_relations(
-        self,
-        layer: int,
-        x_dict: Dict[NodeType, torch.Tensor],
-        edge_index_dict: Mapping[EdgeType, torch.Tensor],
-        x_dst_dict: Dict[NodeType, torch.Tensor],
-        src_degree_dict: Mapping[EdgeType, torch.Tensor],
-    ) -> Dict[NodeType, torch.Tensor]:
-        """Layer ``layer`` before its norm, activation and dropout: per destination type, the sum
-        of its relations' conv outputs plus its root transform (families with node transforms).
-        Arguments as in :meth:`layer_forward`; returns (M_t, H) per destination type."""
+        degrees = src_degree_dict or {}
         convs = self.convs[layer]
-        out: Dict[NodeType, torch.Tensor] = {}
-        for dst, relations in self.relations_into(layer, edge_index_dict).items():
-            messages = []
-            for et in relations:
-                extra = {"src_degree": src_degree_dict[et]} if et in src_degree_dict else {}
-                x_src, x_dst = x_dict[et[0]], x_dst_dict[dst]
-                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst.shape[0], x_src.dtype)
-                messages.append(convs[edge_type_str(et)]((x_src, x_dst), edges, **extra))
-            # Summed one addition at a time (a stacked copy of every message cost more).
-            out[dst] = functools.reduce(torch.add, messages)
-            if self.node_transforms:
-                out[dst] = out[dst] + self.roots[layer][dst](x_dst_dict[dst])
+        relations: Dict[NodeType, List[RelationInput]] = {}
+        for et in self.edge_types:  # the relations in a fixed order, summed in that order
+            key = edge_type_str(et)
+            if key in convs and et in edge_index_dict:
+                src, _, dst = et
+                x_src = x_dict[src]
+                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst_dict[dst].shape[0], x_src.dtype)
+                extra = {"src_degree": degrees[et]} if et in degrees else {}
+                relations.setdefault(dst, []).append(RelationInput(convs[key], x_src, edges, extra))
+        out = {dst: self.sum_relations(layer, dst, x_dst_dict[dst], inputs) for dst, inputs in relations.items()}
+        if self.node_transforms and layer < self.num_layers - 1:
+            if self.norms:
+                out = {t: self.norms[layer][t](h) for t, h in out.items()}
+            out = {t: self.dropout(h.relu()) for t, h in out.items()}
         return out
+
+    def sum_relations(self, layer: int, dst: NodeType, x_dst: torch.Tensor,
+                      relations: Sequence[RelationInput]) -> torch.Tensor:
+        """Layer ``layer``'s output for destination type ``dst`` before its norm, activation and
+        dropout: the sum of its relations' conv outputs (in the given order) plus its root
+        transform (families with node transforms). ``x_dst`` (M_t, D_l); returns (M_t, H)."""
+        # Summed one addition at a time (a stacked copy of every message cost more).
+        out = functools.reduce(torch.add, [r.conv((r.x_src, x_dst), r.edges, **r.extra) for r in relations])
+        return out + self.roots[layer][dst](x_dst) if self.node_transforms else out
 
     def full_graph_degrees(self, graph: HeteroGraph, like: torch.Tensor) -> Optional[Dict[EdgeType, torch.Tensor]]:
         """What :meth:`inference` hands every layer as ``src_degree_dict``: None unless the
@@ -416,26 +409,13 @@ class HeteroSAGE(HeteroGNN):
     def init_conv(self, width: int) -> MessagePassing:
         return CSRSAGEConv((width, width), self.config.hidden_channels, root_weight=False)
 
-    def propagate_relations(
-        self,
-        layer: int,
-        x_dict: Dict[NodeType, torch.Tensor],
-        edge_index_dict: Mapping[EdgeType, torch.Tensor],
-        x_dst_dict: Dict[NodeType, torch.Tensor],
-        src_degree_dict: Mapping[EdgeType, torch.Tensor],
-    ) -> Dict[NodeType, torch.Tensor]:
-        """Per destination type, its relations' averages and its root transform in one matrix
-        product (:func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`): the same sum as
-        :meth:`HeteroGNN.propagate_relations`, with one (M_t, H) output per type instead of one
-        per relation."""
-        out: Dict[NodeType, torch.Tensor] = {}
-        for dst, relations in self.relations_into(layer, edge_index_dict).items():
-            x_dst = x_dst_dict[dst]
-            convs = [(self.convs[layer][edge_type_str(et)], x_dict[et[0]],
-                      self.adjacency(edge_index_dict[et], x_dict[et[0]].shape[0], x_dst.shape[0], x_dst.dtype))
-                     for et in relations]
-            out[dst] = sum_sage_convs(x_dst, self.roots[layer][dst], convs)
-        return out
+    def sum_relations(self, layer: int, dst: NodeType, x_dst: torch.Tensor,
+                      relations: Sequence[RelationInput]) -> torch.Tensor:
+        """The relations' averages and the root transform in one matrix product
+        (:func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`): the same sum as
+        :meth:`HeteroGNN.sum_relations`, with one (M_t, H) output per type instead of one per
+        relation."""
+        return sum_sage_convs(x_dst, self.roots[layer][dst], [(r.conv, r.x_src, r.edges) for r in relations])
 
     def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype) -> torch.Tensor:
         """The relation as a (N_dst, N_src) CSR matrix of ones (PyG's ``adj_t``): SAGEConv then
