@@ -58,7 +58,7 @@ from torchrec_gnn.train.pretrain import (  # noqa: E402
     LinkPredictionModel, PretrainConfig, export_tower, hold_out_edges, link_batches,
 )
 from torchrec_gnn.train.sharding import (  # noqa: E402
-    ShardingConfig, make_optimizer, refresh_outer_hop, shard_model, unwrap,
+    ShardingConfig, configured_optimizer, refresh_outer_hop, shard_model, unwrap,
 )
 
 
@@ -74,19 +74,19 @@ def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def pipeline_step_seconds(dataset, graph, config: ModelConfig, balancer: BalancerConfig, batches, steps: int,
-                          frozen=None) -> Tuple[float, float]:
+def pipeline_step_seconds(dataset, graph, config: ModelConfig, balancer: BalancerConfig, sharding: ShardingConfig,
+                          batches, steps: int, frozen=None) -> Tuple[float, float]:
     """Median seconds of one GradNorm train-pipeline step over ``batches`` (cycled), and the
     seconds of the tower's history refresh (0 without a history)."""
     torch.manual_seed(0)
     model = build_graph_dlrm(dataset, graph, config, device=torch.device("meta"))
-    dmp, _ = shard_model(model, torch.device("cpu"), ShardingConfig())
+    dmp, _ = shard_model(model, torch.device("cpu"), sharding)
     if frozen is not None:
         unwrap(dmp).model.graph_tower.load_embeddings(frozen)
     start = time.perf_counter()
     has_history = refresh_outer_hop(dmp, graph, dataset.node_features)
     refresh_seconds = time.perf_counter() - start if has_history else 0.0
-    pipeline = BalancedTrainPipeline(dmp, make_optimizer(dmp, 1e-3), balancer.build(len(model.loss_names)),
+    pipeline = BalancedTrainPipeline(dmp, configured_optimizer(dmp, sharding), balancer.build(len(model.loss_names)),
                                      torch.device("cpu"))
     iterator = itertools.cycle(batches)
     return median_seconds(lambda: pipeline.progress(iterator), 2, steps), refresh_seconds
@@ -115,13 +115,13 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
     every_hop = batch_fanouts(replace(experiment, model=sampled_config), graph)
     e2e_batches = ranker_batches(NeighborSampler(graph, every_hop), dataset.node_features)
     sampled_edges = statistics.mean(sum(e.shape[1] for e in b.graph_features.edge_index.values()) for b in e2e_batches)
-    e2e_step, _ = pipeline_step_seconds(dataset, graph, sampled_config, balancer, e2e_batches, steps)
+    e2e_step, _ = pipeline_step_seconds(dataset, graph, sampled_config, balancer, experiment.sharding, e2e_batches, steps)
     print(f"  E2E step {e2e_step * 1e3:.0f} ms ({sampled_edges:,.0f} sampled edges per batch)", flush=True)
     history_config = replace(config, gnn=replace(config.gnn, outer_hop="history"))
     one_hop = batch_fanouts(replace(experiment, model=history_config), graph)
     history_step, refresh_s = pipeline_step_seconds(
-        dataset, graph, history_config, balancer, ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features),
-        steps)
+        dataset, graph, history_config, balancer, experiment.sharding,
+        ranker_batches(NeighborSampler(graph, one_hop), dataset.node_features), steps)
     print(f"  E2E step, outer hop from history {history_step * 1e3:.0f} ms; refresh {refresh_s:.2f} s "
           f"every {history_config.gnn.history_refresh_every} steps", flush=True)
 
@@ -154,7 +154,7 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
 
     # Two-stage, stage 2: the ranker over the frozen embeddings (seeds only).
     frozen_config = replace(sampled_config, two_stage=True)
-    ranker_step, _ = pipeline_step_seconds(dataset, graph, frozen_config, balancer,
+    ranker_step, _ = pipeline_step_seconds(dataset, graph, frozen_config, balancer, experiment.sharding,
                                            ranker_batches(NeighborSampler(graph, []), None), steps, frozen=exported)
     train_steps = len(split.train) // batch_size
     e2e_epoch = train_steps * e2e_step

@@ -48,7 +48,7 @@ from torchrec_gnn.recipes.batches import batches as training_batches, intra_op_t
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.distributed import init_distributed
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
-from torchrec_gnn.train.sharding import configured_module_lrs, make_optimizer, refresh_outer_hop, shard_model
+from torchrec_gnn.train.sharding import configured_optimizer, refresh_outer_hop, shard_model
 
 # The stages a step is cut into (record_function ranges in the model, the pipeline and TorchRec).
 STAGES = {
@@ -71,7 +71,7 @@ class Bench:
         self.dmp, _ = shard_model(model, torch.device("cpu"), config.sharding)
         balancer = config.balancer.build(len(model.loss_names))
         extra = {f"balancer.{i}": p for i, p in enumerate(balancer.backward_parameters())}
-        optimizer = make_optimizer(self.dmp, config.sharding.dense_lr, extra, configured_module_lrs(self.dmp, config.sharding))
+        optimizer = configured_optimizer(self.dmp, config.sharding, extra)
         self.pipeline = BalancedTrainPipeline(self.dmp, optimizer, balancer, torch.device("cpu"))
         self.graph, self.node_features = graph, node_features
         self.has_history = refresh_outer_hop(self.dmp, graph, node_features)

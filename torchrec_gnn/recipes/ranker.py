@@ -43,9 +43,7 @@ from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.plots import plot_run
 from torchrec_gnn.train.pretrain import load_pretrained
 from torchrec_gnn.train.run_dir import PRETRAIN_DIR, TRAINING_FILE
-from torchrec_gnn.train.sharding import (
-    configured_module_lrs, make_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap,
-)
+from torchrec_gnn.train.sharding import configured_optimizer, node_pooling_factors, refresh_outer_hop, shard_model, unwrap
 
 logger = logging.getLogger("torchrec_gnn.train")
 
@@ -123,8 +121,7 @@ class RankerRecipe:
 
     def _setup_optimizer(self) -> None:
         extra = {f"balancer.{i}": p for i, p in enumerate(self.balancer.backward_parameters())}
-        sharding = self.config.sharding
-        self.optimizer = make_optimizer(self.model, sharding.dense_lr, extra, configured_module_lrs(self.model, sharding))
+        self.optimizer = configured_optimizer(self.model, self.config.sharding, extra)
         self.pipeline = BalancedTrainPipeline(self.model, self.optimizer, self.balancer, self.ctx.device)
 
     def first_examples(self) -> Interactions:

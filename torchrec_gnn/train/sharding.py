@@ -219,6 +219,13 @@ def configured_module_lrs(dmp: nn.Module, config: ShardingConfig) -> List[Tuple[
     return [(tower, config.tower_lr)] if tower is not None and config.tower_lr is not None else []
 
 
+def configured_optimizer(dmp: DistributedModelParallel, config: ShardingConfig,
+                         extra_parameters: Optional[Dict[str, nn.Parameter]] = None) -> CombinedOptimizer:
+    """:func:`make_optimizer` at the rates of ``config``: dense parameters at ``config.dense_lr``,
+    the graph tower's at ``config.tower_lr`` (:func:`configured_module_lrs`)."""
+    return make_optimizer(dmp, config.dense_lr, extra_parameters, configured_module_lrs(dmp, config))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside DMP/DDP wrappers."""
     while isinstance(model, (DistributedModelParallel, nn.parallel.DistributedDataParallel)):
