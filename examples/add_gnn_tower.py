@@ -22,7 +22,6 @@ import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchrec.models.deepfm import FMInteractionArch, SimpleDeepFMNN
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
@@ -45,7 +44,7 @@ from torchrec_gnn.modules.gnn_tower import GNNTower, GraphEncoder
 from torchrec_gnn.modules.heads import TaskHeadsArch, initial_output_bias
 from torchrec_gnn.train.evaluation import evaluate_batches
 from torchrec_gnn.train.balancing import GradNorm
-from torchrec_gnn.train.distributed import DistributedContext, init_distributed
+from torchrec_gnn.train.distributed import DistributedContext, close_distributed, init_distributed
 from torchrec_gnn.train.metrics import format_table
 from torchrec_gnn.train.pipeline import BalancedTrainPipeline
 from torchrec_gnn.train.sharding import ShardingConfig, make_optimizer, shard_model, unwrap
@@ -221,7 +220,7 @@ def main(kind: str, use_tower: bool, preset: str, epochs: int, steps: Optional[i
             with open(json_path, "w") as f:
                 json.dump({"model": kind, "tower": use_tower, "preset": preset, "seed": seed, "steps": step,
                            "batch_size": batch_size, "world_size": ctx.world_size, "metrics": metrics}, f, indent=1)
-    dist.destroy_process_group()
+    close_distributed()  # a barrier, then the group destroyed
     return metrics
 
 

@@ -4,6 +4,7 @@ shards the user's tables and the node tables through one planner."""
 
 import importlib.util
 import math
+import os
 import re
 import subprocess
 import sys
@@ -160,8 +161,9 @@ def test_example_trains_and_scores(model: str, tower: bool, tmp_path: Path, caps
 def test_example_under_torchrun_two_ranks() -> None:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(EXAMPLE), "--steps", "3", "--model", "deepfm"],
-                          capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                          capture_output=True, text=True, timeout=280, cwd=REPO,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a rank that aborts prints its threads
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-1500:]}\nstderr:\n{proc.stderr[-3000:]}"
     losses = step_losses(proc.stdout)
     assert len(losses) == 3  # rank 0 prints, once per step
     assert all(math.isfinite(v) for step in losses for v in step)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 
 from torchrec_gnn.config import ExperimentConfig, config_fingerprint, save_config
 from torchrec_gnn.data.dataset import Interactions
@@ -33,7 +32,7 @@ from torchrec_gnn.modules.heads import initial_output_bias
 from torchrec_gnn.recipes.batches import batch_fanouts, batches, intra_op_threads, node_degrees, prepare_data
 from torchrec_gnn.recipes.pretrain import pretrain_stage, warm_start
 from torchrec_gnn.train.checkpoint import CheckpointManager, resume_latest
-from torchrec_gnn.train.distributed import DistributedContext
+from torchrec_gnn.train.distributed import DistributedContext, close_distributed
 from torchrec_gnn.train.early_stopping import EarlyStopping
 from torchrec_gnn.train.evaluation import evaluate_batches
 from torchrec_gnn.train.export import export_state_dict
@@ -291,8 +290,10 @@ class RankerRecipe:
             print(format_table(results, title=title))
         return results
 
-    def cleanup(self) -> None:
-        dist.destroy_process_group()
+    def cleanup(self, wait_for_peers: bool = True) -> None:
+        """Leave the process group (:func:`~torchrec_gnn.train.distributed.close_distributed`);
+        ``wait_for_peers=False`` after a failure."""
+        close_distributed(wait_for_peers)
 
 
 @dataclass

@@ -88,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
             logger.info("restart %s of this job", os.environ["TORCHELASTIC_RESTART_COUNT"])
         # After a torchrun restart: pick up where the latest complete checkpoint left off (or
         # from scratch if none was written yet).
-        return recipe.run(resume=args.resume or (restarted and recipe.checkpoints().latest() is not None))
-    finally:
-        recipe.cleanup()
+        results = recipe.run(resume=args.resume or (restarted and recipe.checkpoints().latest() is not None))
+    except BaseException:
+        recipe.cleanup(wait_for_peers=False)
+        raise
+    recipe.cleanup()
+    return results

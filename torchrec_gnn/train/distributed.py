@@ -72,3 +72,26 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     return DistributedContext(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, backend=backend
     )
+
+
+def close_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group at the end of a job: wait until every rank has finished its
+    collectives (a barrier), then destroy the group.
+
+    Without the barrier a rank with nothing left to do after the last collective (every rank
+    but the one that prints and saves) tears its interpreter down at once, while a gloo worker
+    thread may still be letting go of that collective's tensors; freeing a tensor that Python
+    knew needs the GIL, and a thread that asks for it during interpreter shutdown is stopped
+    inside a destructor, which aborts the process ("terminate called without an active
+    exception", SIGABRT). A no-op when no group is initialised.
+
+    Args:
+        wait_for_peers (bool): meet the other ranks first. False on the way out of a failure:
+            a failed rank must not wait for peers that may never reach the barrier (torchrun
+            stops them). Default True.
+    """
+    if not dist.is_initialized():
+        return
+    if wait_for_peers and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
