@@ -1,24 +1,30 @@
-"""Forward and backward of the GNN alone on real batches: one product per relation against one
-per destination type (the same model, two ways of summing a layer's relations).
+"""Forward and backward of the GNN alone on real batches: the levers on how a layer runs its
+relations, each batch under every variant back to back.
 
     python benchmarks/bench_gnn.py --json gnn.json
     python benchmarks/bench_gnn.py --threads 2 --set 'loader.fanouts=[15,5]'
 
-Builds the batches of ``--config`` (sampled as in training, so 49k nodes and 347k edges each on
-the default data), a :class:`~torchrec_gnn.modules.gnn.HeteroSAGE` with the config's layers and
-random (N_t, D) inputs that require gradients, and times ``forward`` plus the backward of a sum
-of squares over the output (with the intra-op threads ``train`` gives its process: 1 on 2
-cores beside 2 loader workers; ``--threads``), each batch under two ways of running a layer's
-relations back to back (the order alternating):
+Builds the training batches of ``--config`` (sampled as in training, so 49k nodes and 347k edges
+each on the default data, with their CSR arrays as the loader builds them with
+``loader.prebuild_csr``), a
+:class:`~torchrec_gnn.modules.gnn.HeteroSAGE` with the config's layers and random (N_t, D)
+inputs that require gradients, and times ``forward`` plus the backward of a sum of squares
+over the output (with the intra-op threads ``train`` gives its process: 1 on 2 cores beside 2
+loader workers; ``--threads``), each batch under three variants back to back (the order
+alternating), each one lever on from the one before:
 
 - ``per_relation``: :meth:`HeteroGNN.sum_relations`, each relation's ``CSRSAGEConv`` on its
-  own, their (M_t, H) outputs and the root transform added one by one;
+  own, their (M_t, H) outputs and the root transform added one by one; each relation's
+  adjacency and, in the backward, its transpose built in the step;
 - ``per_destination``: :meth:`HeteroSAGE.sum_relations` (the model's own),
-  :func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`: one product per destination type.
+  :func:`~torchrec_gnn.modules.aggregation.sum_sage_convs`: one product per destination type;
+- ``prebuilt_csr``: the same, reading the batch's CSR arrays and transposes
+  (:class:`~torchrec_gnn.data.batch.RelationCSR`, built in the loader's workers, so not timed
+  here: ``bench_loader.py`` times the workers) instead of building them: the training default.
 
-Both give the same outputs up to float rounding (checked before timing). Figures are medians of
-the per-round ms per batch and of the per-round ratios; the node tables, heads and optimizer
-are not in them (``bench_step.py`` times the whole step).
+All give the same outputs up to float rounding (checked before timing). Figures are medians of
+the per-round ms per batch and of the per-round ratios of each variant to the one before; the
+node tables, heads and optimizer are not in them (``bench_step.py`` times the whole step).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import statistics
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -41,10 +47,10 @@ from torchrec_gnn.modules.gnn import HeteroGNN
 from torchrec_gnn.recipes.batches import batches as training_batches, intra_op_threads, node_degrees
 
 
-def seconds_per_batch(gnn: HeteroGNN, graph: GraphFeatures, x_dict: Dict[str, torch.Tensor]) -> float:
-    """Seconds of one forward + backward of ``gnn`` on one batch."""
+def seconds_per_batch(gnn: HeteroGNN, graph: GraphFeatures, x_dict: Dict[str, torch.Tensor], csr: bool) -> float:
+    """Seconds of one forward + backward of ``gnn`` on one batch (reading its CSR arrays or not)."""
     start = time.perf_counter()
-    out = gnn(x_dict, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges)
+    out = gnn(x_dict, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges, csr=graph.csr if csr else None)
     sum(h.square().sum() for h in out.values()).backward()
     return time.perf_counter() - start
 
@@ -62,11 +68,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object")
     args = parser.parse_args()
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, "loader.prebuild_csr=true"])  # batches with their CSR arrays
     args.threads = args.threads or intra_op_threads(config)
     torch.set_num_threads(args.threads)
     if config.model.gnn.conv != "sage":
-        parser.error(f"bench_gnn.py compares SAGE's two summations; model.gnn.conv is {config.model.gnn.conv!r}")
+        parser.error(f"bench_gnn.py compares SAGE's levers; model.gnn.conv is {config.model.gnn.conv!r}")
     dataset = load_dataset(config.data)
     split = time_split(dataset, config.data.history_fraction, config.data.val_fraction, config.data.test_fraction)
     data = training_batches(config, split.graph, dataset, split.train, train=True, degree=node_degrees(config, split))
@@ -76,29 +82,39 @@ def main() -> None:
                                 config.model.gnn, out_node_types=[dataset.user_type, dataset.item_type])
     inputs = [{t: torch.randn(sum(counts), gnn.in_channels, requires_grad=True) for t, counts in g.num_sampled_nodes.items()}
               for g in batches]
-    variants: Dict[str, Callable] = {"per_relation": HeteroGNN.sum_relations,
-                                     "per_destination": type(gnn).sum_relations}
+    variants: Dict[str, Tuple[Callable, bool]] = {  # how a destination's relations are summed, CSR read or built
+        "per_relation": (HeteroGNN.sum_relations, False),
+        "per_destination": (type(gnn).sum_relations, False),
+        "prebuilt_csr": (type(gnn).sum_relations, True),
+    }
 
-    gnn.eval()  # no dropout: both variants must give the same output
+    def run(name: str, graph: GraphFeatures, x_dict: Dict[str, torch.Tensor]) -> float:
+        method, csr = variants[name]
+        gnn.sum_relations = types.MethodType(method, gnn)
+        return seconds_per_batch(gnn, graph, x_dict, csr)
+
+    gnn.eval()  # no dropout: every variant must give the same output
     outputs = {}
-    for name, method in variants.items():
+    for name, (method, csr) in variants.items():
         gnn.sum_relations = types.MethodType(method, gnn)
         with torch.no_grad():
-            outputs[name] = gnn(inputs[0], batches[0].edge_index, batches[0].num_sampled_nodes, batches[0].num_sampled_edges)
-    max_diff = max(float((outputs["per_relation"][t] - outputs["per_destination"][t]).abs().max()) for t in outputs["per_relation"])
+            outputs[name] = gnn(inputs[0], batches[0].edge_index, batches[0].num_sampled_nodes,
+                                batches[0].num_sampled_edges, csr=batches[0].csr if csr else None)
+    max_diff = max(float((outputs[name][t] - outputs["per_relation"][t]).abs().max())
+                   for name in variants for t in outputs[name])
     gnn.train()
 
-    # Each batch runs under both variants back to back (the order alternating), so the machine's
-    # drift between rounds hits both alike; a round's figure is its mean over the batches.
-    ms: Dict[str, List[float]] = {name: [] for name in variants}
+    # Each batch runs under every variant back to back (the order alternating), so the machine's
+    # drift between rounds hits them alike; a round's figure is its mean over the batches.
+    names = list(variants)
+    ms: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(args.rounds + 1):  # round 0 warms up
-        seconds: Dict[str, float] = {name: 0.0 for name in variants}
+        seconds: Dict[str, float] = {name: 0.0 for name in names}
         for i, (graph, x_dict) in enumerate(zip(batches, inputs)):
-            for name in list(variants) if (r + i) % 2 == 0 else list(reversed(variants)):
-                gnn.sum_relations = types.MethodType(variants[name], gnn)
-                seconds[name] += seconds_per_batch(gnn, graph, x_dict)
+            for name in names if (r + i) % 2 == 0 else list(reversed(names)):
+                seconds[name] += run(name, graph, x_dict)
         if r:
-            for name in variants:
+            for name in names:
                 ms[name].append(seconds[name] / len(batches) * 1e3)
     median = {name: statistics.median(values) for name, values in ms.items()}
     edges = statistics.mean(sum(e.shape[1] for e in g.edge_index.values()) for g in batches)
@@ -107,14 +123,17 @@ def main() -> None:
           f"largest output difference {max_diff:.1e}")
     for name, value in median.items():
         print(f"{name:<16} {value:7.1f} ms per forward + backward (rounds: {', '.join(f'{v:.1f}' for v in ms[name])})")
-    ratios = sorted(d / r for d, r in zip(ms["per_destination"], ms["per_relation"]))
-    ratio = statistics.median(ratios)
-    print(f"per_destination / per_relation: {ratio:.2f}x (median of the rounds' ratios; range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    ratios: Dict[str, List[float]] = {}
+    for before, after in zip(names, names[1:]):
+        ratios[f"{after}/{before}"] = sorted(a / b for a, b in zip(ms[after], ms[before]))
+    for key, values in ratios.items():
+        print(f"{key}: {statistics.median(values):.2f}x (median of the rounds' ratios; range {values[0]:.2f}-{values[-1]:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "config": str(args.config), "overrides": args.overrides, "threads": args.threads,
-            "ms_per_batch": median, "rounds_ms": ms, "ratio": ratio, "round_ratios": ratios, "max_output_difference": max_diff,
+            "ms_per_batch": median, "rounds_ms": ms, "ratios": {k: statistics.median(v) for k, v in ratios.items()},
+            "round_ratios": ratios, "max_output_difference": max_diff,
             "sampled_nodes_per_batch": nodes, "sampled_edges_per_batch": edges,
         }, indent=1))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch, GraphFeatures, node_id_bags
+from torchrec_gnn.data.batch import GraphBatch, GraphFeatures, RelationCSR, node_id_bags, pack_csr
 
 WATCHES = ("user", "watches", "video")
 
@@ -30,6 +30,8 @@ def literal_batch() -> GraphBatch:
             node_features={"video": torch.randn(4, 2, generator=torch.Generator().manual_seed(0))},
             link_index=torch.tensor([[0, 1], [2, 3]]),
             link_label=torch.tensor([1.0, 0.0]),
+            # Arrays of the right kinds only (a real sample's: tests/data/test_loader.py).
+            csr={WATCHES: RelationCSR(torch.tensor([0, 1, 1, 2, 3]), [torch.tensor([0, 1, 2, 3])], [torch.tensor([3, 0, 2])])},
         ),
     )
 
@@ -53,6 +55,11 @@ def assert_same_values(a: GraphBatch, b: GraphBatch) -> None:
     assert ga.node_features.keys() == gb.node_features.keys()
     assert all(torch.equal(ga.node_features[k].cpu(), gb.node_features[k].cpu()) for k in ga.node_features)
     assert ga.num_sampled_nodes == gb.num_sampled_nodes and ga.num_sampled_edges == gb.num_sampled_edges
+    assert ga.csr.keys() == gb.csr.keys()
+    for k in ga.csr:
+        pairs = list(zip(ga.csr[k].tensors(), gb.csr[k].tensors()))
+        assert len(pairs) == len(ga.csr[k].tensors()) == len(gb.csr[k].tensors())
+        assert all(torch.equal(x.cpu(), y.cpu()) for x, y in pairs), k
 
 
 def test_properties_of_the_docstring_batch() -> None:
@@ -81,6 +88,7 @@ def test_pin_memory_keeps_every_value() -> None:
     pinned = batch.pin_memory()
     assert pinned.dense_features.is_pinned() and pinned.graph_features.node_ids.values().is_pinned()
     assert all(e.is_pinned() for e in pinned.graph_features.edge_index.values())
+    assert all(t.is_pinned() for c in pinned.graph_features.csr.values() for t in c.tensors())
     assert_same_values(batch, pinned)
     assert_same_values(batch, pinned.to(torch.device("cuda"), non_blocking=True))
 
@@ -114,6 +122,27 @@ def test_every_disagreeing_field_and_bad_links_are_named() -> None:
         message = f"link_index must be (2, L) with L = len(link_label), got {tuple(index.shape)} and 2 labels"
         with pytest.raises(ValueError, match=re.escape(message)):
             with_graph(batch, link_index=index, link_label=labels)
+    csr = batch.graph_features.csr[WATCHES]
+    with pytest.raises(ValueError, match=re.escape("relations without edges: [('video', 'rev_watches', 'user')]")):
+        with_graph(batch, csr={("video", "rev_watches", "user"): csr})
+    with pytest.raises(ValueError, match="as many crow_t as col_t"):
+        with_graph(batch, csr={WATCHES: RelationCSR(csr.crow, csr.crow_t * 2, csr.col_t)})
+
+
+def test_pack_csr_keeps_every_array_in_one_block() -> None:
+    csr = {WATCHES: RelationCSR(torch.tensor([0, 1, 3]), [torch.tensor([0, 2]), torch.tensor([0, 1, 3])],
+                                [torch.tensor([1, 0]), torch.tensor([1, 1, 0])]),
+           ("video", "rev_watches", "user"): RelationCSR(torch.tensor([0, 0]), [torch.zeros(3, dtype=torch.int64)],
+                                                         [torch.empty(0, dtype=torch.int64)])}
+    packed = pack_csr(csr)
+    assert packed.keys() == csr.keys()
+    storages = set()
+    for et, c in csr.items():
+        assert len(packed[et].tensors()) == len(c.tensors())
+        for ours, theirs in zip(packed[et].tensors(), c.tensors()):
+            assert torch.equal(ours, theirs)
+            storages.add(ours.untyped_storage().data_ptr())
+    assert len(storages) == 1 and pack_csr({}) == {}
 
 
 def test_node_id_bags_edge_cases() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_log_dataset
-from torchrec_gnn.data.batch import GraphBatch
+from torchrec_gnn.data.batch import GraphBatch, RelationCSR
 from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.data.loader import BatchPlan, BatchSchema, GraphBatchBuilder, GraphBatchDataset, LinkTargets, make_dataloader
 from torchrec_gnn.data.split import TimeSplit
@@ -37,7 +37,7 @@ def with_row_ids(examples: Interactions) -> Interactions:
 def make_dataset(split: TimeSplit, batch_size: int = 64, fanouts=(5, 3), sparse_names: Sequence[str] = (*SPARSE, "row"),
                  **kwargs) -> GraphBatchDataset:
     sampler = NeighborSampler(split.graph, fanouts if isinstance(fanouts, dict) else list(fanouts))
-    built = {k: kwargs.pop(k) for k in ("node_features", "degree", "links") if k in kwargs}  # the rest is the plan's
+    built = {k: kwargs.pop(k) for k in ("node_features", "degree", "links", "csr") if k in kwargs}  # the rest is the plan's
     schema = BatchSchema("user", "item", split.graph.node_types, list(sparse_names))
     return GraphBatchDataset(with_row_ids(split.train), GraphBatchBuilder(sampler, schema, **built),
                              BatchPlan(batch_size, **kwargs))
@@ -70,6 +70,9 @@ def assert_batches_equal(a: GraphBatch, b: GraphBatch) -> None:
     assert ga.num_sampled_nodes == gb.num_sampled_nodes and ga.num_sampled_edges == gb.num_sampled_edges
     assert ga.node_features.keys() == gb.node_features.keys()
     assert all(torch.equal(ga.node_features[t], gb.node_features[t]) for t in ga.node_features)
+    assert ga.csr.keys() == gb.csr.keys()
+    assert all(len(ga.csr[et].tensors()) == len(gb.csr[et].tensors()) and
+               all(torch.equal(x, y) for x, y in zip(ga.csr[et].tensors(), gb.csr[et].tensors())) for et in ga.csr)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +173,49 @@ def test_dense_and_sparse_features_are_the_examples_rows(dataset, batches) -> No
             assert torch.equal(kjt[name].values(), ex.sparse[name][rows]), name
 
 
+def test_csr_arrays_are_each_hop_prefix_matrix_and_its_transpose(tiny_split) -> None:
+    """With ``csr=True`` every relation's arrays describe the matrix of its first h hops' edges
+    (destinations within h - 1 hops, sources within h hops) and that matrix's transpose."""
+    batch = make_dataset(tiny_split, csr=True, shuffle=True, seed=3)[1]
+    graph = batch.graph_features
+    assert graph.csr.keys() == graph.edge_index.keys() and make_dataset(tiny_split)[1].graph_features.csr == {}
+    hop_counts = []
+    for (src, rel, dst), edges in graph.edge_index.items():
+        csr = graph.csr[(src, rel, dst)]
+        assert len(csr.crow_t) == len(csr.col_t) == 2 and csr.crow.numel() == graph.num_nodes[dst] + 1
+        for h in (1, 2):
+            num_edges = sum(graph.num_sampled_edges[(src, rel, dst)][:h])
+            rows, cols = sum(graph.num_sampled_nodes[dst][:h]), sum(graph.num_sampled_nodes[src][: h + 1])
+            matrix = torch.zeros(rows, cols, dtype=torch.int64).index_put_(
+                (edges[1, :num_edges], edges[0, :num_edges]), torch.ones(num_edges, dtype=torch.int64), accumulate=True)
+            crow = csr.crow[: rows + 1]
+            assert int(crow[-1]) == num_edges
+            rebuilt = torch.zeros_like(matrix).index_put_(
+                (torch.repeat_interleave(torch.arange(rows), crow.diff()), edges[0, :num_edges]),
+                torch.ones(num_edges, dtype=torch.int64), accumulate=True)
+            assert torch.equal(rebuilt, matrix)
+            crow_t, col_t = csr.crow_t[h - 1], csr.col_t[h - 1]
+            assert crow_t.numel() == cols + 1 and col_t.numel() == num_edges
+            transposed = torch.zeros(cols, rows, dtype=torch.int64).index_put_(
+                (torch.repeat_interleave(torch.arange(cols), crow_t.diff()), col_t),
+                torch.ones(num_edges, dtype=torch.int64), accumulate=True)
+            assert torch.equal(transposed, matrix.t())
+            hop_counts.append(num_edges)
+    assert max(hop_counts) > 0
+
+
+def test_relation_csr_refuses_edges_out_of_hop_order(tiny_split) -> None:
+    graph = make_dataset(tiny_split)[0].graph_features
+    et = max(graph.edge_index, key=lambda et: graph.num_sampled_edges[et][0])
+    edges = graph.edge_index[et]
+    counts = (graph.num_sampled_edges[et], graph.num_sampled_nodes[et[0]], graph.num_sampled_nodes[et[2]])
+    RelationCSR.from_sample(edges, *counts)
+    with pytest.raises(ValueError, match="grouped by destination, hop by hop"):
+        RelationCSR.from_sample(edges.flip(1), *counts)
+    with pytest.raises(ValueError, match=r"the first 1 hop\(s\)' \d+ edges must end at the \d+ destinations"):
+        RelationCSR.from_sample(edges, [0, sum(counts[0])], *counts[1:])  # hop 1's edges counted as hop 2's
+
+
 def test_node_features_are_gathered_for_the_sampled_nodes(tiny_split) -> None:
     features = {"item": torch.randn(tiny_split.graph.num_nodes["item"], 4, generator=torch.Generator().manual_seed(0))}
     b = make_dataset(tiny_split, node_features=features)[1]
@@ -263,7 +309,7 @@ def epoch_batches(dataset: GraphBatchDataset, epoch: int, num_workers: int) -> L
 
 
 def test_same_seed_and_epoch_give_identical_batches_with_0_or_2_workers(tiny_split) -> None:
-    dataset = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7)
+    dataset = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7, csr=True)  # CSR arrays cross too
     in_process = epoch_batches(dataset, epoch=1, num_workers=0)
     in_workers = epoch_batches(dataset, epoch=1, num_workers=2)
     assert len(in_process) == len(in_workers) == len(dataset) == 8
@@ -271,7 +317,7 @@ def test_same_seed_and_epoch_give_identical_batches_with_0_or_2_workers(tiny_spl
         assert isinstance(b, GraphBatch)
         assert_batches_equal(a, b)
     # A fresh dataset object with the same seed reproduces them too (no hidden state).
-    again = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7)
+    again = make_dataset(tiny_split, batch_size=48, shuffle=True, seed=7, csr=True)
     again.set_epoch(1)
     assert_batches_equal(again[3], in_process[3])
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.nn import SAGEConv
 
-from torchrec_gnn.modules.aggregation import CSRSAGEConv, sparse_mean, sum_sage_convs, transpose_csr
+from torchrec_gnn.modules.aggregation import CSRAdjacency, CSRSAGEConv, sparse_mean, sum_sage_convs, transpose_csr
 
 
 def csr_of_ones(row: torch.Tensor, col: torch.Tensor, shape) -> torch.Tensor:
@@ -24,15 +24,12 @@ def random_adjacency(seed: int = 0) -> torch.Tensor:
     return csr_of_ones(torch.randint(0, 6, (40,), generator=g), torch.randint(0, 6, (40,), generator=g), (9, 7))
 
 
-def test_transpose_counts_every_entry_and_lists_rows_in_order() -> None:
+def test_transpose_csr_is_the_transposed_matrix() -> None:
+    """(The index arrays' order: tests/graph/test_csr.py.)"""
     adjacency = random_adjacency()
     transposed = transpose_csr(adjacency)
-    assert transposed.layout == torch.sparse_csr and transposed.shape == (7, 9)
+    assert transposed.layout == torch.sparse_csr and transposed.shape == (7, 9) and transposed.dtype == torch.float64
     torch.testing.assert_close(transposed.to_dense(), adjacency.to_dense().t())  # repeats count twice
-    crow, col = transposed.crow_indices(), transposed.col_indices()
-    for r in range(7):
-        assert bool((col[crow[r] : crow[r + 1]].diff() >= 0).all())
-    assert int(crow[7] - crow[6]) == 0
     empty = csr_of_ones(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), (3, 4))
     assert transpose_csr(empty).shape == (4, 3) and transpose_csr(empty).col_indices().numel() == 0
 
@@ -48,6 +45,42 @@ def test_sparse_mean_matches_torch_and_its_gradient_is_exact() -> None:
     (ours,) = torch.autograd.grad(sparse_mean(adjacency, x), x, grad)
     (reference,) = torch.autograd.grad(torch.sparse.mm(adjacency, x, "mean"), x, grad)
     torch.testing.assert_close(ours, reference)
+
+
+def test_sparse_mean_reads_a_given_transpose() -> None:
+    adjacency = random_adjacency(1)
+    given = CSRAdjacency(adjacency, transpose_csr(adjacency))
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    grad = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = sparse_mean(given, x)
+    torch.testing.assert_close(out, sparse_mean(adjacency, x))
+    (ours,) = torch.autograd.grad(out, x, grad)
+    torch.testing.assert_close(ours, torch.autograd.grad(sparse_mean(adjacency, x), x, grad)[0])
+    # The backward multiplies by the transpose it is given (here twice the true one), builds none.
+    doubled = CSRAdjacency(adjacency, transpose_csr(adjacency) * 2)
+    torch.testing.assert_close(torch.autograd.grad(sparse_mean(doubled, x), x, grad)[0], 2 * ours)
+
+
+@pytest.mark.parametrize("num_sources", [7, 2])  # averaging first, projecting first
+def test_csr_sage_conv_reads_a_matrix_with_its_transpose_as_the_matrix_alone(num_sources: int) -> None:
+    torch.manual_seed(0)
+    conv = CSRSAGEConv((3, 3), 4, root_weight=True).double()
+    g = torch.Generator().manual_seed(4)
+    adjacency = csr_of_ones(torch.randint(0, 9, (30,), generator=g), torch.randint(0, num_sources, (30,), generator=g),
+                            (9, num_sources))
+    assert conv.project_first_is_cheaper(adjacency, 3) == (num_sources == 2)
+    x_src = torch.randn(num_sources, 3, dtype=torch.float64, generator=g)
+    x_dst = torch.randn(9, 3, dtype=torch.float64, generator=g)
+
+    def run(edges):
+        conv.zero_grad()
+        src = x_src.clone().requires_grad_()
+        out = conv((src, x_dst), edges)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        return out, src.grad, conv.lin_l.weight.grad.clone()
+
+    for given, alone in zip(run(CSRAdjacency(adjacency, transpose_csr(adjacency))), run(adjacency)):
+        torch.testing.assert_close(given, alone)
 
 
 def test_csr_sage_conv_is_sage_conv_on_every_input() -> None:

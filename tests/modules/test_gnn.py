@@ -3,6 +3,7 @@ from typing import Dict
 import pytest
 import torch
 
+from torchrec_gnn.data.batch import RelationCSR
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.modules.gnn import GNNConfig, HeteroGNN, HeteroSAGE, LightGCNConv
@@ -74,6 +75,59 @@ def test_trimming_gives_the_same_seed_embeddings_and_computes_only_them(conv: st
     for t, seeds in (("user", 5), ("item", 3)):
         assert sub.num_nodes[t] > seeds and out_t[t].shape == (seeds, trimmed.out_channels)
         torch.testing.assert_close(out_t[t], out_f[t][:seeds], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("outer_hop, trim", [("sample", True), ("sample", False), ("history", True)])
+def test_sage_reads_the_batchs_csr_as_it_builds_its_own(outer_hop: str, trim: bool) -> None:
+    """The loader's CSR arrays (RelationCSR) give the same outputs and gradients as the
+    adjacencies and transposes HeteroSAGE builds from edge_index, trimmed or not, with a history."""
+    g = torch.Generator().manual_seed(4)
+    num_nodes = {"user": 60, "item": 40}
+    src, dst = torch.randint(0, 60, (300,), generator=g), torch.randint(0, 40, (300,), generator=g)
+    graph = HeteroGraph.from_edges(num_nodes, {EDGE_TYPES[0]: (src, dst)}, add_reverse=True)
+    fanouts = [4] if outer_hop == "history" else [4, 3]
+    sub = NeighborSampler(graph, fanouts).sample({"user": torch.arange(5), "item": torch.arange(3)}, generator=g)
+    csr = {et: RelationCSR.from_sample(e, sub.num_sampled_edges[et], sub.num_sampled_nodes[et[0]],
+                                       sub.num_sampled_nodes[et[2]]) for et, e in sub.edge_index_dict.items()}
+    torch.manual_seed(0)
+    gnn = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(trim=trim, outer_hop=outer_hop, dropout=0.0))
+    node_ids = None
+    if outer_hop == "history":
+        gnn.add_history(num_nodes).load({t: torch.randn(n, gnn.last_layer_in_channels, generator=g) for t, n in num_nodes.items()})
+        node_ids = sub.node
+    x = {t: torch.randn(sub.num_nodes[t], 8, generator=g) for t in NODE_TYPES}
+
+    def run(batch_csr):
+        gnn.zero_grad()
+        inputs = {t: v.clone().requires_grad_() for t, v in x.items()}
+        counts = (sub.num_sampled_nodes, sub.num_sampled_edges) if trim else (None, None)
+        out = gnn(inputs, sub.edge_index_dict, *counts, node_ids, csr=batch_csr)
+        sum((h * torch.arange(h.numel()).view_as(h).cos()).sum() for h in out.values()).backward()
+        return [*out.values(), *(v.grad for v in inputs.values()), *(p.grad for p in gnn.parameters() if p.grad is not None)]
+
+    for given, built in zip(run(csr), run(None)):
+        torch.testing.assert_close(given, built)
+
+
+def test_sage_refuses_a_csr_built_for_other_fanouts() -> None:
+    g = torch.Generator().manual_seed(5)
+    graph = HeteroGraph.from_edges({"user": 30, "item": 20}, {EDGE_TYPES[0]: (torch.randint(0, 30, (90,), generator=g),
+                                                                          torch.randint(0, 20, (90,), generator=g))},
+                                   add_reverse=True)
+    seeds = {"user": torch.arange(4), "item": torch.arange(2)}
+    two_hops = NeighborSampler(graph, [3, 2]).sample(seeds, generator=torch.Generator().manual_seed(1))
+    one_hop = NeighborSampler(graph, [3]).sample(seeds, generator=torch.Generator().manual_seed(1))
+    stale = {et: RelationCSR.from_sample(e, one_hop.num_sampled_edges[et], one_hop.num_sampled_nodes[et[0]],
+                                         one_hop.num_sampled_nodes[et[2]]) for et, e in one_hop.edge_index_dict.items()}
+    gnn = HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig())
+    x = {t: torch.randn(two_hops.num_nodes[t], 8) for t in NODE_TYPES}
+    with pytest.raises(ValueError, match=r"HeteroSAGE: the batch's CSR holds 1 hop\(s\), this layer reads 2"):
+        gnn(x, two_hops.edge_index_dict, two_hops.num_sampled_nodes, two_hops.num_sampled_edges, csr=stale)
+    one_hop_x = {t: torch.randn(one_hop.num_nodes[t], 8) for t in NODE_TYPES}
+    swapped = dict(zip(stale, reversed(list(stale.values()))))  # each relation given the other's arrays
+    with pytest.raises(ValueError, match=r"HeteroSAGE: the batch's CSR of 1 hop\(s\) is for \d+ sources, \d+ edges"):
+        HeteroGNN.from_config(NODE_TYPES, EDGE_TYPES, 8, GNNConfig(num_layers=1))(
+            one_hop_x, one_hop.edge_index_dict, one_hop.num_sampled_nodes, one_hop.num_sampled_edges, csr=swapped)
 
 
 def test_lightgcn_normalisation() -> None:

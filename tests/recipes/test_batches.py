@@ -22,3 +22,17 @@ def test_loader_sampling_knobs_reach_the_sampler() -> None:
         nodes[labor] = sum(sum(data[i].graph_features.num_nodes.values()) for i in range(len(data)))
     assert nodes[True] < nodes[False]
     assert torch.equal(data[0].dense_features, split.train.dense[:256])  # the same examples, in order
+
+
+def test_the_loader_prebuilds_csr_on_a_gpu_or_when_asked_for_a_sparse_product_gnn() -> None:
+    from torchrec_gnn.recipes.batches import prebuilds_csr
+    from torchrec_gnn.train.distributed import DistributedContext
+
+    def ctx(device: str) -> DistributedContext:
+        return DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), backend="gloo")
+
+    default = load_config(None, [])
+    assert not prebuilds_csr(default) and not prebuilds_csr(default, ctx("cpu")) and prebuilds_csr(default, ctx("cuda"))
+    assert prebuilds_csr(load_config(None, ["loader.prebuild_csr=true"]), ctx("cpu"))
+    assert not prebuilds_csr(load_config(None, ["loader.prebuild_csr=false"]), ctx("cuda"))
+    assert not prebuilds_csr(load_config(None, ["loader.prebuild_csr=true", "model.gnn.conv=gat"]), ctx("cuda"))

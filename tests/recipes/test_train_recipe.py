@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from torchrec_gnn.modules.aggregation import CSRAdjacency
 from torchrec_gnn.recipes.evaluate import evaluate_run
 from torchrec_gnn.recipes.train import main
 from torchrec_gnn.train.checkpoint import CheckpointError
@@ -193,6 +194,33 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
                            pretrained["node_embeddings.embedding_bags.node_user.weight"])
     record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["losses"])[-2:] == ["gfae", "edge"] and record["losses"]["edge"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_csr_built_by_the_loader_trains_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``loader.prebuild_csr``: pre-training and the ranker read the batches' CSR arrays through
+    TorchRec's pipeline, and train the model the step would train building them itself."""
+    from torchrec_gnn.modules.gnn import HeteroSAGE
+
+    read = {"true": 0, "false": 0}
+    adjacency = HeteroSAGE.adjacency
+
+    def counting(self, *args, **kwargs):  # noqa: ANN002, ANN003 - HeteroSAGE.adjacency's arguments
+        matrix = adjacency(self, *args, **kwargs)
+        read[flag] += isinstance(matrix, CSRAdjacency)  # a matrix with its transpose: read from the batch
+        return matrix
+
+    monkeypatch.setattr(HeteroSAGE, "adjacency", counting)
+    argv = ["--config", "configs/ablations/warm_start_edge.yaml", *TINY, "--set", "pretrain.batch_size=256",
+            "--set", "model.gfae.edge_links_per_batch=64", "--max-steps", "3"]
+    results = {}
+    for flag in ("true", "false"):
+        results[flag] = main([*argv, "--set", f"loader.prebuild_csr={flag}", "--output-dir", str(tmp_path / flag)])
+    assert read["true"] > 0 and read["false"] == 0
+    assert results["true"] == results["false"]
+    for name in ("pretrain/tower.pt", "model.pt"):
+        built, read = torch.load(tmp_path / "false" / name), torch.load(tmp_path / "true" / name)
+        assert built.keys() == read.keys() and all(torch.equal(built[k], read[k]) for k in built), name
 
 
 @pytest.mark.timeout(600)

@@ -18,7 +18,7 @@ from torch.autograd.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_gnn.data.batch import GraphBatch, GraphFeatures, node_id_bags
+from torchrec_gnn.data.batch import GraphBatch, GraphFeatures, RelationCSR, node_id_bags, pack_csr
 from torchrec_gnn.data.dataset import Interactions
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
@@ -184,11 +184,14 @@ class GraphBatchBuilder:
             under temporal sampling.
         links (LinkTargets, optional): the relation (and negatives per link) of the links a
             batch also predicts (the edge objective, or link-prediction pre-training).
+        csr (bool): also build each relation's CSR arrays and their transposes
+            (:class:`~torchrec_gnn.data.batch.RelationCSR`), for a GNN that aggregates by sparse
+            products (``HeteroGNN.reads_csr``): the workers then do what its step would. Default False.
     """
 
     def __init__(self, sampler: NeighborSampler, schema: BatchSchema,
                  node_features: Optional[Dict[NodeType, torch.Tensor]] = None, degree: Optional[DegreeFeatures] = None,
-                 links: Optional[LinkTargets] = None) -> None:
+                 links: Optional[LinkTargets] = None, csr: bool = False) -> None:
         graph_types = list(sampler.graph.node_types)
         if sorted(schema.node_types) != sorted(graph_types) or len(set(schema.node_types)) != len(schema.node_types):
             raise ValueError(
@@ -201,7 +204,7 @@ class GraphBatchBuilder:
         if links is not None and (links.edge_type[0], links.edge_type[2]) != (schema.user_type, schema.item_type):
             raise ValueError(f"GraphBatchDataset: links of {links.edge_type} must go from the user type "
                              f"{schema.user_type!r} to the item type {schema.item_type!r}")
-        self.sampler, self.schema, self.degree, self.links = sampler, schema, degree, links
+        self.sampler, self.schema, self.degree, self.links, self.csr = sampler, schema, degree, links, csr
         self.node_features = dict(node_features or {})
 
     def __call__(self, ex: Interactions, generator: torch.Generator, links: Optional[torch.Tensor] = None) -> GraphBatch:
@@ -244,6 +247,12 @@ class GraphBatchBuilder:
         )
         missing = torch.isnan(ex.labels)
         hops = len(next(iter(out.num_sampled_nodes.values()), []))
+        edge_index = out.edge_index_dict
+        csr: Dict[EdgeType, RelationCSR] = {}
+        if self.csr:
+            with record_function("## csr ##"):
+                csr = pack_csr({et: RelationCSR.from_sample(edges, out.num_sampled_edges[et], out.num_sampled_nodes[et[0]],
+                                                            out.num_sampled_nodes[et[2]]) for et, edges in edge_index.items()})
         return GraphBatch(
             dense_features=ex.dense,
             sparse_features=sparse_features,
@@ -251,7 +260,7 @@ class GraphBatchBuilder:
             label_mask=~missing,
             graph_features=GraphFeatures(
                 node_ids=node_id_bags(schema.node_types, [out.node.get(t, empty) for t in schema.node_types]),
-                edge_index=out.edge_index_dict,
+                edge_index=edge_index,
                 user_index=user_index,
                 item_index=item_index,
                 num_sampled_nodes={t: list(out.num_sampled_nodes.get(t, [0] * hops)) for t in schema.node_types},
@@ -259,6 +268,7 @@ class GraphBatchBuilder:
                 node_features=self._node_features(out.node, earliest),
                 link_index=link_index,
                 link_label=link_label,
+                csr=csr,
             ),
         )
 

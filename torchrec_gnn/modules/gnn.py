@@ -12,7 +12,6 @@ H hidden channels, C destination nodes per inference chunk.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,8 +21,10 @@ from torch_geometric.nn import GATConv, MessagePassing
 from torch_geometric.utils import degree
 from tqdm import tqdm
 
+from torchrec_gnn.data.batch import RelationCSR
+from torchrec_gnn.graph.csr import destination_pointers
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.modules.aggregation import CSRSAGEConv, sum_sage_convs
+from torchrec_gnn.modules.aggregation import Adjacency, CSRAdjacency, CSRSAGEConv, csr_ones, sum_sage_convs
 from torchrec_gnn.modules.config import GNNConfig
 from torchrec_gnn.modules.history import HistoricalEmbeddings, history_inputs
 from torchrec_gnn.modules.utils import IntegerMaskDropout
@@ -70,7 +71,7 @@ class RelationInput(NamedTuple):
 
     conv: MessagePassing  # the relation's conv in this layer
     x_src: torch.Tensor  # (N_src, D_l) source features
-    edges: torch.Tensor  # what the conv reads as edges (HeteroGNN.adjacency)
+    edges: Adjacency  # what the conv reads as edges (HeteroGNN.adjacency)
     extra: Dict[str, torch.Tensor]  # extra conv arguments (src_degree)
 
 
@@ -101,6 +102,7 @@ class HeteroGNN(nn.Module):
     """
 
     conv_name: ClassVar[str] = ""  # the family's GNNConfig.conv
+    reads_csr: ClassVar[bool] = False  # its adjacency() reads a batch's prebuilt CSR (GraphBatchBuilder(csr=True))
     node_transforms: ClassVar[bool] = True  # root transform, norm, activation and dropout between layers
 
     @staticmethod
@@ -170,9 +172,11 @@ class HeteroGNN(nn.Module):
         by default."""
         return None
 
-    def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype) -> torch.Tensor:
+    def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype,
+                  csr: Optional[RelationCSR] = None, hops: int = 1) -> Adjacency:
         """What a relation's conv reads as its edges: the (2, E) ``edge_index`` itself unless the
-        family aggregates by sparse matrix product (:class:`HeteroSAGE`)."""
+        family aggregates by sparse matrix product (:class:`HeteroSAGE`), which reads the
+        batch's prebuilt ``csr`` of the first ``hops`` hops when given."""
         return edge_index
 
     def add_history(self, num_nodes: Mapping[NodeType, int], device: Optional[torch.device] = None) -> HistoricalEmbeddings:
@@ -220,6 +224,7 @@ class HeteroGNN(nn.Module):
         num_sampled_nodes: Optional[Dict[NodeType, List[int]]] = None,
         num_sampled_edges: Optional[Dict[EdgeType, List[int]]] = None,
         node_ids: Optional[Dict[NodeType, torch.Tensor]] = None,
+        csr: Optional[Mapping[EdgeType, RelationCSR]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
         """
         Args:
@@ -231,6 +236,9 @@ class HeteroGNN(nn.Module):
                 with a history (:meth:`add_history`): the sample then has ``num_layers - 1``
                 hops, the hop-1 nodes' last-layer inputs are read from the history and (in
                 training mode) the seeds' are written to it.
+            csr (Mapping[EdgeType, RelationCSR], optional): the sample's edges in CSR form with
+                their transposes, built in the loader's workers; families that aggregate by
+                sparse products (:class:`HeteroSAGE`) read them instead of building them.
 
         Returns:
             Dict[str, Tensor]: (N'_t, H) for each of ``out_node_types``; with trimming N'_t is
@@ -260,7 +268,8 @@ class HeteroGNN(nn.Module):
                 edge_index_dict = {
                     et: e[:, : sum(num_sampled_edges[et][:hops])] for et, e in edge_index_dict.items()
                 }
-            x_dict = self.layer_forward(layer, x_dict, edge_index_dict, x_dst_dict)
+            prebuilt = None if csr is None else (csr, hops if trim else sampled_hops)
+            x_dict = self.layer_forward(layer, x_dict, edge_index_dict, x_dst_dict, prebuilt=prebuilt)
             layers.append(x_dict)
         rows = {t: x_dict[t].shape[0] for t in self.out_node_types}
         return self.combine({t: [h[t][: rows[t]] for h in layers] for t in rows})
@@ -277,6 +286,7 @@ class HeteroGNN(nn.Module):
         edge_index_dict: Dict[EdgeType, torch.Tensor],
         x_dst_dict: Optional[Dict[NodeType, torch.Tensor]] = None,
         src_degree_dict: Optional[Dict[EdgeType, torch.Tensor]] = None,
+        prebuilt: Optional[Tuple[Mapping[EdgeType, RelationCSR], int]] = None,
     ) -> Dict[NodeType, torch.Tensor]:
         """Layer ``layer`` alone: the sampled forward pass and :meth:`inference` both run it.
 
@@ -291,6 +301,8 @@ class HeteroGNN(nn.Module):
             src_degree_dict (Dict[EdgeType, Tensor], optional): (N_src,) out-degree of every
                 source per relation (:meth:`full_graph_degrees`), given to convs that
                 normalise by it; default: none.
+            prebuilt (Tuple[Mapping[EdgeType, RelationCSR], int], optional): the batch's CSR
+                arrays and the hops whose edges ``edge_index_dict`` holds, for :meth:`adjacency`.
 
         Returns:
             Dict[str, Tensor]: (M_t, H) for every node type some relation ends at.
@@ -304,7 +316,9 @@ class HeteroGNN(nn.Module):
             if key in convs and et in edge_index_dict:
                 src, _, dst = et
                 x_src = x_dict[src]
-                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst_dict[dst].shape[0], x_src.dtype)
+                csr, hops = (prebuilt[0][et], prebuilt[1]) if prebuilt is not None and et in prebuilt[0] else (None, 1)
+                edges = self.adjacency(edge_index_dict[et], x_src.shape[0], x_dst_dict[dst].shape[0], x_src.dtype,
+                                       csr, hops)
                 extra = {"src_degree": degrees[et]} if et in degrees else {}
                 relations.setdefault(dst, []).append(RelationInput(convs[key], x_src, edges, extra))
         out = {dst: self.sum_relations(layer, dst, x_dst_dict[dst], inputs) for dst, inputs in relations.items()}
@@ -405,6 +419,7 @@ class HeteroSAGE(HeteroGNN):
     """GraphSAGE per relation (mean aggregation; the root transform is the stack's, per node type)."""
 
     conv_name = "sage"
+    reads_csr = True
 
     def init_conv(self, width: int) -> MessagePassing:
         return CSRSAGEConv((width, width), self.config.hidden_channels, root_weight=False)
@@ -417,34 +432,34 @@ class HeteroSAGE(HeteroGNN):
         relation."""
         return sum_sage_convs(x_dst, self.roots[layer][dst], [(r.conv, r.x_src, r.edges) for r in relations])
 
-    def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype) -> torch.Tensor:
+    def adjacency(self, edge_index: torch.Tensor, num_src: int, num_dst: int, dtype: torch.dtype,
+                  csr: Optional[RelationCSR] = None, hops: int = 1) -> Adjacency:
         """The relation as a (N_dst, N_src) CSR matrix of ones (PyG's ``adj_t``): SAGEConv then
         averages each destination's neighbours in one sparse-dense product instead of gathering
         an (E, D) message per edge and scattering it back, the same sums in the same edge order
         (edges sorted by destination, as the sampler emits them; others are sorted here, stably),
         forward and backward several times faster on CPU (the backward by
-        :func:`~torchrec_gnn.modules.aggregation.sparse_mean`'s counting-sort transpose)."""
-        row, col = edge_index
-        if col.numel() > 1 and bool((col[1:] < col[:-1]).any()):
-            order = torch.argsort(col, stable=True)
-            row, col = row[order], col[order]
-        # The sparse kernels do not check their indices (an id out of range would read past the
-        # features): checked here, as indexing checks the (E, D) gather of the default path. One
-        # pass over the sources; the sorted destinations' range is their first and last.
-        if row.numel():
-            src_lo, src_hi = (int(v) for v in torch.aminmax(row))
-            dst_lo, dst_hi = int(col[0]), int(col[-1])
-            if src_lo < 0 or src_hi >= num_src or dst_lo < 0 or dst_hi >= num_dst:
-                raise ValueError(f"{type(self).__name__}: edge_index has ids outside {num_src} sources x "
-                                 f"{num_dst} destinations (sources {src_lo}..{src_hi}, "
-                                 f"destinations {dst_lo}..{dst_hi})")
-        crow = torch.zeros(num_dst + 1, dtype=torch.int64, device=col.device)
-        crow[1:] = torch.bincount(col, minlength=num_dst).cumsum(0)
-        ones = torch.ones(row.numel(), dtype=dtype, device=row.device)
-        with warnings.catch_warnings():  # torch's one-time notice that CSR tensors are in beta
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-            # Invariant checks off: a destination's sources are neither sorted nor distinct.
-            return torch.sparse_csr_tensor(crow, row, ones, size=(num_dst, num_src), check_invariants=False)
+        :func:`~torchrec_gnn.modules.aggregation.sparse_mean`'s counting-sort transpose).
+
+        With the batch's ``csr`` (built in the loader's workers) the matrix of the first ``hops``
+        hops and its transpose are read from it: nothing is counted, checked or sorted here."""
+        if csr is None:
+            try:
+                crow, col = destination_pointers(edge_index, num_src, num_dst)
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: {err}") from None
+            return csr_ones(crow, col, (num_dst, num_src), dtype)
+        if hops > len(csr.crow_t):
+            raise ValueError(f"{type(self).__name__}: the batch's CSR holds {len(csr.crow_t)} hop(s), this layer "
+                             f"reads {hops} (was it built for these fanouts?)")
+        crow, crow_t, col_t = csr.crow[: num_dst + 1], csr.crow_t[hops - 1], csr.col_t[hops - 1]
+        if crow.numel() != num_dst + 1 or crow_t.numel() != num_src + 1 or col_t.numel() != edge_index.shape[1]:
+            raise ValueError(f"{type(self).__name__}: the batch's CSR of {hops} hop(s) is for {crow_t.numel() - 1} "
+                             f"sources, {col_t.numel()} edges and at most {csr.crow.numel() - 1} destinations, "
+                             f"but this layer has {num_src} sources, {edge_index.shape[1]} edges and {num_dst} "
+                             "destinations (was it built for these fanouts?)")
+        return CSRAdjacency(csr_ones(crow, edge_index[0], (num_dst, num_src), dtype),
+                            csr_ones(crow_t, col_t, (num_src, num_dst), dtype))
 
 
 class HeteroGAT(HeteroGNN):

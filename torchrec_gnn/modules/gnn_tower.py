@@ -313,7 +313,8 @@ class GraphEncoder(nn.Module):
                 candidates = {t: x.shape[0] for t, x in inputs.items()}
             inputs, masked = self.gfae.mask(inputs, candidates)
         node_ids = None if self.history is None else {t: graph.node_ids[t].values() for t in inputs}
-        h_dict = self.gnn(inputs, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges, node_ids)
+        h_dict = self.gnn(inputs, graph.edge_index, graph.num_sampled_nodes, graph.num_sampled_edges, node_ids,
+                          csr=graph.csr or None)
         zero = connected_zero(h_dict[self.user_type])
         gfae_loss = self.gfae.loss(h_dict, targets, masked) if use_gfae else zero
         link_logits, edge_loss = zero.reshape(1)[:0], zero

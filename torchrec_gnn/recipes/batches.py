@@ -21,6 +21,7 @@ from torchrec_gnn.data.split import TimeSplit, streaming_graph, time_split
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
+from torchrec_gnn.modules.gnn import GNN_FAMILIES
 from torchrec_gnn.train.distributed import DistributedContext
 from torchrec_gnn.typing import EdgeType
 
@@ -67,7 +68,9 @@ def batches(
     ``batch_size`` overrides the config's). Training batches are shuffled (whole batches of
     consecutive examples on a fresh graph), except under the streaming protocol (time order, as
     a streaming trainer reads them); the edge objective's links are the graph's edges older than
-    ``links_before`` when given; ``degree`` adds degree columns to an end-to-end tower's side features."""
+    ``links_before`` when given; ``degree`` adds degree columns to an end-to-end tower's side features.
+    Training batches of a GNN that aggregates by sparse products carry their CSR arrays and
+    transposes when :func:`prebuilds_csr` says so."""
     loader, model = config.loader, config.model
     sampler = NeighborSampler(graph, batch_fanouts(config, graph), replace=loader.replace, temporal=loader.temporal,
                               temporal_strategy=loader.temporal_strategy, labor=loader.labor)
@@ -78,12 +81,22 @@ def batches(
                                        model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio, links_before)
     schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types, list(dataset.sparse_cardinality))
     builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features if end_to_end else None,
-                                degree=degree if end_to_end else None, links=links)
+                                degree=degree if end_to_end else None, links=links,
+                                csr=train and end_to_end and prebuilds_csr(config, ctx))
     plan = BatchPlan(batch_size=batch_size or (loader.batch_size if train else loader.eval_batch_size),
                      shuffle=train and config.train.protocol == "static", batch_by_time=config.fresh_graph,
                      drop_last=train, seed=config.train.seed, rank=ctx.rank if ctx else 0,
                      world_size=ctx.world_size if ctx else 1)
     return GraphBatchDataset(examples, builder, plan)
+
+
+def prebuilds_csr(config: ExperimentConfig, ctx: Optional[DistributedContext] = None) -> bool:
+    """Whether the loader's workers build the training batches' CSR arrays
+    (``loader.prebuild_csr``; by default when ``ctx`` trains on a GPU) for a GNN that reads them."""
+    wanted = config.loader.prebuild_csr
+    if wanted is None:
+        wanted = ctx is not None and ctx.device.type == "cuda"
+    return wanted and GNN_FAMILIES[config.model.gnn.conv].reads_csr
 
 
 def intra_op_threads(config: ExperimentConfig) -> int:

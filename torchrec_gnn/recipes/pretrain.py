@@ -26,7 +26,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler
 from torchrec_gnn.models.builder import build_graph_tower, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
-from torchrec_gnn.recipes.batches import configured_fanouts
+from torchrec_gnn.recipes.batches import configured_fanouts, prebuilds_csr
 from torchrec_gnn.train.distributed import DistributedContext
 from torchrec_gnn.train.pretrain import (
     EMBEDDINGS_FILE,
@@ -102,7 +102,7 @@ class LinkPretrainRecipe:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         sampler = NeighborSampler(message_graph, self.setup.fanouts)
         self.train_data = link_batches(LinkTargets(self.relation, train_edges, per_batch), sampler, self.dataset,
-                                       train=True, seed=seed, degree=self.setup.degree)
+                                       train=True, seed=seed, degree=self.setup.degree, csr=self.setup.prebuild_csr)
         self.val_data = link_batches(LinkTargets(self.relation, self.val_pairs, per_batch), sampler, self.dataset,
                                      train=False, seed=seed + 1, degree=self.setup.degree)
 
@@ -167,7 +167,7 @@ def pretrain_stage(
         graph = graph_at_start()
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
-                              export=config.model.two_stage, degree=degree)
+                              export=config.model.two_stage, degree=degree, prebuild_csr=prebuilds_csr(config, ctx))
         tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True, history=False)
         if initial_tower is not None:
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))

@@ -73,6 +73,8 @@ class PretrainSetup:
         export (bool): export the embeddings (two-stage); warm start only needs the tower.
         degree (DegreeFeatures, optional): degree columns joining the side features
             (``ModelConfig.node_degree``).
+        prebuild_csr (bool): the workers build the training batches' CSR arrays
+            (``LoaderConfig.prebuild_csr``).
     """
 
     pretrain: PretrainConfig
@@ -83,6 +85,7 @@ class PretrainSetup:
     device: torch.device = torch.device("cpu")
     export: bool = True
     degree: Optional[DegreeFeatures] = None
+    prebuild_csr: bool = False
 
 
 def _edge_list(graph: HeteroGraph, edge_type: EdgeType) -> EdgeList:
@@ -173,16 +176,17 @@ class PretrainResult:
 
 def link_batches(
     links: LinkTargets, sampler: NeighborSampler, dataset: GraphRecDataset, train: bool, seed: int,
-    degree: Optional[DegreeFeatures] = None,
+    degree: Optional[DegreeFeatures] = None, csr: bool = False,
 ) -> GraphBatchDataset:
     """GraphBatches of links alone (no ranking examples): a shuffled share to train on, or
-    every link in order to score (with ``degree``'s columns when given)."""
+    every link in order to score (with ``degree``'s columns when given, and each relation's CSR
+    arrays with ``csr``, :class:`~torchrec_gnn.data.loader.GraphBatchBuilder`)."""
     no_examples = Interactions(
         user=torch.empty(0, dtype=torch.int64), item=torch.empty(0, dtype=torch.int64),
         timestamp=torch.empty(0, dtype=torch.int64), labels=torch.empty(0, 0), dense=torch.empty(0, 0),
     )
     schema = BatchSchema(dataset.user_type, dataset.item_type, sampler.graph.node_types)
-    builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features, degree=degree, links=links)
+    builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features, degree=degree, links=links, csr=csr)
     return GraphBatchDataset(no_examples, builder, BatchPlan(batch_size=1, shuffle=train, drop_last=train, seed=seed))
 
 
