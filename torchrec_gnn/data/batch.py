@@ -102,15 +102,17 @@ class RelationCSR:
         Raises:
             ValueError: edges not grouped by destination hop by hop, or ids out of range.
         """
-        row, col = edge_index
-        if col.numel() > 1 and bool((col[1:] < col[:-1]).any()):
+        row = edge_index[0]
+        crow, grouped = destination_pointers(edge_index, sum(src_per_hop), sum(dst_per_hop))  # checks the ids
+        if grouped.data_ptr() != row.data_ptr():  # it had to sort them
             raise ValueError("RelationCSR: edge_index must be grouped by destination, hop by hop, as the sampler emits it")
-        crow, _ = destination_pointers(edge_index, sum(src_per_hop), sum(dst_per_hop))
         crow_t, col_t = [], []
-        for h in range(1, len(num_sampled_edges) + 1):
+        hops = len(num_sampled_edges)
+        for h in range(1, hops + 1):
             edges, sources, destinations = sum(num_sampled_edges[:h]), sum(src_per_hop[: h + 1]), sum(dst_per_hop[:h])
             prefix = row[:edges]
-            if int(crow[destinations]) != edges or (edges and int(prefix.max()) >= sources):
+            # Every source is below sum(src_per_hop) (checked above): the last hop needs no second look.
+            if int(crow[destinations]) != edges or (h < hops and edges and int(prefix.max()) >= sources):
                 raise ValueError(f"RelationCSR: the first {h} hop(s)' {edges} edges must end at the {destinations} "
                                  f"destinations and start at the {sources} sources within {h - 1} and {h} hops")
             t_crow, t_col = transpose_pointers(crow[: destinations + 1], prefix, sources)
