@@ -105,6 +105,11 @@ class LoaderConfig:
         relation_fanouts (Dict[str, List[int]]): per-relation fanouts that replace ``fanouts``
             for the relations named ``"src__rel__dst"`` (e.g. ``{"user__friend__user": [5, 0]}``;
             0 skips a hop). The sampled subgraph, and so the GNN's cost, shrinks with them.
+        eval_fanouts (List[int], optional): neighbours per hop of the batches that score a
+            model (validation, test, ``eval``, ``predict``, the streaming protocol's periods);
+            ``[-1, -1]`` reads every neighbour, the neighbourhood ``export``'s full-graph
+            inference gives a served model. A hop a relation skips in training (fanout 0) stays
+            skipped. Default (None): the training fanouts.
         replace (bool): sample with replacement.
         temporal (bool): only sample edges older than each example (on top of the time split).
         temporal_strategy (str): which older edges a node draws in temporal mode: ``"uniform"``
@@ -128,6 +133,7 @@ class LoaderConfig:
     eval_batch_size: int = 4096
     fanouts: List[int] = field(default_factory=lambda: [10, 5])
     relation_fanouts: Dict[str, List[int]] = field(default_factory=dict)
+    eval_fanouts: Optional[List[int]] = None
     replace: bool = False
     temporal: bool = False
     temporal_strategy: str = "uniform"
@@ -251,6 +257,12 @@ class ExperimentConfig:
             raise ValueError(
                 f"loader.fanouts (and loader.relation_fanouts) give {sorted(hops)} hop(s) but model.gnn.num_layers is "
                 f"{self.model.gnn.num_layers}: each GNN layer needs one hop of neighbours; set one fanout per layer"
+            )
+        eval_fanouts = self.loader.eval_fanouts
+        if samples and eval_fanouts is not None and len(eval_fanouts) != self.model.gnn.num_layers:
+            raise ValueError(
+                f"loader.eval_fanouts gives {len(eval_fanouts)} hop(s) but model.gnn.num_layers is "
+                f"{self.model.gnn.num_layers}: set one fanout per layer ([-1, -1] reads every neighbour), or null"
             )
         if samples and self.model.gnn.outer_hop == "history" and (self.loader.temporal or self.fresh_graph):
             raise ValueError(

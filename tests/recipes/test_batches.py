@@ -1,8 +1,9 @@
 """recipes.batches: the loader config reaches the sampler and the batches it samples."""
 
+import pytest
 import torch
 
-from torchrec_gnn.config import load_config
+from torchrec_gnn.config import ConfigError, load_config
 from torchrec_gnn.data.registry import load_dataset
 from torchrec_gnn.data.split import time_split
 from torchrec_gnn.recipes.batches import batches
@@ -36,3 +37,30 @@ def test_the_loader_prebuilds_csr_on_a_gpu_or_when_asked_for_a_sparse_product_gn
     assert prebuilds_csr(load_config(None, ["loader.prebuild_csr=true"]), ctx("cpu"))
     assert not prebuilds_csr(load_config(None, ["loader.prebuild_csr=false"]), ctx("cuda"))
     assert not prebuilds_csr(load_config(None, ["loader.prebuild_csr=true", "model.gnn.conv=gat"]), ctx("cuda"))
+
+
+def test_scoring_batches_sample_eval_fanouts_and_training_batches_the_fanouts() -> None:
+    """``loader.eval_fanouts`` [-1, -1] gives scoring batches every first-hop neighbour of their
+    seeds (the neighbourhood export's full-graph inference reads); training batches keep
+    ``loader.fanouts``, and a hop a relation skips in training stays skipped."""
+    skipped = "user__friend__user"
+    config = load_config(None, ["data.preset=tiny", "loader.fanouts=[2, 2]", "loader.eval_fanouts=[-1, -1]",
+                                f"loader.relation_fanouts={{{skipped}: [2, 0]}}"])
+    dataset = load_dataset(config.data)
+    split = time_split(dataset)
+    train, scoring = (batches(config, split.graph, dataset, split.train, train=t, batch_size=64) for t in (True, False))
+    friend = next(et for et in split.graph.edge_types if "__".join(et) == skipped)
+    assert train.builder.sampler.num_neighbors[friend] == [2, 0] and scoring.builder.sampler.num_neighbors[friend] == [-1, 0]
+    assert {tuple(f) for et, f in scoring.builder.sampler.num_neighbors.items() if et != friend} == {(-1, -1)}
+    watched = next(et for et in split.graph.edge_types if et[0] == dataset.item_type and et[2] == dataset.user_type)
+    features = scoring[0].graph_features
+    seeds = features.node_ids[dataset.user_type].values()[: features.num_sampled_nodes[dataset.user_type][0]]
+    in_degree = split.graph.csc(watched).degree(seeds.numpy())
+    assert features.num_sampled_edges[watched][0] == int(in_degree.sum()) > 2 * len(seeds)
+    assert train[0].graph_features.num_sampled_edges[watched][0] <= 2 * len(seeds)
+
+
+def test_eval_fanouts_need_one_fanout_per_layer() -> None:
+    with pytest.raises(ConfigError, match=r"loader.eval_fanouts gives 1 hop\(s\) but model.gnn.num_layers is 2"):
+        load_config(None, ["loader.eval_fanouts=[-1]"])
+    assert load_config(None, ["loader.eval_fanouts=null"]).loader.eval_fanouts is None

@@ -41,14 +41,19 @@ def prepare_data(config: ExperimentConfig, ctx: DistributedContext, output_dir: 
     return dataset, split
 
 
-def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType, List[int]]:
-    """The per-relation fanouts of ``loader.fanouts`` and ``loader.relation_fanouts``."""
-    return fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
+def configured_fanouts(config: ExperimentConfig, graph: HeteroGraph, train: bool = True) -> Dict[EdgeType, List[int]]:
+    """The per-relation fanouts of ``loader.fanouts`` and ``loader.relation_fanouts``; for
+    scoring (``train=False``) ``loader.eval_fanouts`` replaces every hop a relation samples."""
+    fanouts = fanouts_by_relation(graph, config.loader.fanouts, config.loader.relation_fanouts)
+    if train or config.loader.eval_fanouts is None:
+        return fanouts
+    return {et: [e if f != 0 else 0 for f, e in zip(hops, config.loader.eval_fanouts)] for et, hops in fanouts.items()}
 
 
-def batch_fanouts(config: ExperimentConfig, graph: HeteroGraph) -> Dict[EdgeType, List[int]]:
-    """What the ranker's batches sample: the hops its model reads (``ModelConfig.sampled_fanouts``)."""
-    return config.model.sampled_fanouts(configured_fanouts(config, graph))
+def batch_fanouts(config: ExperimentConfig, graph: HeteroGraph, train: bool = True) -> Dict[EdgeType, List[int]]:
+    """What the ranker's training (or scoring) batches sample: the hops its model reads
+    (``ModelConfig.sampled_fanouts``)."""
+    return config.model.sampled_fanouts(configured_fanouts(config, graph, train))
 
 
 def node_degrees(config: ExperimentConfig, split: TimeSplit) -> Optional[DegreeFeatures]:
@@ -69,10 +74,11 @@ def batches(
     consecutive examples on a fresh graph), except under the streaming protocol (time order, as
     a streaming trainer reads them); the edge objective's links are the graph's edges older than
     ``links_before`` when given; ``degree`` adds degree columns to an end-to-end tower's side features.
+    Scoring batches sample ``loader.eval_fanouts`` where set.
     Training batches of a GNN that aggregates by sparse products carry their CSR arrays and
     transposes when :func:`prebuilds_csr` says so."""
     loader, model = config.loader, config.model
-    sampler = NeighborSampler(graph, batch_fanouts(config, graph), replace=loader.replace, temporal=loader.temporal,
+    sampler = NeighborSampler(graph, batch_fanouts(config, graph, train), replace=loader.replace, temporal=loader.temporal,
                               temporal_strategy=loader.temporal_strategy, labor=loader.labor)
     end_to_end = model.use_graph and not model.two_stage
     links = None

@@ -89,7 +89,7 @@ class FinishedRun:
 def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> FinishedRun:
     """A finished run's data set, time split, graph and exported model in eval mode.
 
-    ``overrides`` (``"loader.fanouts=[-1,-1]"``, ...) change the run's saved config for this
+    ``overrides`` (``"loader.eval_fanouts=[-1,-1]"``, ...) change the run's saved config for this
     scoring only, e.g. to score with every neighbour instead of a sample.
 
     Raises:
@@ -253,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     parser.add_argument("--predictions", type=Path, default=None,
                         help="also write every example's predictions and labels here (.csv or .parquet)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the run's config for this evaluation, e.g. --set 'loader.fanouts=[-1,-1]'")
+                        help="override the run's config for this evaluation, e.g. --set 'loader.eval_fanouts=[-1,-1]'")
     args = parser.parse_args(argv)
     if args.predictions is not None:
         _table_path(args.predictions, "--predictions")
@@ -278,7 +278,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
                              "optional <task>_label columns (the layout eval --predictions writes)")
     parser.add_argument("--output", type=Path, required=True, help="the scored rows (.csv or .parquet)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the run's config for this scoring, e.g. --set 'loader.fanouts=[-1,-1]'")
+                        help="override the run's config for this scoring, e.g. --set 'loader.eval_fanouts=[-1,-1]'")
     args = parser.parse_args(argv)
     for path, flag in ((args.input, "--input"), (args.output, "--output")):
         _table_path(path, flag)
