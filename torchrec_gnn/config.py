@@ -109,7 +109,8 @@ class LoaderConfig:
             model (validation, test, ``eval``, ``predict``, the streaming protocol's periods);
             ``[-1, -1]`` reads every neighbour, the neighbourhood ``export``'s full-graph
             inference gives a served model. A hop a relation skips in training (fanout 0) stays
-            skipped. Default (None): the training fanouts.
+            skipped. Default (None): the training fanouts, which a model sampled with the
+            ``"last"`` temporal strategy should keep (it serves its nodes' most recent edges).
         replace (bool): sample with replacement.
         temporal (bool): only sample edges older than each example (on top of the time split).
         temporal_strategy (str): which older edges a node draws in temporal mode: ``"uniform"``
