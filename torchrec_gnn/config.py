@@ -146,6 +146,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError(f"loader.batch_size and eval_batch_size must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
+        if self.eval_fanouts is not None and any(f < -1 for f in self.eval_fanouts):
+            raise ValueError(f"loader.eval_fanouts: each fanout must be >= -1 (-1 = every neighbour), got {self.eval_fanouts}")
         if self.temporal_strategy not in TEMPORAL_STRATEGIES:
             raise ValueError(f"loader.temporal_strategy must be one of {list(TEMPORAL_STRATEGIES)}, got {self.temporal_strategy!r}")
         if self.temporal_strategy == "last" and self.replace:

@@ -60,7 +60,9 @@ def test_scoring_batches_sample_eval_fanouts_and_training_batches_the_fanouts() 
     assert train[0].graph_features.num_sampled_edges[watched][0] <= 2 * len(seeds)
 
 
-def test_eval_fanouts_need_one_fanout_per_layer() -> None:
+def test_eval_fanouts_need_one_fanout_per_layer_of_at_least_minus_one() -> None:
     with pytest.raises(ConfigError, match=r"loader.eval_fanouts gives 1 hop\(s\) but model.gnn.num_layers is 2"):
         load_config(None, ["loader.eval_fanouts=[-1]"])
+    with pytest.raises(ConfigError, match=r"loader.eval_fanouts: each fanout must be >= -1 \(-1 = every neighbour\), got \[-3, -1\]"):
+        load_config(None, ["loader.eval_fanouts=[-3, -1]"])
     assert load_config(None, ["loader.eval_fanouts=null"]).loader.eval_fanouts is None
