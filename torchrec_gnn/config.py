@@ -25,7 +25,7 @@ from torchrec_gnn.models.config import ModelConfig
 from torchrec_gnn.train.balancing import BalancerConfig
 from torchrec_gnn.train.config import PretrainConfig, ShardingConfig
 from torchrec_gnn.train.early_stopping import METRICS as EARLY_STOPPING_METRICS
-from torchrec_gnn.typing import TEMPORAL_STRATEGIES
+from torchrec_gnn.typing import TEMPORAL_STRATEGIES, is_fanout
 
 DATASETS = ("synthetic", "ml100k", "kuairand", "tabular", "random")
 DEVICES = ("auto", "cpu", "cuda")
@@ -146,7 +146,7 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError(f"loader.batch_size and eval_batch_size must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
-        if self.eval_fanouts is not None and any(f < -1 for f in self.eval_fanouts):
+        if self.eval_fanouts is not None and not all(map(is_fanout, self.eval_fanouts)):
             raise ValueError(f"loader.eval_fanouts: each fanout must be >= -1 (-1 = every neighbour), got {self.eval_fanouts}")
         if self.temporal_strategy not in TEMPORAL_STRATEGIES:
             raise ValueError(f"loader.temporal_strategy must be one of {list(TEMPORAL_STRATEGIES)}, got {self.temporal_strategy!r}")

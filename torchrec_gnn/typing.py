@@ -6,6 +6,7 @@ PyG's conventions: a node type is a string, a relation (edge type) is the triple
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -15,6 +16,12 @@ NodeType = str
 EdgeType = Tuple[str, str, str]
 # Which of a node's older edges temporal sampling draws (PyG's names): a uniform sample, or the most recent.
 TEMPORAL_STRATEGIES = ("uniform", "last")
+
+
+def is_fanout(value: object) -> bool:
+    """Whether ``value`` is one hop's fanout: an int >= -1 (-1 = every neighbour, 0 = skip the hop);
+    the sampler and the config check every fanout by it."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= -1
 
 
 @dataclass

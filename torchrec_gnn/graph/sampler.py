@@ -27,7 +27,7 @@ from torch_geometric.data import HeteroData
 
 from torchrec_gnn.graph import _kernels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.typing import TEMPORAL_STRATEGIES, EdgeType, NodeType, edge_type_str
+from torchrec_gnn.typing import TEMPORAL_STRATEGIES, EdgeType, NodeType, edge_type_str, is_fanout
 
 NumNeighbors = Union[Sequence[int], Mapping[EdgeType, Sequence[int]]]
 Chunk = Tuple[np.ndarray, np.ndarray, np.ndarray]  # one relation's (row, col, edge) of one hop
@@ -753,7 +753,7 @@ def _normalise_fanouts(graph: HeteroGraph, num_neighbors: NumNeighbors) -> Dict[
         )
     for et, values in fanouts.items():
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < -1:
+            if not is_fanout(v):
                 raise ValueError(
                     f"NeighborSampler: num_neighbors[{et}] = {values}: each fanout must be an int >= -1 "
                     f"(-1 = all neighbours), got {v!r}"
