@@ -350,3 +350,28 @@ def test_node_rows_cut_each_table_to_its_nodes_and_pad_only_the_gradient() -> No
     expected[:2, :4] = values[:2, :4].detach().cos()
     expected[:, 4:8] = -values[:, 4:8].detach().sin()
     torch.testing.assert_close(values.grad, expected)
+
+
+def test_frozen_node_tables_get_no_gradient_and_the_gnn_still_trains(tiny_split, tiny_batches) -> None:
+    """``freeze_node_tables``: the same embeddings, no gradient into the tables, the GNN's as before."""
+    from dataclasses import replace
+
+    batch = tiny_batches[0]
+    grads = {}
+    for frozen in (False, True):
+        torch.manual_seed(0)
+        tower = build_graph_tower(tiny_log_dataset(), tiny_split.graph, CONFIG, freeze_node_tables=frozen).eval()
+        out = tower(batch.graph_features)
+        (out.user.sum() + out.item.square().sum()).backward()
+        tables = [p.grad for p in tower.node_embeddings.parameters()]
+        gnn = {n: p.grad for n, p in tower.encoder.gnn.named_parameters() if p.grad is not None}
+        grads[frozen] = (out.user.detach(), tables, gnn)
+    (user, tables, gnn), (frozen_user, frozen_tables, frozen_gnn) = grads[False], grads[True]
+    torch.testing.assert_close(frozen_user, user)
+    assert all(g is not None and g.abs().sum() > 0 for g in tables)
+    assert all(g is None for g in frozen_tables)
+    assert frozen_gnn.keys() == gnn.keys() and len(gnn) > 4
+    for name, g in gnn.items():
+        torch.testing.assert_close(frozen_gnn[name], g, msg=name)
+    with pytest.raises(ValueError, match="freeze_node_tables .* needs warm_start=True"):
+        replace(CONFIG, freeze_node_tables=True)

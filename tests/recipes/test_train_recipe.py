@@ -195,6 +195,16 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
     record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["losses"])[-2:] == ["gfae", "edge"] and record["losses"]["edge"] > 0
 
+    # With frozen node tables the rows stay pre-trained while the GNN trains.
+    frozen = tmp_path / "frozen"
+    main([*argv[:-1], str(frozen), "--max-steps", "2", "--set", "model.freeze_node_tables=true"])
+    state = torch.load(frozen / "model.pt")
+    tables = [key for key in pretrained if key.startswith("node_embeddings.")]
+    gnn = [key for key in pretrained if key.startswith("encoder.gnn.") and key.endswith("weight")]
+    assert len(tables) == 5 and gnn
+    assert all(torch.equal(state[f"model.graph_tower.{key}"], pretrained[key]) for key in tables)
+    assert not any(torch.equal(state[f"model.graph_tower.{key}"], pretrained[key]) for key in gnn)
+
 
 @pytest.mark.timeout(600)
 def test_csr_built_by_the_loader_trains_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

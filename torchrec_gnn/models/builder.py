@@ -43,11 +43,14 @@ def build_graph_tower(
     device: Optional[torch.device] = None,
     edge_objective: Optional[bool] = None,
     history: Optional[bool] = None,
+    freeze_node_tables: Optional[bool] = None,
 ) -> GNNTower:
     """The GNN tower: one node table per node type, the GNN and (optionally) the GFAE's feature
     part and its edge decoder (``edge_objective``; default ``config.gfae.edge_objective``, always
     on for link-prediction pre-training) and the outer hop's historical embeddings (``history``;
-    default ``config.gnn.outer_hop == "history"``, always off for pre-training)."""
+    default ``config.gnn.outer_hop == "history"``, always off for pre-training) and whether
+    the node tables train (``freeze_node_tables``; default ``config.freeze_node_tables``, always
+    trained in pre-training)."""
     dim = config.node_embedding_dim
     # "torchrec": EmbeddingBagConfig's default, +-sqrt(1 / N_t); "fan_in": +-sqrt(1 / D)
     init = {"weight_init_min": -(dim**-0.5), "weight_init_max": dim**-0.5} if config.node_init == "fan_in" else {}
@@ -70,7 +73,8 @@ def build_graph_tower(
     if use_history:
         gnn.add_history(graph.num_nodes, device)
     encoder = GraphEncoder(gnn, dataset.user_type, dataset.item_type, gfae, feature_channels)
-    return GNNTower(EmbeddingBagCollection(tables=tables, device=device), encoder)
+    frozen = config.freeze_node_tables if freeze_node_tables is None else freeze_node_tables
+    return GNNTower(EmbeddingBagCollection(tables=tables, device=device), encoder, frozen)
 
 
 def build_frozen_tower(

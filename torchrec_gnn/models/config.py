@@ -75,6 +75,10 @@ class ModelConfig:
         warm_start (bool): pre-train the tower exactly as the two-stage baseline does, then
             train the whole model end to end from those weights (the tower is not frozen).
             Default False.
+        freeze_node_tables (bool): with ``warm_start``, the node tables keep their pre-trained
+            rows while the GNN, the GFAE and the ranker train end to end: a cheaper step (no
+            backward into the tables' rows of every sampled node, nor into the first layer's
+            inputs). Default False.
         node_degree (bool): every node's scaled ``log1p`` in-degree per relation joins
             its side features (:mod:`torchrec_gnn.graph.degree`), counted in the graph as each
             batch sees it (temporal sampling: before the batch), so the GNN can tell a node with
@@ -95,6 +99,7 @@ class ModelConfig:
     use_gfae: bool = True
     two_stage: bool = False
     warm_start: bool = False
+    freeze_node_tables: bool = False
     node_degree: bool = False
     node_init: str = "torchrec"
     gnn: GNNConfig = field(default_factory=GNNConfig)
@@ -110,6 +115,9 @@ class ModelConfig:
         if self.two_stage and self.warm_start:
             raise ValueError("ModelConfig: choose two_stage (frozen pre-trained embeddings) or warm_start "
                              "(end-to-end from the pre-trained tower), not both")
+        if self.freeze_node_tables and not self.warm_start:
+            raise ValueError("ModelConfig: freeze_node_tables keeps the node tables' pre-trained rows; it needs "
+                             "warm_start=True (cold, the rows would stay at their random init)")
 
     def sampled_fanouts(self, fanouts: Dict[EdgeType, List[int]]) -> Dict[EdgeType, List[int]]:
         """The hops of ``fanouts`` this model reads from a batch's sampled subgraph: every hop

@@ -55,13 +55,17 @@ class _NodeRows(torch.autograd.Function):
         return grad, None
 
 
-def node_rows(pooled: KeyedTensor, num_nodes: Mapping[NodeType, int]) -> Dict[NodeType, torch.Tensor]:
+def node_rows(
+    pooled: KeyedTensor, num_nodes: Mapping[NodeType, int], frozen: bool = False
+) -> Dict[NodeType, torch.Tensor]:
     """Each node type's rows of the node tables' pooled output.
 
     Args:
         pooled (KeyedTensor): (stride, T * D) the output of T node tables of width D, type t's
             N_t nodes in its first rows and empty bags (padding) after them.
         num_nodes (Mapping[str, int]): N_t per node type (``GraphFeatures.num_nodes``).
+        frozen (bool): cut the rows off the autograd graph: no gradient reaches the tables
+            (their fused backward and optimizer never run) nor the first layer's inputs.
 
     Returns:
         Dict[str, Tensor]: (N_t, D) per node type. Indexing the ``KeyedTensor`` by type instead
@@ -69,7 +73,8 @@ def node_rows(pooled: KeyedTensor, num_nodes: Mapping[NodeType, int]) -> Dict[No
         backward against 1.8 ms here, ``benchmarks/bench_step.py --profile``).
     """
     keys = pooled.keys()
-    return dict(zip(keys, _NodeRows.apply(pooled.values(), [num_nodes[t] for t in keys])))
+    values = pooled.values().detach() if frozen else pooled.values()
+    return dict(zip(keys, _NodeRows.apply(values, [num_nodes[t] for t in keys])))
 
 
 torch.fx.wrap("node_rows")  # one call in the train pipeline's trace of GNNTower.forward
@@ -341,6 +346,10 @@ class GNNTower(GraphTowerInterface):
             gives it one id per bag (:func:`~torchrec_gnn.data.batch.node_id_bags`). DMP shards
             it like any other table (see ``torchrec_gnn.train.sharding``).
         encoder (GraphEncoder): everything after the lookup.
+        freeze_node_tables (bool): keep the tables' rows as they are (a warm-started tower's
+            pre-trained rows): no gradient flows into them, so the step skips their fused
+            backward over every sampled node and the first layer's input gradients; the GNN,
+            GFAE and edge decoder still train. Default False.
 
     Example::
 
@@ -353,7 +362,9 @@ class GNNTower(GraphTowerInterface):
         graph_emb = tower(batch.graph_features)   # user (B, 64), item (B, 64), gfae_loss ()
     """
 
-    def __init__(self, node_embeddings: EmbeddingBagCollection, encoder: GraphEncoder) -> None:
+    def __init__(
+        self, node_embeddings: EmbeddingBagCollection, encoder: GraphEncoder, freeze_node_tables: bool = False
+    ) -> None:
         super().__init__()
         configs = node_embeddings.embedding_bag_configs()
         features = {f for config in configs for f in config.feature_names}
@@ -374,6 +385,7 @@ class GNNTower(GraphTowerInterface):
             )
         self.node_embeddings = node_embeddings
         self.encoder = encoder
+        self.freeze_node_tables = freeze_node_tables
         self.node_types: List[NodeType] = list(encoder.gnn.node_types)
 
     @property
@@ -421,6 +433,7 @@ class GNNTower(GraphTowerInterface):
         """
         # Straight from the batch: lets the train pipeline start this lookup's input dist early.
         with record_function("## node_tables ##"):
-            rows = node_rows(self.node_embeddings(graph_features.node_ids), graph_features.num_nodes)
+            rows = node_rows(self.node_embeddings(graph_features.node_ids), graph_features.num_nodes,
+                             self.freeze_node_tables)
             x_dict = {t: rows[t] for t in self.node_types}  # (N_t, D)
         return self.encoder(x_dict, graph_features)

@@ -168,7 +168,8 @@ def pretrain_stage(
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
                               export=config.model.two_stage, degree=degree, prebuild_csr=prebuilds_csr(config, ctx))
-        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True, history=False)
+        tower = build_graph_tower(dataset, graph, config.model, device=ctx.device, edge_objective=True, history=False,
+                                   freeze_node_tables=False)
         if initial_tower is not None:
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
         save_result(LinkPretrainRecipe(tower, dataset, graph, setup).run(), directory)
