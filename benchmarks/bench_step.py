@@ -136,7 +136,9 @@ def model_config(config: ExperimentConfig, name: str) -> ExperimentConfig:
         return config
     if name == "tower_fixed":
         return dataclasses.replace(config, balancer=fixed)
-    return dataclasses.replace(config, balancer=fixed, model=dataclasses.replace(config.model, use_graph=False))
+    ranker_alone = dataclasses.replace(config.model, use_graph=False, two_stage=False, warm_start=False,
+                                       freeze_node_tables=False)  # the tower's switches need a tower
+    return dataclasses.replace(config, balancer=fixed, model=ranker_alone)
 
 
 def time_one_model(args: argparse.Namespace, config: ExperimentConfig, name: str) -> Dict:

@@ -12,7 +12,7 @@ import torch
 
 from torchrec_gnn.cli import main as cli_main
 from torchrec_gnn.config import ConfigError, config_to_dict, load_config
-from torchrec_gnn.recipes.compare import VARIANTS, CompareError, main
+from torchrec_gnn.recipes.compare import VARIANTS, CompareError, build_parser, main, plan_runs
 from torchrec_gnn.recipes.report import mean_std
 
 TINY = [
@@ -177,6 +177,17 @@ def test_variants_may_not_change_the_data(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(CompareError, match=r"variant 'e2e_other_data' changes the data config \(\['data.seed=1'\]\)"):
         main(["--variants", "e2e,e2e_other_data", "--output-dir", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_overrides_are_checked_with_each_variants_own(tmp_path: Path) -> None:
+    """A ``--set`` that holds only with a variant's overrides is checked with them, per variant."""
+    args = build_parser().parse_args(["--variants", "e2e_warm_edge", "--seeds", "1", "--output-dir", str(tmp_path / "x"),
+                                      "--set", "model.freeze_node_tables=true"])
+    (run,) = plan_runs(args)
+    assert run.variant == "e2e_warm_edge"
+    args.variants = "e2e,e2e_warm_edge"
+    with pytest.raises(ConfigError, match="freeze_node_tables .* needs warm_start=True"):
+        plan_runs(args)
 
 
 def test_mean_std_is_the_sample_std() -> None:

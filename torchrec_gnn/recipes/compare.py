@@ -138,7 +138,10 @@ def plan_runs(args: argparse.Namespace) -> List[Run]:
     variants = parse_variants(args.variants)
     if args.seeds < 1:
         raise CompareError(f"--seeds must be >= 1, got {args.seeds}")
-    data = config_to_dict(load_config(args.config, args.overrides).data)
+    # The data every run must share; only the data overrides, as the others may need a
+    # variant's own (``--set model.freeze_node_tables=true`` needs warm start's).
+    data_overrides = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("data.")]
+    data = config_to_dict(load_config(args.config, data_overrides).data)
     runs = []
     for variant in variants:
         overrides = [*args.overrides, *VARIANTS[variant]]
