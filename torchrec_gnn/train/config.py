@@ -54,9 +54,12 @@ class PretrainConfig:
     (``model.warm_start: true``).
 
     Args:
-        epochs (int): at most this many epochs. Default 1.
+        epochs (int): at most this many epochs. Default 8.
         patience (int): stop after this many epochs without a better held-out link AUC and
-            keep the best epoch's tower (0 = run every epoch, keep the last). Default 0.
+            keep the best epoch's tower (0 = run every epoch, keep the last). Default 1: on the
+            default synthetic data the link AUC rises for 5-7 epochs (0.931 after one, 0.940-0.941
+            at its best), and both two-stage and warm start score 0.003-0.005 higher validation
+            AUC for it than after one epoch (README "Pre-training until its link AUC stops").
         max_steps (int, optional): stop after this many steps.
         batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
         lr (float): Adam learning rate of the whole tower. Default 0.005.
@@ -77,8 +80,8 @@ class PretrainConfig:
             many periods (0 = never refresh). Default 0.
     """
 
-    epochs: int = 1
-    patience: int = 0
+    epochs: int = 8
+    patience: int = 1
     max_steps: Optional[int] = None
     batch_size: int = 1024
     lr: float = 0.005
