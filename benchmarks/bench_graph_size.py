@@ -125,8 +125,9 @@ def measure(preset: str, steps: int, experiment: ExperimentConfig) -> Dict[str, 
     print(f"  E2E step, outer hop from history {history_step * 1e3:.0f} ms; refresh {refresh_s:.2f} s "
           f"every {history_config.gnn.history_refresh_every} steps", flush=True)
 
-    # Two-stage, stage 1: pre-training steps, then the full export.
-    pretrain = PretrainConfig()
+    # Two-stage, stage 1: one epoch of pre-training steps (the default runs until its link AUC
+    # stops improving: 5-7 epochs on the default data), then the full export.
+    pretrain = PretrainConfig(epochs=1)
     relation = find_link_relation(graph, dataset.user_type, dataset.item_type, None)
     message_graph, _ = hold_out_edges(graph, relation, pretrain.validation_fraction, seed=0)
     links = LinkTargets(relation, message_graph.edge_index(relation), pretrain.batch_size // 2)
