@@ -58,7 +58,7 @@ class PretrainConfig:
         patience (int): stop after this many epochs without a better held-out link AUC and
             keep the best epoch's tower (0 = run every epoch, keep the last). Default 1: on the
             default synthetic data the link AUC rises for 5-7 epochs (0.931 after one, 0.940-0.941
-            at its best), and both two-stage and warm start score 0.003-0.005 higher validation
+            at its best), and both two-stage and warm start score 0.002-0.0045 higher validation
             AUC for it than after one epoch (README "Pre-training until its link AUC stops").
         max_steps (int, optional): stop after this many steps.
         batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
