@@ -136,9 +136,7 @@ def model_config(config: ExperimentConfig, name: str) -> ExperimentConfig:
         return config
     if name == "tower_fixed":
         return dataclasses.replace(config, balancer=fixed)
-    ranker_alone = dataclasses.replace(config.model, use_graph=False, two_stage=False, warm_start=False,
-                                       freeze_node_tables=False)  # the tower's switches need a tower
-    return dataclasses.replace(config, balancer=fixed, model=ranker_alone)
+    return dataclasses.replace(config, balancer=fixed, model=config.model.without_graph())
 
 
 def time_one_model(args: argparse.Namespace, config: ExperimentConfig, name: str) -> Dict:

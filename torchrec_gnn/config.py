@@ -290,6 +290,12 @@ class ConfigError(ValueError):
     """A config with problems; the message lists all of them."""
 
 
+def override_key(item: str) -> str:
+    """The dotted key of a ``--set`` override ``"a.b=value"``; empty when it is not KEY=VALUE."""
+    key, sep, _ = item.partition("=")
+    return key.strip() if sep else ""
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load ``path`` (YAML) over the defaults, then apply ``overrides`` (``"a.b=value"``).
 
@@ -307,11 +313,11 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
             raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
     problems: List[str] = []
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
+        key = override_key(item)
+        if not key:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loader.batch_size=512")
             continue
-        _set_path(raw, key.strip().split("."), yaml.safe_load(value))
+        _set_path(raw, key.split("."), yaml.safe_load(item.partition("=")[2]))
     config = build_dataclass(ExperimentConfig, raw, "", problems)
     if problems:
         raise ConfigError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))

@@ -3,7 +3,7 @@ TorchRec or PyG (experiment configs are read before the stack loads)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List
 
 from torchrec_gnn.modules.config import GNNConfig
@@ -118,6 +118,10 @@ class ModelConfig:
         if self.freeze_node_tables and not self.warm_start:
             raise ValueError("ModelConfig: freeze_node_tables keeps the node tables' pre-trained rows; it needs "
                              "warm_start=True (cold, the rows would stay at their random init)")
+
+    def without_graph(self) -> "ModelConfig":
+        """The same ranker without its graph tower (and the tower's switches, which need one)."""
+        return replace(self, use_graph=False, two_stage=False, warm_start=False, freeze_node_tables=False)
 
     def sampled_fanouts(self, fanouts: Dict[EdgeType, List[int]]) -> Dict[EdgeType, List[int]]:
         """The hops of ``fanouts`` this model reads from a batch's sampled subgraph: every hop

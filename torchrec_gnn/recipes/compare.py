@@ -45,7 +45,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config
+from torchrec_gnn.config import PROTOCOLS, config_to_dict, load_config, override_key
 from torchrec_gnn.console import configure_console
 from torchrec_gnn.recipes.report import aggregate, aggregate_periods, markdown, plot_auc, plot_learning_curves, plot_periods
 from torchrec_gnn.recipes.runs import CompareError, Run, execute
@@ -140,7 +140,7 @@ def plan_runs(args: argparse.Namespace) -> List[Run]:
         raise CompareError(f"--seeds must be >= 1, got {args.seeds}")
     # The data every run must share; only the data overrides, as the others may need a
     # variant's own (``--set model.freeze_node_tables=true`` needs warm start's).
-    data_overrides = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("data.")]
+    data_overrides = [o for o in args.overrides if override_key(o).startswith("data.")]
     data = config_to_dict(load_config(args.config, data_overrides).data)
     runs = []
     for variant in variants:
