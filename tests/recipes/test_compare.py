@@ -190,6 +190,15 @@ def test_overrides_are_checked_with_each_variants_own(tmp_path: Path) -> None:
         plan_runs(args)
 
 
+def test_seed_in_an_override_becomes_each_runs_seed(tmp_path: Path) -> None:
+    """``{seed}`` in a ``--set`` value: each run reads its own seed's pre-training."""
+    args = build_parser().parse_args(["--variants", "e2e_warm", "--seeds", "2", "--output-dir", str(tmp_path / "x"),
+                                      "--set", "pretrain.from_dir=runs/a/e2e_warm_edge/seed_{seed}/pretrain"])
+    runs = plan_runs(args)
+    assert [a for r in runs for a in r.argv if a.startswith("pretrain.from_dir=")] == [
+        "pretrain.from_dir=runs/a/e2e_warm_edge/seed_0/pretrain", "pretrain.from_dir=runs/a/e2e_warm_edge/seed_1/pretrain"]
+
+
 def test_mean_std_is_the_sample_std() -> None:
     assert mean_std([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1}
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}

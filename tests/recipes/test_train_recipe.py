@@ -195,6 +195,23 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
     record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert list(record["losses"])[-2:] == ["gfae", "edge"] and record["losses"]["edge"] > 0
 
+    # Another run can start from that pre-training (pretrain.from_dir): the model pre-training
+    # itself would give, and no pre-training of its own.
+    reused = tmp_path / "reused"
+    from_dir = ["--set", f"pretrain.from_dir={run / 'pretrain'}"]
+    results = main([*argv[:-1], str(reused), "--max-steps", "2", *from_dir])
+    assert not (reused / "pretrain").exists()
+    assert results == json.loads((trained / "eval.json").read_text())
+    reused_state, trained_state = torch.load(reused / "model.pt"), torch.load(trained / "model.pt")
+    assert reused_state.keys() == trained_state.keys()
+    assert all(torch.equal(reused_state[k], trained_state[k]) for k in trained_state)
+    # Other pre-training settings, or two-stage without the export it reads: a clear error.
+    with pytest.raises(ValueError, match=r"other settings \(pretrain\.lr: 0\.01 here, 0\.005 recorded\)"):
+        main([*argv[:-1], str(tmp_path / "other"), "--max-steps", "2", *from_dir, "--set", "pretrain.lr=0.01"])
+    with pytest.raises(ValueError, match="no exported embeddings"):
+        main([*argv[:-1], str(tmp_path / "two_stage"), "--max-steps", "2", *from_dir,
+              "--set", "model.warm_start=false", "--set", "model.two_stage=true"])
+
     # With frozen node tables the rows stay pre-trained while the GNN trains.
     frozen = tmp_path / "frozen"
     main([*argv[:-1], str(frozen), "--max-steps", "2", "--set", "model.freeze_node_tables=true"])

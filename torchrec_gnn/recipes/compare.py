@@ -9,7 +9,10 @@ directory ``DIR/<variant>/seed_<s>/`` (``eval.json``, ``metrics.jsonl``, ``train
 ``cost.json``, ...). A variant is a list of ``--set`` overrides applied on top of ``--config`` and
 the command's own ``--set`` overrides (:data:`VARIANTS`; the files in ``configs/ablations/`` hold the
 same overrides, and a test keeps the two in step). Seed ``s`` sets ``train.seed=s`` (model init,
-shuffling, neighbour sampling, GFAE masking). The data set follows ``data.seed``, which no seed or
+shuffling, neighbour sampling, GFAE masking; ``{seed}`` in a ``--set`` value becomes it, so a
+comparison can read each seed's own pre-training from an earlier one with ``--set
+pretrain.from_dir=DIR0/e2e_warm_edge/seed_{seed}/pretrain``: its runs' seconds then leave the
+pre-training out). The data set follows ``data.seed``, which no seed or
 variant changes, so every run sees the same examples and graph (a variant that would change
 ``data.*`` is refused).
 
@@ -75,6 +78,7 @@ VARIANTS: Dict[str, List[str]] = {
 
 
 SPLITS = ("val", "test")
+SEED_FIELD = "{seed}"  # in a --set value: the run's seed (e.g. each seed's own pre-training to read)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", type=str, default=",".join(VARIANTS),
                         help=f"comma-separated variants (default all: {','.join(VARIANTS)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field of every run, e.g. --set data.preset=tiny (repeatable)")
+                        help="override a config field of every run, e.g. --set data.preset=tiny (repeatable); "
+                             f"{SEED_FIELD} in a value becomes the run's seed, e.g. "
+                             f"--set pretrain.from_dir=runs/a/e2e_warm_edge/seed_{SEED_FIELD}/pretrain")
     parser.add_argument("--max-steps", type=int, default=None, help="train.max_steps of every run")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split the results are reported on "
                         "(static protocol; streaming reports the mean over the scored periods)")
@@ -154,7 +160,7 @@ def plan_runs(args: argparse.Namespace) -> List[Run]:
         for seed in range(args.seeds):
             run_dir = args.output_dir / variant / f"seed_{seed}"
             argv = ["--config", args.config] if args.config else []
-            argv += [a for o in overrides for a in ("--set", o)]
+            argv += [a for o in overrides for a in ("--set", o.replace(SEED_FIELD, str(seed)))]
             argv += ["--seed", str(seed), "--output-dir", str(run_dir)]
             argv += ["--max-steps", str(args.max_steps)] if args.max_steps is not None else []
             runs.append(Run(variant, seed, run_dir, argv))

@@ -9,16 +9,17 @@ layer-wise full-graph inference. It runs on one process (rank 0 of the ranker jo
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from torchrec_gnn.config import ExperimentConfig
+from torchrec_gnn.config import ExperimentConfig, config_to_dict
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.data.loader import LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
@@ -41,8 +42,9 @@ from torchrec_gnn.train.pretrain import (
     load_pretrained,
     save_result,
 )
+from torchrec_gnn.train.run_dir import PRETRAIN_REPORT_FILE
 from torchrec_gnn.train.sharding import copy_into_sharded, unwrap
-from torchrec_gnn.typing import NodeType, edge_type_str
+from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
@@ -172,8 +174,76 @@ def pretrain_stage(
                                    freeze_node_tables=False)
         if initial_tower is not None:
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
-        save_result(LinkPretrainRecipe(tower, dataset, graph, setup).run(), directory)
+        result = LinkPretrainRecipe(tower, dataset, graph, setup).run()
+        if initial_tower is None:  # a refresh depends on its previous tower too: not reusable
+            result.report["signature"] = pretrain_signature(config, setup.fanouts)
+        save_result(result, directory)
     dist.barrier()
+    return directory
+
+
+def pretrain_signature(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]]) -> Dict[str, Any]:
+    """What decides stage 1's result: the data, the graph it reads, the seed, the fanouts, the
+    tower's and pre-training's settings (the ranker's, the balancer's and the ranker job's do not
+    enter). Recorded in ``pretrain.json``; a run reading it through ``pretrain.from_dir`` must
+    match it (JSON types: lists, string keys)."""
+    model = config_to_dict(config.model)
+    for ranker_side in ("embedding_dim", "two_stage", "warm_start", "freeze_node_tables", "ranker", "regression_loss"):
+        del model[ranker_side]
+    del model["gfae"]["edge_objective"]  # pre-training always has the edge decoder
+    pretrain = config_to_dict(config.pretrain)
+    for later in ("refresh_every", "from_dir"):
+        del pretrain[later]
+    signature = {"data": config_to_dict(config.data), "graph": config.train.graph, "protocol": config.train.protocol,
+                 "seed": config.train.seed, "fanouts": {edge_type_str(et): fanouts[et] for et in sorted(fanouts)},
+                 "model": model, "pretrain": pretrain}
+    return json.loads(json.dumps(signature))
+
+
+def first_difference(expected: Any, found: Any, path: str = "") -> Optional[str]:
+    """The first leaf where two JSON values differ, as ``"a.b: <expected> here, <found> recorded"``;
+    None when they are equal."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in expected or key not in found:
+                return f"{where}: {'missing' if key not in expected else repr(expected[key])} here, " \
+                       f"{'missing' if key not in found else repr(found[key])} recorded"
+            difference = first_difference(expected[key], found[key], where)
+            if difference:
+                return difference
+        return None
+    return None if expected == found else f"{path or 'value'}: {expected!r} here, {found!r} recorded"
+
+
+def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]], ctx: DistributedContext) -> Path:
+    """``pretrain.from_dir``, checked: a finished pre-training whose recorded signature equals
+    this run's (:func:`pretrain_signature`), with exported embeddings when ``model.two_stage``.
+
+    Raises:
+        ValueError: unfinished, recorded by a version without signatures, made with other
+            settings (names the first that differs), or without the export two-stage reads.
+    """
+    directory = Path(config.pretrain.from_dir)
+    report_path = directory / PRETRAIN_REPORT_FILE
+    prefix = f"pretrain.from_dir={directory}"
+    if not (directory / EMBEDDINGS_FILE).is_file() or not report_path.is_file():
+        raise ValueError(f"{prefix}: not a finished pre-training (no {EMBEDDINGS_FILE} or {PRETRAIN_REPORT_FILE})")
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{report_path}: unreadable ({err})") from err
+    if "signature" not in report:
+        raise ValueError(f"{report_path}: records no signature (pre-trained by an earlier version or a refresh); "
+                         "pre-train again")
+    difference = first_difference(pretrain_signature(config, fanouts), report["signature"])
+    if difference:
+        raise ValueError(f"{prefix}: pre-trained with other settings ({difference})")
+    if config.model.two_stage and not report.get("exported_nodes"):
+        raise ValueError(f"{prefix}: has no exported embeddings (a warm start's pre-training); two_stage reads them")
+    if ctx.is_main:
+        logger.info("pre-training read from %s (link AUC %.4f, kept epoch %d; its %.1f s are not this run's)",
+                    directory, report["link_auc"], report["kept_epoch"], report["pretrain_seconds"])
     return directory
 
 

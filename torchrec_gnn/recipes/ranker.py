@@ -29,8 +29,15 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.modules.heads import initial_output_bias
-from torchrec_gnn.recipes.batches import batch_fanouts, batches, intra_op_threads, node_degrees, prepare_data
-from torchrec_gnn.recipes.pretrain import pretrain_stage, warm_start
+from torchrec_gnn.recipes.batches import (
+    batch_fanouts,
+    batches,
+    configured_fanouts,
+    intra_op_threads,
+    node_degrees,
+    prepare_data,
+)
+from torchrec_gnn.recipes.pretrain import pretrain_stage, reuse_pretraining, warm_start
 from torchrec_gnn.train.checkpoint import CheckpointManager, resume_latest
 from torchrec_gnn.train.distributed import DistributedContext, close_distributed
 from torchrec_gnn.train.early_stopping import EarlyStopping
@@ -76,7 +83,9 @@ class RankerRecipe:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.config.train.seed)
         self._setup_data()
-        self._setup_model(self._setup_pretrained())
+        self.pretrained = self._setup_pretrained()  # stage 1's directory (two-stage, warm start)
+        torch.manual_seed(self.config.train.seed)  # the same ranker draws whether stage 1 ran here or not
+        self._setup_model(self.pretrained)
         self._setup_optimizer()
         if self.ctx.is_main:
             save_config(self.config, self.output_dir / "config.yaml")
@@ -87,9 +96,12 @@ class RankerRecipe:
         self.degree = node_degrees(self.config, self.split)
 
     def _setup_pretrained(self) -> Optional[Path]:
-        """Stage 1 of two-stage and warm start, on the graph as the labelled window opens."""
+        """Stage 1 of two-stage and warm start, on the graph as the labelled window opens (or
+        read from ``pretrain.from_dir``)."""
         if not (self.config.model.two_stage or self.config.model.warm_start):
             return None
+        if self.config.pretrain.from_dir is not None:
+            return reuse_pretraining(self.config, configured_fanouts(self.config, self.split.graph), self.ctx)
         start = self.split.cutoffs["train"]
         history = (lambda: graph_before(self.dataset, start)) if self.config.fresh_graph else (lambda: self.split.graph)
         return self.pretrain(history, self.output_dir / PRETRAIN_DIR)

@@ -103,7 +103,7 @@ class StreamingRankerRecipe(RankerRecipe):
         setup_seconds = time.perf_counter() - self.created
         periods = stream_periods_of(self.split, cfg.train.periods)
         refresh_every = cfg.pretrain.refresh_every if cfg.model.two_stage else 0
-        last_tower = self.output_dir / PRETRAIN_DIR  # the initial pre-training's
+        last_tower = self.pretrained  # the initial pre-training's
         records: List[Dict[str, Any]] = []
         cumulative = setup_seconds
         for p, examples in enumerate(periods):

@@ -78,6 +78,13 @@ class PretrainConfig:
         refresh_every (int): under the streaming protocol, the two-stage baseline pre-trains
             again (from the previous tower) and re-exports on the graph as it stands every this
             many periods (0 = never refresh). Default 0.
+        from_dir (str, optional): a finished pre-training directory (another run's
+            ``pretrain/``: ``tower.pt``, ``node_embeddings.pt``, ``pretrain.json``) to start from
+            instead of pre-training: what torchtune's fine-tuning recipes do with a checkpoint
+            directory. Its recorded setup (``pretrain.json``'s ``signature``: data, graph, seed,
+            fanouts, the tower's and pre-training's settings) must equal this run's, else the
+            run stops naming the first setting that differs. Its seconds are not this run's
+            (``cost.json`` has none for pre-training). Default None (pre-train).
     """
 
     epochs: int = 8
@@ -92,6 +99,7 @@ class PretrainConfig:
     gfae_weight: float = 1.0
     chunk_size: int = 8192
     refresh_every: int = 0
+    from_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.refresh_every < 0:
