@@ -7,6 +7,7 @@ from torchrec_gnn.config import (
     ExperimentConfig,
     config_differences,
     config_fingerprint,
+    differences,
     load_config,
     save_config,
 )
@@ -104,6 +105,17 @@ def test_runs_that_cannot_train_as_asked_fail_at_load() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, ["loader.batch_size=abc"])
     assert str(info.value).endswith("1 problem(s):\n  - loader.batch_size: expected int, got 'abc'")
+
+
+def test_config_differences_name_the_missing_side() -> None:
+    assert differences({"a": 1, "b": [2]}, {"b": [3], "c": None}) == [
+        "a: 1 -> <missing>", "b: [2] -> [3]", "c: <missing> -> None"]
+
+
+def test_reading_a_pretraining_needs_a_run_that_pretrains() -> None:
+    assert load_config(None, ["model.warm_start=true", "pretrain.from_dir=runs/a/pretrain"]).pretrain.from_dir
+    with pytest.raises(ConfigError, match=r"pretrain.from_dir \(runs/a/pretrain\) is read by a run that pre-trains"):
+        load_config(None, ["pretrain.from_dir=runs/a/pretrain"])
 
 
 def test_temporal_strategy_needs_temporal_sampling() -> None:

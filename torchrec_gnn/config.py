@@ -273,6 +273,11 @@ class ExperimentConfig:
                 "train.graph fresh or train.protocol streaming) yet: its full-graph refresh would read edges "
                 "newer than an example"
             )
+        if self.pretrain.from_dir is not None and not (self.model.two_stage or self.model.warm_start):
+            raise ValueError(
+                f"pretrain.from_dir ({self.pretrain.from_dir}) is read by a run that pre-trains: it needs "
+                "model.two_stage or model.warm_start true"
+            )
         if self.loader.temporal_strategy == "last" and not (self.loader.temporal or self.fresh_graph):
             raise ValueError(
                 "loader.temporal_strategy 'last' picks each node's most recent edges before the example; "
@@ -337,24 +342,35 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _identity(config: Any, prefix: str = "") -> Dict[str, Any]:
-    """``{"section.field": value}`` of every config field but :data:`RESUMABLE_FIELDS`; nested
-    config dataclasses are walked, free-form fields (dicts, lists) are values."""
+def flat_fields(config: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"section.field": value}`` of every config field; nested config dataclasses are
+    walked, free-form fields (dicts, lists) are values."""
     flat: Dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value, key = getattr(config, f.name), f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            flat.update(_identity(value, f"{key}."))
-        elif key not in RESUMABLE_FIELDS:
-            flat[key] = value
+        flat.update(flat_fields(value, f"{key}.") if dataclasses.is_dataclass(value) else {key: value})
     return flat
+
+
+def _identity(config: ExperimentConfig) -> Dict[str, Any]:
+    """:func:`flat_fields` but :data:`RESUMABLE_FIELDS`."""
+    return {key: value for key, value in flat_fields(config).items() if key not in RESUMABLE_FIELDS}
+
+
+def differences(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
+    """``"key: before -> after"`` for every key whose value differs (``<missing>`` on the side
+    that lacks it), in key order."""
+    def shown(side: Dict[str, Any], key: str) -> str:
+        return repr(side[key]) if key in side else "<missing>"
+
+    return [f"{key}: {shown(before, key)} -> {shown(after, key)}" for key in sorted(set(before) | set(after))
+            if key not in before or key not in after or before[key] != after[key]]
 
 
 def config_differences(saved: ExperimentConfig, new: ExperimentConfig) -> List[str]:
     """``"key: saved -> new"`` for every field that differs and that a resume may not change
     (everything but :data:`RESUMABLE_FIELDS`), in key order."""
-    before, after = _identity(saved), _identity(new)
-    return [f"{key}: {before[key]!r} -> {after[key]!r}" for key in sorted(before) if before[key] != after[key]]
+    return differences(_identity(saved), _identity(new))
 
 
 def config_fingerprint(config: ExperimentConfig) -> str:

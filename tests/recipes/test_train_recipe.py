@@ -206,7 +206,7 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
     assert reused_state.keys() == trained_state.keys()
     assert all(torch.equal(reused_state[k], trained_state[k]) for k in trained_state)
     # Other pre-training settings, or two-stage without the export it reads: a clear error.
-    with pytest.raises(ValueError, match=r"other settings \(pretrain\.lr: 0\.01 here, 0\.005 recorded\)"):
+    with pytest.raises(ValueError, match=r"other settings \(recorded -> this run\): pretrain\.lr: 0\.005 -> 0\.01$"):
         main([*argv[:-1], str(tmp_path / "other"), "--max-steps", "2", *from_dir, "--set", "pretrain.lr=0.01"])
     with pytest.raises(ValueError, match="no exported embeddings"):
         main([*argv[:-1], str(tmp_path / "two_stage"), "--max-steps", "2", *from_dir,

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from torchrec_gnn.config import ExperimentConfig, config_to_dict
+from torchrec_gnn.config import ExperimentConfig, differences, flat_fields
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.data.loader import LinkTargets, find_link_relation, make_dataloader
 from torchrec_gnn.graph.degree import DegreeFeatures
@@ -182,38 +182,22 @@ def pretrain_stage(
     return directory
 
 
+# Settings that do not decide stage 1's result (the ranker's side, and what runs after it).
+NOT_STAGE_1 = frozenset({"model.embedding_dim", "model.two_stage", "model.warm_start", "model.freeze_node_tables",
+                         "model.regression_loss", "model.gfae.edge_objective",  # pre-training always has the decoder
+                         "pretrain.refresh_every", "pretrain.from_dir"})
+STAGE_1 = ("data.", "model.", "pretrain.", "train.seed", "train.graph", "train.protocol")
+
+
 def pretrain_signature(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]]) -> Dict[str, Any]:
-    """What decides stage 1's result: the data, the graph it reads, the seed, the fanouts, the
-    tower's and pre-training's settings (the ranker's, the balancer's and the ranker job's do not
-    enter). Recorded in ``pretrain.json``; a run reading it through ``pretrain.from_dir`` must
-    match it (JSON types: lists, string keys)."""
-    model = config_to_dict(config.model)
-    for ranker_side in ("embedding_dim", "two_stage", "warm_start", "freeze_node_tables", "ranker", "regression_loss"):
-        del model[ranker_side]
-    del model["gfae"]["edge_objective"]  # pre-training always has the edge decoder
-    pretrain = config_to_dict(config.pretrain)
-    for later in ("refresh_every", "from_dir"):
-        del pretrain[later]
-    signature = {"data": config_to_dict(config.data), "graph": config.train.graph, "protocol": config.train.protocol,
-                 "seed": config.train.seed, "fanouts": {edge_type_str(et): fanouts[et] for et in sorted(fanouts)},
-                 "model": model, "pretrain": pretrain}
+    """What decides stage 1's result, ``{"section.field": value}``: the data, the graph it reads,
+    the seed, the tower's and pre-training's settings (not the ranker's, the balancer's or the
+    ranker job's) and the per-relation fanouts. Recorded in ``pretrain.json``; a run reading it
+    through ``pretrain.from_dir`` must match it (as JSON: lists, string keys)."""
+    signature = {key: value for key, value in flat_fields(config).items()
+                 if key.startswith(STAGE_1) and not key.startswith("model.ranker.") and key not in NOT_STAGE_1}
+    signature["fanouts"] = {edge_type_str(et): fanouts[et] for et in sorted(fanouts)}
     return json.loads(json.dumps(signature))
-
-
-def first_difference(expected: Any, found: Any, path: str = "") -> Optional[str]:
-    """The first leaf where two JSON values differ, as ``"a.b: <expected> here, <found> recorded"``;
-    None when they are equal."""
-    if isinstance(expected, dict) and isinstance(found, dict):
-        for key in sorted(set(expected) | set(found)):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in expected or key not in found:
-                return f"{where}: {'missing' if key not in expected else repr(expected[key])} here, " \
-                       f"{'missing' if key not in found else repr(found[key])} recorded"
-            difference = first_difference(expected[key], found[key], where)
-            if difference:
-                return difference
-        return None
-    return None if expected == found else f"{path or 'value'}: {expected!r} here, {found!r} recorded"
 
 
 def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]], ctx: DistributedContext) -> Path:
@@ -222,7 +206,7 @@ def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int
 
     Raises:
         ValueError: unfinished, recorded by a version without signatures, made with other
-            settings (names the first that differs), or without the export two-stage reads.
+            settings (names every one that differs), or without the export two-stage reads.
     """
     directory = Path(config.pretrain.from_dir)
     report_path = directory / PRETRAIN_REPORT_FILE
@@ -236,9 +220,9 @@ def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int
     if "signature" not in report:
         raise ValueError(f"{report_path}: records no signature (pre-trained by an earlier version or a refresh); "
                          "pre-train again")
-    difference = first_difference(pretrain_signature(config, fanouts), report["signature"])
-    if difference:
-        raise ValueError(f"{prefix}: pre-trained with other settings ({difference})")
+    changed = differences(report["signature"], pretrain_signature(config, fanouts))
+    if changed:
+        raise ValueError(f"{prefix}: pre-trained with other settings (recorded -> this run): {'; '.join(changed)}")
     if config.model.two_stage and not report.get("exported_nodes"):
         raise ValueError(f"{prefix}: has no exported embeddings (a warm start's pre-training); two_stage reads them")
     if ctx.is_main:

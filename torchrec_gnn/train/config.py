@@ -83,7 +83,7 @@ class PretrainConfig:
             instead of pre-training: what torchtune's fine-tuning recipes do with a checkpoint
             directory. Its recorded setup (``pretrain.json``'s ``signature``: data, graph, seed,
             fanouts, the tower's and pre-training's settings) must equal this run's, else the
-            run stops naming the first setting that differs. Its seconds are not this run's
+            run stops naming each setting that differs. Its seconds are not this run's
             (``cost.json`` has none for pre-training). Default None (pre-train).
     """
 
