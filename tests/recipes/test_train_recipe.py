@@ -208,6 +208,8 @@ def test_warm_start_trains_end_to_end_from_the_pretrained_tower(tmp_path: Path) 
     # Other pre-training settings, or two-stage without the export it reads: a clear error.
     with pytest.raises(ValueError, match=r"other settings \(recorded -> this run\): pretrain\.lr: 0\.005 -> 0\.01$"):
         main([*argv[:-1], str(tmp_path / "other"), "--max-steps", "2", *from_dir, "--set", "pretrain.lr=0.01"])
+    with pytest.raises(ValueError, match=r"pretrain.from_dir=.*nothing: not a finished pre-training"):
+        main([*argv[:-1], str(tmp_path / "none"), "--max-steps", "2", "--set", f"pretrain.from_dir={tmp_path / 'nothing'}"])
     with pytest.raises(ValueError, match="no exported embeddings"):
         main([*argv[:-1], str(tmp_path / "two_stage"), "--max-steps", "2", *from_dir,
               "--set", "model.warm_start=false", "--set", "model.two_stage=true"])
