@@ -37,6 +37,7 @@ from torchrec_gnn.train.pretrain import (
     PretrainSetup,
     export_tower,
     hold_out_edges,
+    is_finished,
     link_auc,
     link_batches,
     load_pretrained,
@@ -44,7 +45,7 @@ from torchrec_gnn.train.pretrain import (
 )
 from torchrec_gnn.train.run_dir import PRETRAIN_REPORT_FILE
 from torchrec_gnn.train.sharding import copy_into_sharded, unwrap
-from torchrec_gnn.typing import EdgeType, NodeType, edge_type_str
+from torchrec_gnn.typing import NodeType, edge_type_str
 
 logger = logging.getLogger("torchrec_gnn.pretrain")
 
@@ -165,7 +166,7 @@ def pretrain_stage(
     ``initial_tower``, for a refresh) and writes the tower and (two-stage) every user's and
     item's embedding to ``directory`` (kept there, so a resumed run does not redo it). Returns
     ``directory`` once every rank can read it."""
-    if ctx.is_main and not (directory / EMBEDDINGS_FILE).is_file():
+    if ctx.is_main and not is_finished(directory):
         graph = graph_at_start()
         setup = PretrainSetup(config.pretrain, configured_fanouts(config, graph), seed=config.train.seed,
                               num_workers=config.loader.num_workers, device=ctx.device,
@@ -176,7 +177,7 @@ def pretrain_stage(
             tower.load_state_dict(load_pretrained(initial_tower, TOWER_FILE))
         result = LinkPretrainRecipe(tower, dataset, graph, setup).run()
         if initial_tower is None:  # a refresh depends on its previous tower too: not reusable
-            result.report["signature"] = pretrain_signature(config, setup.fanouts)
+            result.report["signature"] = pretrain_signature(config, graph)
         save_result(result, directory)
     dist.barrier()
     return directory
@@ -189,18 +190,20 @@ NOT_STAGE_1 = frozenset({"model.embedding_dim", "model.two_stage", "model.warm_s
 STAGE_1 = ("data.", "model.", "pretrain.", "train.seed", "train.graph", "train.protocol")
 
 
-def pretrain_signature(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]]) -> Dict[str, Any]:
+def pretrain_signature(config: ExperimentConfig, graph: HeteroGraph) -> Dict[str, Any]:
     """What decides stage 1's result, ``{"section.field": value}``: the data, the graph it reads,
     the seed, the tower's and pre-training's settings (not the ranker's, the balancer's or the
-    ranker job's) and the per-relation fanouts. Recorded in ``pretrain.json``; a run reading it
-    through ``pretrain.from_dir`` must match it (as JSON: lists, string keys)."""
+    ranker job's) and the per-relation fanouts over ``graph``'s relations. Recorded in
+    ``pretrain.json``; a run reading it through ``pretrain.from_dir`` must match it (as JSON:
+    lists, string keys)."""
     signature = {key: value for key, value in flat_fields(config).items()
                  if key.startswith(STAGE_1) and not key.startswith("model.ranker.") and key not in NOT_STAGE_1}
+    fanouts = configured_fanouts(config, graph)
     signature["fanouts"] = {edge_type_str(et): fanouts[et] for et in sorted(fanouts)}
     return json.loads(json.dumps(signature))
 
 
-def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int]], ctx: DistributedContext) -> Path:
+def reuse_pretraining(config: ExperimentConfig, graph: HeteroGraph, ctx: DistributedContext) -> Path:
     """``pretrain.from_dir``, checked: a finished pre-training whose recorded signature equals
     this run's (:func:`pretrain_signature`), with exported embeddings when ``model.two_stage``.
 
@@ -211,8 +214,8 @@ def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int
     directory = Path(config.pretrain.from_dir)
     report_path = directory / PRETRAIN_REPORT_FILE
     prefix = f"pretrain.from_dir={directory}"
-    if not (directory / EMBEDDINGS_FILE).is_file() or not report_path.is_file():
-        raise ValueError(f"{prefix}: not a finished pre-training (no {EMBEDDINGS_FILE} or {PRETRAIN_REPORT_FILE})")
+    if not is_finished(directory):
+        raise ValueError(f"{prefix}: not a finished pre-training (no {EMBEDDINGS_FILE})")
     try:
         report = json.loads(report_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -220,7 +223,7 @@ def reuse_pretraining(config: ExperimentConfig, fanouts: Dict[EdgeType, List[int
     if "signature" not in report:
         raise ValueError(f"{report_path}: records no signature (pre-trained by an earlier version or a refresh); "
                          "pre-train again")
-    changed = differences(report["signature"], pretrain_signature(config, fanouts))
+    changed = differences(report["signature"], pretrain_signature(config, graph))
     if changed:
         raise ValueError(f"{prefix}: pre-trained with other settings (recorded -> this run): {'; '.join(changed)}")
     if config.model.two_stage and not report.get("exported_nodes"):

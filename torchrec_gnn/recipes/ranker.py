@@ -29,14 +29,7 @@ from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.models.builder import build_graph_dlrm, tower_node_features
 from torchrec_gnn.modules.gnn_tower import GNNTower
 from torchrec_gnn.modules.heads import initial_output_bias
-from torchrec_gnn.recipes.batches import (
-    batch_fanouts,
-    batches,
-    configured_fanouts,
-    intra_op_threads,
-    node_degrees,
-    prepare_data,
-)
+from torchrec_gnn.recipes.batches import batch_fanouts, batches, intra_op_threads, node_degrees, prepare_data
 from torchrec_gnn.recipes.pretrain import pretrain_stage, reuse_pretraining, warm_start
 from torchrec_gnn.train.checkpoint import CheckpointManager, resume_latest
 from torchrec_gnn.train.distributed import DistributedContext, close_distributed
@@ -101,7 +94,7 @@ class RankerRecipe:
         if not (self.config.model.two_stage or self.config.model.warm_start):
             return None
         if self.config.pretrain.from_dir is not None:
-            return reuse_pretraining(self.config, configured_fanouts(self.config, self.split.graph), self.ctx)
+            return reuse_pretraining(self.config, self.split.graph, self.ctx)
         start = self.split.cutoffs["train"]
         history = (lambda: graph_before(self.dataset, start)) if self.config.fresh_graph else (lambda: self.split.graph)
         return self.pretrain(history, self.output_dir / PRETRAIN_DIR)

@@ -228,6 +228,11 @@ def save_result(result: PretrainResult, directory: Path) -> None:
         tmp.replace(directory / name)
 
 
+def is_finished(directory: Path) -> bool:
+    """Whether :func:`save_result` completed in ``directory`` (it writes ``node_embeddings.pt`` last)."""
+    return (directory / EMBEDDINGS_FILE).is_file()
+
+
 def load_pretrained(directory: Path, name: str = EMBEDDINGS_FILE) -> Dict[str, torch.Tensor]:
     """What :func:`save_result` wrote: ``node_embeddings.pt`` (node type -> (N_t, H)) or
     ``tower.pt`` (the tower's state dict).
