@@ -66,3 +66,32 @@ def test_eval_fanouts_need_one_fanout_per_layer_of_at_least_minus_one() -> None:
     with pytest.raises(ConfigError, match=r"loader.eval_fanouts: each fanout must be >= -1 \(-1 = every neighbour\), got \[-3, -1\]"):
         load_config(None, ["loader.eval_fanouts=[-3, -1]"])
     assert load_config(None, ["loader.eval_fanouts=null"]).loader.eval_fanouts is None
+
+
+def test_the_ranker_reads_only_its_sparse_features() -> None:
+    """``model.ranker.sparse_features`` picks the ranker's tables and the batches' KJT keys
+    alike, in the data set's order; the model trains on those batches."""
+    from torchrec_gnn.models.builder import build_graph_dlrm
+
+    config = load_config(None, ["data.preset=tiny", "model.ranker.sparse_features=[hour, video_category]"])
+    dataset = load_dataset(config.data)
+    split = time_split(dataset)
+    batch = batches(config, split.graph, dataset, split.train, train=True, batch_size=64)[0]
+    assert batch.sparse_features.keys() == ["video_category", "hour"]
+    torch.manual_seed(0)
+    model = build_graph_dlrm(dataset, split.graph, config.model)
+    assert model.model.sparse_arch.sparse_feature_names == ["video_category", "hour"]
+    losses, _ = model(batch)
+    losses.sum().backward()
+    table = model.model.sparse_arch.embedding_bag_collection.embedding_bags["t_hour"].weight
+    assert table.grad is not None and bool(table.grad.abs().sum() > 0)
+
+
+def test_unknown_ranker_sparse_features_are_refused() -> None:
+    config = load_config(None, ["data.preset=tiny", "model.ranker.sparse_features=[hour, user_mood]"])
+    dataset = load_dataset(config.data)
+    with pytest.raises(ValueError, match=r"model.ranker.sparse_features: \['user_mood'\] not in data set 'synthetic'; "
+                                         r"valid: \['user_id', 'video_id'"):
+        batches(config, time_split(dataset).graph, dataset, dataset.examples, train=False)
+    with pytest.raises(ConfigError, match="name at least one feature"):
+        load_config(None, ["model.ranker.sparse_features=[]"])

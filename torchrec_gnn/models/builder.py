@@ -13,7 +13,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec_gnn.data.dataset import GraphRecDataset
 from torchrec_gnn.graph.degree import DegreeFeatures, degree_channels
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
-from torchrec_gnn.models.config import ModelConfig
+from torchrec_gnn.models.config import ModelConfig, RankerConfig
 from torchrec_gnn.models.graph_dlrm import GraphDLRM, GraphDLRMTrain
 from torchrec_gnn.modules.frozen_tower import FrozenGraphTower
 from torchrec_gnn.modules.gfae import GFAE
@@ -34,6 +34,25 @@ def tower_node_features(
     with ``degree``'s columns over the whole ``graph`` when given (for full-graph passes;
     batches count degrees themselves, before their own time)."""
     return degree.append(dataset.node_features, graph) if degree is not None else dict(dataset.node_features)
+
+
+def ranker_sparse_features(dataset: GraphRecDataset, config: RankerConfig) -> Dict[str, int]:
+    """``{feature: cardinality}`` of the sparse features the ranker reads, in the data set's
+    order: ``config.sparse_features``, or every one when None.
+
+    Raises:
+        ValueError: a named feature the data set does not have (lists the valid ones), or a
+            data set without sparse features.
+    """
+    if not dataset.sparse_cardinality:
+        raise ValueError(f"data set {dataset.name!r} has no sparse features for the ranker")
+    if config.sparse_features is None:
+        return dict(dataset.sparse_cardinality)
+    unknown = sorted(set(config.sparse_features) - set(dataset.sparse_cardinality))
+    if unknown:
+        raise ValueError(f"model.ranker.sparse_features: {unknown} not in data set {dataset.name!r}; "
+                         f"valid: {list(dataset.sparse_cardinality)}")
+    return {name: n for name, n in dataset.sparse_cardinality.items() if name in config.sparse_features}
 
 
 def build_graph_tower(
@@ -100,8 +119,8 @@ def build_graph_dlrm(
     device: Optional[torch.device] = None,
     frozen_embeddings: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> GraphDLRMTrain:
-    """A :class:`GraphDLRMTrain` for ``dataset``: one ranker table per sparse feature, the
-    dataset's dense features, its tasks, and the tower over ``graph`` when ``use_graph``.
+    """A :class:`GraphDLRMTrain` for ``dataset``: one ranker table per sparse feature it reads
+    (:func:`ranker_sparse_features`), the dataset's dense features, its tasks, and the tower over ``graph`` when ``use_graph``.
 
     Args:
         dataset (GraphRecDataset): features, cardinalities, tasks, node types.
@@ -111,12 +130,10 @@ def build_graph_dlrm(
         frozen_embeddings (Mapping[str, Tensor], optional): the two-stage tower's embeddings;
             without them it is built empty, to fill after DMP or from a state dict.
     """
-    if not dataset.sparse_cardinality:
-        raise ValueError(f"build_graph_dlrm: dataset {dataset.name!r} has no sparse features")
     ebc = EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(name=f"t_{name}", num_embeddings=n, embedding_dim=config.embedding_dim, feature_names=[name])
-            for name, n in dataset.sparse_cardinality.items()
+            for name, n in ranker_sparse_features(dataset, config.ranker).items()
         ],
         device=device,
     )

@@ -4,7 +4,7 @@ TorchRec or PyG (experiment configs are read before the stack loads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from torchrec_gnn.modules.config import GNNConfig
 from torchrec_gnn.modules.gfae import GFAEConfig
@@ -34,6 +34,9 @@ class RankerConfig:
             Default [64, 64].
         input_fusion (bool): graph embeddings join the interaction. Default True.
         prehead_fusion (str): ``"concat"``, ``"gated"`` or ``"none"``. Default ``"concat"``.
+        sparse_features (List[str], optional): the data set's sparse features the ranker reads,
+            one table each (e.g. without ``user_id`` and ``video_id``, an end-to-end tower's
+            node tables are the ranker's only per-ID embeddings). Default None: every one.
     """
 
     dense_arch_hidden_sizes: List[int] = field(default_factory=lambda: [64])
@@ -46,6 +49,7 @@ class RankerConfig:
     projection_branch2_layer_sizes: List[int] = field(default_factory=lambda: [64, 64])
     input_fusion: bool = True
     prehead_fusion: str = "concat"
+    sparse_features: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         if self.interaction not in INTERACTIONS:
@@ -54,6 +58,8 @@ class RankerConfig:
             raise ValueError(
                 f"RankerConfig.prehead_fusion must be one of {PREHEAD_FUSIONS}, got {self.prehead_fusion!r}"
             )
+        if self.sparse_features is not None and not self.sparse_features:
+            raise ValueError("RankerConfig.sparse_features: name at least one feature (null reads every one)")
 
 
 NODE_INITS = ("torchrec", "fan_in")

@@ -21,6 +21,7 @@ from torchrec_gnn.data.split import TimeSplit, streaming_graph, time_split
 from torchrec_gnn.graph.degree import DegreeFeatures
 from torchrec_gnn.graph.hetero_graph import HeteroGraph
 from torchrec_gnn.graph.sampler import NeighborSampler, fanouts_by_relation
+from torchrec_gnn.models.builder import ranker_sparse_features
 from torchrec_gnn.modules.gnn import GNN_FAMILIES
 from torchrec_gnn.train.distributed import DistributedContext
 from torchrec_gnn.typing import EdgeType
@@ -85,7 +86,8 @@ def batches(
     if train and end_to_end and model.gfae.edge_objective:  # the edge objective's held-out history edges
         links = LinkTargets.from_graph(graph, dataset.user_type, dataset.item_type, model.gfae.edge_relation,
                                        model.gfae.edge_links_per_batch, model.gfae.edge_neg_ratio, links_before)
-    schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types, list(dataset.sparse_cardinality))
+    schema = BatchSchema(dataset.user_type, dataset.item_type, graph.node_types,
+                         list(ranker_sparse_features(dataset, model.ranker)))
     builder = GraphBatchBuilder(sampler, schema, node_features=dataset.node_features if end_to_end else None,
                                 degree=degree if end_to_end else None, links=links,
                                 csr=train and end_to_end and prebuilds_csr(config, ctx))
