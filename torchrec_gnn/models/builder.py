@@ -120,7 +120,8 @@ def build_graph_dlrm(
     frozen_embeddings: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> GraphDLRMTrain:
     """A :class:`GraphDLRMTrain` for ``dataset``: one ranker table per sparse feature it reads
-    (:func:`ranker_sparse_features`), the dataset's dense features, its tasks, and the tower over ``graph`` when ``use_graph``.
+    (:func:`ranker_sparse_features`), the dataset's dense features, its tasks, and the tower
+    over ``graph`` when ``use_graph``.
 
     Args:
         dataset (GraphRecDataset): features, cardinalities, tasks, node types.
