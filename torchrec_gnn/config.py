@@ -127,7 +127,7 @@ class LoaderConfig:
             their transposes (``GraphBatchBuilder(csr=True)``) for a GNN that aggregates by
             sparse products, so its step neither counts nor sorts edges; default (None): on when
             the job trains on a GPU, off on CPU, where the workers share the trainer's cores
-            and the job measured no faster (README, "Step cost").
+            and the job measured no faster (docs/RESULTS.md, "Step cost").
     """
 
     batch_size: int = 1024

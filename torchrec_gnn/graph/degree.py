@@ -11,7 +11,7 @@ Each column is ``log1p(degree)`` divided by ``log1p`` of the relation's largest 
 reference graph (the graph as the training window opens), so it starts in [0, 1] (it may pass 1
 as a fresh graph grows). Scale matters: raw log degrees (up to 5-10) or standardised ones
 (sparse relations put a few nodes 5-10 std out) made the default run's validation click AUC
-0.007-0.013 worse, these columns left it where it was (one seed each; README, "Results").
+0.007-0.013 worse, these columns left it where it was (one seed each; docs/RESULTS.md, "how much there is to win").
 Columns follow ``graph.edge_types`` order, one per relation ending at the node type.
 """
 

@@ -70,7 +70,7 @@ VARIANTS: Dict[str, List[str]] = {
     "e2e_input_fusion_only": ["model.ranker.prehead_fusion=none"],
     "e2e_prehead_fusion_only": ["model.ranker.input_fusion=false"],
     # The outer hop read from historical embeddings instead of sampled (the step-cost lever),
-    # with 15 instead of 10 first-hop neighbours (chosen on validation AUC, README "Step cost").
+    # with 15 instead of 10 first-hop neighbours (chosen on validation AUC, docs/RESULTS.md "Step cost").
     "e2e_history": ["model.gnn.outer_hop=history", "loader.fanouts=[15,5]"],
     # Trained and scored on the graph as it stands at each batch (the window's edges included).
     "e2e_fresh": ["train.graph=fresh"],

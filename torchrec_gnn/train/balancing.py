@@ -67,8 +67,8 @@ class BalancerConfig:
             most public GradNorm implementations use).
         update_every (int): GradNorm updates its weights every ``update_every`` steps and
             keeps them constant in between. Default 4: on the default synthetic data the final
-            task weights and the validation AUC of every-step updates (3 seeds each, README
-            "Step cost") at a quarter of GradNorm's cost.
+            task weights and the validation AUC of every-step updates (3 seeds each,
+            docs/RESULTS.md "Step cost") at a quarter of GradNorm's cost.
         weights (List[float], optional): the constant weights of ``kind="fixed"`` (one per
             loss); ``None`` means all ones. Only valid with ``kind="fixed"``.
 

@@ -23,12 +23,12 @@ class ShardingConfig:
         dense_lr (float): Adam learning rate of the dense parameters outside the graph tower
             (all of them when ``tower_lr`` is None). Default 3e-3 (at 1e-3 the
             default E2E recipe was still learning when its one epoch ended and its seeds spread
-            widely; README "Seed spread").
+            widely; docs/RESULTS.md "Seed spread").
         tower_lr (float, optional): Adam learning rate of the graph tower's dense parameters
             (GNN, GFAE and edge decoders; none in a two-stage ranker's frozen tower); None =
             ``dense_lr``. Default 1e-3: the ranker learns faster than the tower should (a
             tower at 5e-3 lost validation AUC, one at 1e-3 under a 3e-3 ranker narrowed the seed
-            spread; README "Seed spread").
+            spread; docs/RESULTS.md "Seed spread").
     """
 
     node_sharding_types: Optional[List[str]] = None
@@ -59,7 +59,7 @@ class PretrainConfig:
             keep the best epoch's tower (0 = run every epoch, keep the last). Default 1: on the
             default synthetic data the link AUC rises for 5-7 epochs (0.931 after one, 0.940-0.941
             at its best), and both two-stage and warm start score 0.002-0.0045 higher validation
-            AUC for it than after one epoch (README "Pre-training until its link AUC stops").
+            AUC for it than after one epoch (docs/RESULTS.md "Pre-training until its link AUC stops").
         max_steps (int, optional): stop after this many steps.
         batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
         lr (float): Adam learning rate of the whole tower. Default 0.005.
