@@ -64,18 +64,22 @@ def main() -> None:
         cells = ["%.4f ± %.4f" % mean_std(aucs[t]) for t in TASKS]
         print(f"| {name} | " + " | ".join(cells) + " | %.0f ± %.0f |" % mean_std(seconds))
     if args.png:
-        fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 4.2))
+        variants = list(dict.fromkeys(name.split(": ", 1)[1] for name, _, _ in table))
+        colours = {v: f"C{i}" for i, v in enumerate(variants)}  # one colour per variant, the label beside each point
+        fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 4.4))
         for ax, task in zip(axes, TASKS):
             for name, aucs, seconds in table:
+                label, variant = name.split(": ", 1)
                 (x, dx), (y, dy) = mean_std(seconds), mean_std(aucs[task])
-                ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, label=name)
+                ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, color=colours[variant], label=variant)
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             ax.set_title(f"{task} ({args.split} AUC)")
             ax.set_xlabel("seconds per run")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("AUC, mean ± std over seeds")
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
-        fig.tight_layout(rect=(0, 0.05 + 0.03 * (len(labels) // 4), 1, 1))
+        handles = {label: handle for handle, label in zip(*axes[0].get_legend_handles_labels())}
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         fig.savefig(args.png, dpi=110)
         print(f"plot: {args.png}")
 
