@@ -59,7 +59,9 @@ class PretrainConfig:
             keep the best epoch's tower (0 = run every epoch, keep the last). Default 1: on the
             default synthetic data the link AUC rises for 5-7 epochs (0.931 after one, 0.940-0.941
             at its best), and both two-stage and warm start score 0.002-0.0045 higher validation
-            AUC for it than after one epoch (docs/RESULTS.md "Pre-training until its link AUC stops").
+            AUC for it than after one epoch (docs/RESULTS.md "Pre-training until its link AUC stops");
+            two-stage's ranker gains nothing after the second epoch, warm start does
+            (docs/results/synthetic_frontier.md).
         max_steps (int, optional): stop after this many steps.
         batch_size (int): links per batch: half held-out edges, half negatives. Default 1024.
         lr (float): Adam learning rate of the whole tower. Default 0.005.
