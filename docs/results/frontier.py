@@ -47,6 +47,7 @@ def rows(label: str, compare: Path, split: str) -> List[Tuple[str, Dict[str, Lis
 
 
 def mean_std(values: List[float]) -> Tuple[float, float]:
+    """Mean and sample std (0 for one value)."""
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
