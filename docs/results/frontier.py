@@ -4,40 +4,36 @@
 
 Prints one markdown row per (compare, variant): AUC mean ± std over seeds per binary task and
 seconds per run; a run that read its pre-training (``pretrain.from_dir``) is charged that
-pre-training's seconds, so every row is a whole run's cost. The PNG has one panel per task.
+pre-training's seconds (``compare``'s ``read_pretrain_seconds``), so every row is a whole run's
+cost. The PNG has one panel per task. Run from the repository root with the package installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import matplotlib
-import yaml
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from torchrec_gnn.recipes.report import mean_std, run_cost
+from torchrec_gnn.recipes.runs import COST_FILE
 
 TASKS = ("click", "long_view", "like", "skip")
 
 
 def run_seconds(run: Path) -> float:
     """The run's seconds, plus those of the pre-training it read (``pretrain.from_dir``)."""
-    seconds = json.loads((run / "cost.json").read_text())["train_seconds"]
-    from_dir = (yaml.safe_load((run / "config.yaml").read_text()).get("pretrain") or {}).get("from_dir")
-    if from_dir:
-        seconds += json.loads((Path(from_dir) / "pretrain.json").read_text())["pretrain_seconds"]
-    return seconds
+    cost = run_cost(run)
+    return cost["train_seconds"] + cost.get("read_pretrain_seconds", 0.0)
 
 
 def rows(label: str, compare: Path, split: str) -> List[Tuple[str, Dict[str, List[float]], List[float]]]:
     """(name, AUC per task over seeds, seconds over seeds) for every variant of a compare."""
     found = []
     for variant in sorted(p for p in compare.iterdir() if p.is_dir()):
-        runs = sorted(r for r in variant.glob("seed_*") if (r / "cost.json").is_file())
+        runs = sorted(r for r in variant.glob("seed_*") if (r / COST_FILE).is_file())
         if not runs:
             continue
         evals = [json.loads((r / "eval.json").read_text())[split] for r in runs]
@@ -46,9 +42,10 @@ def rows(label: str, compare: Path, split: str) -> List[Tuple[str, Dict[str, Lis
     return found
 
 
-def mean_std(values: List[float]) -> Tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_and_std(values: List[float]) -> Tuple[float, float]:
+    """(mean, sample std) of :func:`mean_std`."""
+    stats = mean_std(values)
+    return stats["mean"], stats["std"]
 
 
 def main() -> None:
@@ -62,8 +59,8 @@ def main() -> None:
     print("| run | " + " | ".join(TASKS) + " | seconds per run |")
     print("|---|" + "---|" * len(TASKS) + "---:|")
     for name, aucs, seconds in table:
-        cells = ["%.4f ± %.4f" % mean_std(aucs[t]) for t in TASKS]
-        print(f"| {name} | " + " | ".join(cells) + " | %.0f ± %.0f |" % mean_std(seconds))
+        cells = ["%.4f ± %.4f" % mean_and_std(aucs[t]) for t in TASKS]
+        print(f"| {name} | " + " | ".join(cells) + " | %.0f ± %.0f |" % mean_and_std(seconds))
     if args.png:
         variants = list(dict.fromkeys(name.split(": ", 1)[1] for name, _, _ in table))
         colours = {v: f"C{i}" for i, v in enumerate(variants)}  # one colour per variant, the label beside each point
@@ -71,7 +68,7 @@ def main() -> None:
         for ax, task in zip(axes, TASKS):
             for name, aucs, seconds in table:
                 label, variant = name.split(": ", 1)
-                (x, dx), (y, dy) = mean_std(seconds), mean_std(aucs[task])
+                (x, dx), (y, dy) = mean_and_std(seconds), mean_and_std(aucs[task])
                 ax.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, color=colours[variant], label=variant)
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             ax.set_title(f"{task} ({args.split} AUC)")

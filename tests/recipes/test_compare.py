@@ -13,7 +13,7 @@ import torch
 from torchrec_gnn.cli import main as cli_main
 from torchrec_gnn.config import ConfigError, config_to_dict, load_config
 from torchrec_gnn.recipes.compare import VARIANTS, CompareError, build_parser, main, plan_runs
-from torchrec_gnn.recipes.report import mean_std
+from torchrec_gnn.recipes.report import markdown, mean_std, run_cost
 
 TINY = [
     "--set", "data.preset=tiny", "--set", "loader.batch_size=256", "--set", "loader.eval_batch_size=512",
@@ -203,6 +203,29 @@ def test_mean_std_is_the_sample_std() -> None:
     assert mean_std([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1}
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([])["n"] == 0
+
+
+def test_run_cost_charges_a_read_pretraining_apart(tmp_path: Path) -> None:
+    shared = tmp_path / "shared" / "pretrain"
+    shared.mkdir(parents=True)
+    (shared / "pretrain.json").write_text(json.dumps({"pretrain_seconds": 300.0, "steps": 9}))
+    run = tmp_path / "e2e_warm" / "seed_0"
+    run.mkdir(parents=True)
+    warm = "model:\n  warm_start: true\n"
+    (run / "config.yaml").write_text(f"{warm}pretrain:\n  from_dir: {shared}\n")
+    (run / "cost.json").write_text(json.dumps({"train_seconds": 80.0, "process_seconds": 85.0, "peak_rss_mb": 900.0}))
+    assert run_cost(run) == {"train_seconds": 80.0, "read_pretrain_seconds": 300.0, "peak_rss_mb": 900.0}
+    # A run that pre-trained itself records no read pre-training; one whose source is gone neither.
+    (run / "config.yaml").write_text("pretrain:\n  from_dir: null\n")
+    assert "read_pretrain_seconds" not in run_cost(run)
+    (run / "config.yaml").write_text(f"{warm}pretrain:\n  from_dir: {tmp_path / 'gone'}\n")
+    assert run_cost(run) == {"train_seconds": 80.0, "peak_rss_mb": 900.0}
+    # results.md shows it in the pre-training column, marked as read (not in the run's seconds).
+    stats = {"mean": 300.0, "std": 0.0, "n": 1}
+    results = {"config": "c.yaml", "split": "val", "seeds": [0], "variants": {"e2e_warm": {}},
+               "cost": {"e2e_warm": {"train_seconds": {"mean": 80.0, "std": 0.0, "n": 1}, "read_pretrain_seconds": stats}}}
+    row = next(line for line in markdown(results).splitlines() if line.startswith("| e2e_warm |"))
+    assert row.split(" | ")[1:3] == ["80.0 ± 0.0", "300.0 ± 0.0 (read)"]
 
 
 @pytest.mark.timeout(600)

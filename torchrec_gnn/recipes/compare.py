@@ -12,7 +12,7 @@ same overrides, and a test keeps the two in step). Seed ``s`` sets ``train.seed=
 shuffling, neighbour sampling, GFAE masking; ``{seed}`` in a ``--set`` value becomes it, so a
 comparison can read each seed's own pre-training from an earlier one with ``--set
 pretrain.from_dir=DIR0/e2e_warm_edge/seed_{seed}/pretrain``: its runs' seconds then leave the
-pre-training out). The data set follows ``data.seed``, which no seed or
+pre-training out, and the cost table gives that pre-training's seconds apart, marked "read"). The data set follows ``data.seed``, which no seed or
 variant changes, so every run sees the same examples and graph (a variant that would change
 ``data.*`` is refused).
 

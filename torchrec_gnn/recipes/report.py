@@ -13,7 +13,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchrec_gnn.recipes.runs import COST_FILE, Run  # noqa: E402
-from torchrec_gnn.train.run_dir import PRETRAIN_DIR, PRETRAIN_REPORT_FILE, TRAINING_FILE, load_stream  # noqa: E402
+from torchrec_gnn.config import load_config  # noqa: E402
+from torchrec_gnn.train.run_dir import CONFIG_FILE, PRETRAIN_DIR, PRETRAIN_REPORT_FILE, TRAINING_FILE, load_stream  # noqa: E402
 
 Stats = Dict[str, float]
 
@@ -26,8 +27,9 @@ TABLES: Tuple[Tuple[str, str, str], ...] = (
 
 
 _BADNESS = {"higher": lambda m: -m, "lower": lambda m: m, "closer to 1": lambda m: abs(m - 1.0)}
-# train_seconds: the whole run (for two_stage: pre-training and export included, also given apart).
-COST_KEYS = ("train_seconds", "pretrain_seconds", "export_seconds", "peak_rss_mb", "kept_step")
+# train_seconds: the whole run (for two_stage: pre-training and export included, also given apart);
+# read_pretrain_seconds: a pre-training the run read (pretrain.from_dir), not in its train_seconds.
+COST_KEYS = ("train_seconds", "pretrain_seconds", "read_pretrain_seconds", "export_seconds", "peak_rss_mb", "kept_step")
 PRETRAIN_REPORT = Path(PRETRAIN_DIR) / PRETRAIN_REPORT_FILE  # in a two-stage run's directory
 
 
@@ -47,6 +49,30 @@ def mean_std(values: Sequence[float]) -> Stats:
     return {"mean": float(np.mean(x)), "std": std, "n": int(x.size)}
 
 
+def run_cost(run_dir: Path) -> Dict[str, float]:
+    """A finished run's cost, the :data:`COST_KEYS` it has.
+
+    ``cost.json``, plus its own pre-training's seconds (two-stage, warm start), the step its final
+    evaluation scored and, when it read another run's pre-training (``pretrain.from_dir``), that
+    pre-training's seconds as ``read_pretrain_seconds`` (left out if that directory is gone).
+
+    Args:
+        run_dir (Path): the run's directory (``DIR/<variant>/seed_<s>``).
+
+    Returns:
+        Dict[str, float]: ``{key: value}`` for the keys of :data:`COST_KEYS` the run records.
+    """
+    cost = json.loads((run_dir / COST_FILE).read_text())
+    for extra in (run_dir / PRETRAIN_REPORT, run_dir / TRAINING_FILE):  # pre-training seconds; the step evaluated
+        if extra.is_file():
+            cost.update({k: v for k, v in json.loads(extra.read_text()).items() if k in COST_KEYS})
+    from_dir = load_config(run_dir / CONFIG_FILE).pretrain.from_dir
+    read_report = Path(from_dir) / PRETRAIN_REPORT_FILE if from_dir is not None else None
+    if read_report is not None and read_report.is_file():
+        cost["read_pretrain_seconds"] = json.loads(read_report.read_text())["pretrain_seconds"]
+    return {key: cost[key] for key in COST_KEYS if key in cost}
+
+
 def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
     """Mean and std over the seeds of every variant's metrics on ``split``, and of its cost.
 
@@ -57,7 +83,8 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
     Returns:
         Dict[str, Any]: ``{"variants": {variant: {task: {metric: stats}}}, "cost": {variant:
         {"train_seconds": stats, "peak_rss_mb": stats, ...}}}`` with :func:`mean_std` stats
-        (``pretrain_seconds`` and ``export_seconds`` for two-stage runs).
+        (``pretrain_seconds`` and ``export_seconds`` for two-stage runs, ``read_pretrain_seconds``
+        for runs that read their pre-training; :func:`run_cost`).
     """
     metrics: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     costs: Dict[str, Dict[str, List[float]]] = {}
@@ -67,14 +94,8 @@ def aggregate(runs: Sequence[Run], split: str) -> Dict[str, Any]:
         for task, values in results.items():
             for metric, value in values.items():
                 per_task.setdefault(task, {}).setdefault(metric, []).append(value)
-        cost = json.loads((run.run_dir / COST_FILE).read_text())
-        report = run.run_dir / PRETRAIN_REPORT
-        for extra in (report, run.run_dir / TRAINING_FILE):  # pre-training seconds; the step evaluated
-            if extra.is_file():
-                cost.update({k: v for k, v in json.loads(extra.read_text()).items() if k in COST_KEYS})
-        for key in COST_KEYS:
-            if key in cost:
-                costs.setdefault(run.variant, {}).setdefault(key, []).append(cost[key])
+        for key, value in run_cost(run.run_dir).items():
+            costs.setdefault(run.variant, {}).setdefault(key, []).append(value)
     return {
         "variants": {v: {t: {m: mean_std(x) for m, x in ms.items()} for t, ms in ts.items()} for v, ts in metrics.items()},
         "cost": {v: {k: mean_std(x) for k, x in costs.get(v, {}).items()} for v in metrics},
@@ -166,13 +187,18 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append("")
     lines += ["## Cost per run", "",
               "Seconds of the whole run (training, evaluation and, for two-stage and warm start, pre-training "
-              "and export), of which pre-training and export; peak resident memory of the run's main process; "
-              "the training step the final evaluation scored (the best validation step with early stopping).", "",
+              "and export), of which pre-training and export; for a run that read its pre-training "
+              "(`pretrain.from_dir`), that pre-training's seconds, marked \"read\" and not in the run's; peak "
+              "resident memory of the run's main process; the training step the final evaluation scored (the "
+              "best validation step with early stopping).", "",
               "| variant | seconds | pre-training s | export s | peak RSS (MB) | step evaluated | runs measured |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for v, cost in results["cost"].items():
         cells = [f"{cost[k]['mean']:.1f} ± {cost[k]['std']:.1f}" if k in cost else "-"
                  for k in ("train_seconds", "pretrain_seconds", "export_seconds")]
+        if "pretrain_seconds" not in cost and "read_pretrain_seconds" in cost:
+            read = cost["read_pretrain_seconds"]
+            cells[1] = f"{read['mean']:.1f} ± {read['std']:.1f} (read)"
         cells += [f"{cost[k]['mean']:.0f} ± {cost[k]['std']:.0f}" if k in cost else "-" for k in ("peak_rss_mb", "kept_step")]
         runs = cost["train_seconds"]["n"] if "train_seconds" in cost else 0
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {runs} |")
